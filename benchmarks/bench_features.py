@@ -1,0 +1,167 @@
+"""Feature throughput (batch) and latency (streaming) of a feature set on real FILUSDT candles.
+
+    .venv/bin/python benchmarks/bench_features.py [--rows 1000000] [--updates 10000] [--feature-set core27]
+
+Batch: the four FILUSDT 1m months (175,680 candles) tiled to --rows candles (open_time rebuilt
+contiguous; prices of each copy rescaled to continue where the last ended), `compute_features`
+and `feature_matrix` timed, best of --repeats. Streaming: `StreamingFeatures.from_history` on
+`warmup` candles, then --updates calls of `update()` timed one by one (perf_counter_ns) → p50/p90/
+p99/mean µs plus mean CPU µs per update (thread time). A trivial numpy op (`a + a` on 5 floats)
+is timed the same way and reported beside it: on a shared machine it says how loaded the CPU was
+(≈0.3 µs when idle).
+
+Prints a table and writes benchmarks/results/features.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipelines.features import (  # noqa: E402
+    StreamingFeatures,
+    compute_features,
+    feature_matrix,
+    get_feature_set,
+)
+from pipelines.sources.binance_files import read_many  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+
+
+def load_fil() -> pd.DataFrame:
+    return read_many(sorted(DATA.glob("FILUSDT-1m-2023-*.zip")), "FILUSDT", "1m").reset_index(drop=True)
+
+
+def tile(candles: pd.DataFrame, rows: int) -> pd.DataFrame:
+    """`rows` contiguous 1m candles: copies of `candles`, each copy's prices scaled to continue the last."""
+    reps = -(-rows // len(candles))
+    parts, scale = [], 1.0
+    first, last = float(candles["open"].iloc[0]), float(candles["close"].iloc[-1])
+    for _ in range(reps):
+        p = candles.copy()
+        for col in ("open", "high", "low", "close"):
+            p[col] = p[col] * scale
+        parts.append(p)
+        scale *= last / first
+    out = pd.concat(parts, ignore_index=True).iloc[:rows].copy()
+    start = out["open_time"].iloc[0]
+    out["open_time"] = start + pd.to_timedelta(np.arange(rows), unit="min")
+    return out
+
+
+def percentiles(ns: np.ndarray) -> dict[str, float]:
+    us = ns / 1000.0
+    return {
+        "p50_us": round(float(np.percentile(us, 50)), 2),
+        "p90_us": round(float(np.percentile(us, 90)), 2),
+        "p99_us": round(float(np.percentile(us, 99)), 2),
+        "mean_us": round(float(us.mean()), 2),
+    }
+
+
+def bench_batch(candles: pd.DataFrame, feature_set: str, repeats: int) -> dict[str, float]:
+    times, times_m, cpu = [], [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        compute_features(candles, feature_set)
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+        t = time.perf_counter()
+        feature_matrix(candles, feature_set)
+        times_m.append(time.perf_counter() - t)
+    n = len(candles)
+    return {
+        "rows": n,
+        "compute_features_s": round(min(times), 4),
+        "compute_features_rows_per_s": round(n / min(times)),
+        "compute_features_cpu_s": round(min(cpu), 4),  # CPU time: not inflated by waiting for a core
+        "compute_features_rows_per_cpu_s": round(n / min(cpu)),
+        "feature_matrix_s": round(min(times_m), 4),
+        "feature_matrix_rows_per_s": round(n / min(times_m)),
+    }
+
+
+def bench_stream(candles: pd.DataFrame, feature_set: str, updates: int) -> dict[str, object]:
+    warmup = get_feature_set(feature_set).warmup
+    sf = StreamingFeatures.from_history(candles.iloc[:warmup], feature_set)
+    recs = candles.iloc[warmup : warmup + updates].copy()
+    recs["open_time"] = recs["open_time"].astype("datetime64[ms, UTC]").astype("int64")
+    records = recs.to_dict("records")
+    ns = np.empty(len(records), dtype=np.int64)
+    clock = time.perf_counter_ns
+    cpu0 = time.thread_time_ns()
+    for i, rec in enumerate(records):
+        t = clock()
+        sf.update(rec)
+        ns[i] = clock() - t
+    cpu_us = (time.thread_time_ns() - cpu0) / len(records) / 1000
+    a = np.ones(5)
+    ref = np.empty(len(records), dtype=np.int64)
+    for i in range(len(records)):
+        t = clock()
+        a + a
+        ref[i] = clock() - t
+    return {
+        "updates": len(records),
+        "update": {**percentiles(ns), "cpu_mean_us": round(cpu_us, 2)},
+        "numpy_tiny_op": percentiles(ref),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--updates", type=int, default=10_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--feature-set", default="core27")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "features.json")
+    args = ap.parse_args()
+
+    fil = load_fil()
+    big = tile(fil, args.rows)
+    batch = bench_batch(big, args.feature_set, args.repeats)
+    stream = bench_stream(fil, args.feature_set, args.updates)
+    result = {
+        "feature_set": args.feature_set,
+        "data": f"FILUSDT 1m 2023-08..11 ({len(fil)} candles), tiled to {args.rows} for batch",
+        "batch": batch,
+        "stream": stream,
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cpus": os.cpu_count(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        },
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    b, u, r = batch, stream["update"], stream["numpy_tiny_op"]
+    print(
+        f"batch  {b['rows']:,} rows: compute_features {b['compute_features_s']} s "
+        f"= {b['compute_features_rows_per_s']:,} rows/s "
+        f"({b['compute_features_rows_per_cpu_s']:,} per CPU-s); "
+        f"feature_matrix {b['feature_matrix_rows_per_s']:,} rows/s"
+    )
+    print(
+        f"stream {stream['updates']:,} updates: p50 {u['p50_us']} µs  p90 {u['p90_us']} µs  "
+        f"p99 {u['p99_us']} µs  mean {u['mean_us']} µs  CPU mean {u['cpu_mean_us']} µs  "
+        f"(tiny numpy op p50 {r['p50_us']} µs, load {result['machine']['loadavg_1m']})"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

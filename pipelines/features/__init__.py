@@ -1,0 +1,31 @@
+"""Named, versioned feature sets: one implementation for training (batch) and serving (streaming).
+
+A feature set is a *kernel* over a work matrix X (input series x candles) plus a small carried
+state (the EMA/RSI recursions): `kernel(X, lo, hi, t0, state, out)` computes the features of
+columns [lo, hi) from those columns and the `lags` columns before them. Batch runs it over a
+whole history in chunks; `StreamingFeatures` runs it on one column of a preallocated ring buffer.
+There is no second copy of any formula, and the two agree bit for bit (tests/test_features.py).
+
+A feature value is NaN until its window is full; for EMA/RSI "full" means the seed's weight has
+decayed below 1e-16, so a non-NaN value does not depend on where its history started. `warmup` is
+the number of candles after which every feature is defined: a serving window of `warmup` candles
+gives the same values as the full history.
+
+Imports only numpy/pandas: the serving runtime reuses this package.
+"""
+
+from pipelines.features.base import (
+    FeatureError,
+    FeatureSet,
+    UnknownFeatureSet,
+    compute_features,
+    feature_matrix,
+    get_feature_set,
+    known_feature_sets,
+)
+from pipelines.features.streaming import StreamingFeatures
+
+__all__ = [
+    "FeatureError", "FeatureSet", "StreamingFeatures", "UnknownFeatureSet", "compute_features",
+    "feature_matrix", "get_feature_set", "known_feature_sets",
+]  # fmt: skip

@@ -1,0 +1,192 @@
+"""Feature-set registry and the batch engine (see the package docstring)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from pipelines.errors import KairosError
+from pipelines.features import core27
+
+CHUNK = 8192  # batch columns per kernel call: bounds the (series, chunk, lags) temporaries (~20 MB)
+
+
+class FeatureError(KairosError):
+    """Candles cannot be turned into features (missing column, unsorted times, bad values)."""
+
+
+class UnknownFeatureSet(FeatureError, KeyError):
+    """No feature set of that name (also a KeyError, as a failed lookup)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """What a model's manifest records about its inputs.
+
+    Attributes:
+        name: e.g. "core27".
+        version: bumped whenever any value could change.
+        names: feature (column) names, in model-input order.
+        warmup: candles of history after which every feature is defined and exact (to ~1e-16
+            relative for EMA/RSI), i.e. rows with index >= warmup - 1 are exact.
+    """
+
+    name: str
+    version: int
+    names: tuple[str, ...]
+    warmup: int
+
+
+@dataclass(frozen=True)
+class _Impl:
+    spec: FeatureSet
+    inputs: tuple[str | None, ...]  # candle field of each X row; None = scratch the kernel writes
+    pad: np.ndarray  # (rows,) X values before the first candle
+    lags: int  # context columns the kernel reads before `lo`
+    first_valid: np.ndarray  # (F,) first candle index at which each feature is defined
+    new_state: Callable[[], Any]
+    kernel: Callable[..., None]
+    optional: frozenset[str] = frozenset({"spread_bps"})  # fields that may be missing (→ NaN)
+
+
+@lru_cache(maxsize=1)
+def _registry() -> dict[str, _Impl]:
+    """Every feature set by name. A new set (e.g. whale19) is a module like core27 (NAMES, INPUTS,
+    PAD_VALUES, LAGS, first_valid, new_state, kernel) added here; bump VERSION on any value change."""
+    fv = core27.first_valid()
+    spec = FeatureSet(core27.NAME, core27.VERSION, core27.NAMES, int(fv.max()) + 1)
+    return {
+        core27.NAME: _Impl(
+            spec, core27.INPUTS, core27.PAD_VALUES, core27.LAGS, fv, core27.new_state, core27.kernel
+        )
+    }
+
+
+def known_feature_sets() -> list[str]:
+    return sorted(_registry())
+
+
+def _impl(name: str) -> _Impl:
+    try:
+        return _registry()[name]
+    except KeyError:
+        raise UnknownFeatureSet(f"unknown feature set {name!r}; known: {known_feature_sets()}") from None
+
+
+def get_feature_set(name: str = "core27") -> FeatureSet:
+    """The spec (name, version, names, warmup) of a feature set; UnknownFeatureSet if none."""
+    return _impl(name).spec
+
+
+# ---------------------------------------------------------------------------------------- batch
+
+
+def _epoch_ms(times: pd.Series) -> np.ndarray:
+    """open_time column (datetime64 of any unit/tz, or integer epoch ms) → int64 epoch ms."""
+    if pd.api.types.is_integer_dtype(times.dtype):
+        return times.to_numpy(np.int64)
+    ts = pd.to_datetime(times, utc=True)
+    return ts.dt.tz_convert(None).to_numpy("datetime64[ms]").astype(np.int64)
+
+
+def _check_frame(candles: pd.DataFrame, impl: _Impl) -> np.ndarray:
+    """Raise FeatureError for an unusable frame; returns open_time as epoch ms (N,)."""
+    need = ["open_time"] + [n for n in impl.inputs if n is not None and n not in impl.optional]
+    missing = [c for c in need if c not in candles.columns]
+    if missing:
+        raise FeatureError(
+            f"candle frame lacks columns {missing}; map it to the candle contract (pipelines.schema)"
+        )
+    if "symbol" in candles.columns and candles["symbol"].nunique() > 1:
+        symbols = sorted(candles["symbol"].unique())
+        raise FeatureError(f"features take one symbol at a time, got {symbols}; group by symbol")
+    t = _epoch_ms(candles["open_time"])
+    bad = np.flatnonzero(np.diff(t) <= 0)
+    if bad.size:
+        i = int(bad[0]) + 1
+        raise FeatureError(
+            f"open_time is not strictly increasing at row {i} ({t[i - 1]} then {t[i]} ms); "
+            "sort and de-duplicate first"
+        )
+    return t
+
+
+def _work_matrix(candles: pd.DataFrame, impl: _Impl) -> np.ndarray:
+    """(rows, lags + N) float64: pad columns, then the candles' input fields; checks values."""
+    n = len(candles)
+    X = np.empty((len(impl.inputs), impl.lags + n))
+    X[:, : impl.lags] = impl.pad[:, None]
+    for r, name in enumerate(impl.inputs):
+        if name is None:
+            continue
+        col = candles[name].to_numpy(np.float64, na_value=np.nan) if name in candles else np.full(n, np.nan)
+        if name not in impl.optional:
+            bad = ~np.isfinite(col) | ((col <= 0) if name == "close" else False)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise FeatureError(
+                    f"{name} at row {i} is {col[i]}; features need finite values and close > 0 "
+                    "(validation.candles)"
+                )
+        X[r, impl.lags :] = col
+    return X
+
+
+def _run(impl: _Impl, X: np.ndarray, t0: int, state: Any, out: np.ndarray | None) -> None:
+    """Kernel over every candle column of X (history index t0 at the first), chunked.
+
+    Writes features (F, N) into `out` (NaN where undefined); out=None only advances the state
+    and X's scratch rows (warming a stream).
+    """
+    lo, hi = impl.lags, X.shape[1]
+    scratch = None if out is not None else np.empty((len(impl.spec.names), min(CHUNK, hi - lo)))
+    for a in range(lo, hi, CHUNK):
+        b = min(a + CHUNK, hi)
+        dst = out[:, a - lo : b - lo] if out is not None else scratch[:, : b - a]
+        impl.kernel(X, a, b, t0 + a - lo, state, dst)
+    if out is not None:
+        for j, fv in enumerate(impl.first_valid):
+            if fv > t0:
+                out[j, : fv - t0] = np.nan
+
+
+def _batch(candles: pd.DataFrame, impl: _Impl) -> np.ndarray:
+    _check_frame(candles, impl)
+    X = _work_matrix(candles, impl)
+    out = np.empty((len(impl.spec.names), len(candles)))
+    with np.errstate(all="ignore"):  # masked pad rows may divide by zero; values are checked above
+        _run(impl, X, 0, impl.new_state(), out)
+    return out
+
+
+def compute_features(candles: pd.DataFrame, feature_set: str = "core27") -> pd.DataFrame:
+    """Features of every candle of one symbol, using candles <= t only.
+
+    Args:
+        candles: candle-contract frame (pipelines.schema), one symbol, sorted by open_time,
+            finite values, close > 0. Gaps are not detected here (validation.candles reports
+            them): rows are treated as consecutive.
+        feature_set: registered name, e.g. "core27".
+
+    Returns:
+        float64 frame (N, F), columns = the set's names, index = candles.index; NaN until each
+        feature's window is full (all defined from row `warmup - 1`).
+
+    Raises:
+        UnknownFeatureSet, FeatureError.
+    """
+    impl = _impl(feature_set)
+    out = _batch(candles, impl)  # (F, N)
+    return pd.DataFrame(out.T, index=candles.index, columns=list(impl.spec.names), copy=False)
+
+
+def feature_matrix(candles: pd.DataFrame, feature_set: str = "core27") -> np.ndarray:
+    """Like `compute_features`, as the float32 (N, F) matrix the ONNX models take."""
+    return np.ascontiguousarray(_batch(candles, _impl(feature_set)).T, dtype=np.float32)
