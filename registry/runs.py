@@ -29,7 +29,7 @@ from onnx.external_data_helper import uses_external_data
 from pydantic import BaseModel
 
 from pipelines.bundle import BundleError, write_bundle
-from pipelines.train import TrainResult
+from pipelines.train import NewestWindow, TrainResult
 from registry.client import RegisteredVersion, RegistryError, ensure_experiment, model_name
 from registry.promotion import direction_accuracy
 
@@ -217,3 +217,21 @@ def log_training(
     except MlflowException as e:
         raise RegistryError(f"could not register {name} from run {run_id}: {e.message}") from None
     return RegisteredVersion(name=name, version=str(mv.version), run_id=run_id)
+
+
+def load_newest_window(client: MlflowClient, name: str, version: str) -> NewestWindow:
+    """The newest-window predictions a version's training run logged (for `kairos promote`)."""
+    mv = client.get_model_version(name, str(version))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(mv.run_id, "newest_window.npz", tmp)
+        with np.load(path) as z:
+            return NewestWindow(
+                open_times=z["open_times"].copy(), predictions=z["predictions"].copy(), actuals=z["actuals"].copy()
+            )
+
+
+def version_gates(client: MlflowClient, name: str, version: str) -> dict[str, bool]:
+    """Gate results (`gate.<name>` tags) of the training run behind a model version."""
+    mv = client.get_model_version(name, str(version))
+    tags = client.get_run(mv.run_id).data.tags
+    return {k.removeprefix("gate."): v == "passed" for k, v in tags.items() if k.startswith("gate.")}

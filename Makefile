@@ -1,0 +1,29 @@
+# Two commands for a new user:  `make demo`  and  `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# constraints.txt pins every package to what was tested (torch 2.13.0 CPU comes from the local wheel
+# directory that pip is configured with; uv/poetry don't see it, so this uses pip).
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/kairos demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .kairos .pytest_cache

@@ -1,0 +1,63 @@
+"""The entry-point context: settings, configs and clients built once per process and passed in."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+from pipelines.config import PromotionPolicy, TrainingConfig, load_promotion_policy, load_training_config
+from pipelines.settings import Settings, get_settings
+
+
+def quiet_third_parties() -> None:
+    """Defaults that keep a normal CLI run free of telemetry noise and tracebacks (user env wins)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY", "false")
+    os.environ.setdefault("PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @classmethod
+    def from_env(cls) -> "Runtime":
+        settings = get_settings()
+        settings.ensure_dirs()
+        return cls(settings)
+
+    def training_config(self, overrides: dict | None = None) -> TrainingConfig:
+        return load_training_config(self.settings.configs_dir, overrides)
+
+    @cached_property
+    def promotion_policy(self) -> PromotionPolicy:
+        return load_promotion_policy(self.settings.configs_dir)
+
+    def store(self):
+        from pipelines.store import CandleStore
+
+        return CandleStore(self.settings.store_path)
+
+    @cached_property
+    def mlflow(self):
+        from registry.client import make_client
+
+        return make_client(self.settings.tracking_uri, self.settings.artifacts_dir)
+
+
+# Progress reporting: the CLI installs a callback (rich progress bars); flows stay parameter-clean
+# (Prefect parameters must be JSON), so the callback travels as process state, not as an argument.
+_PROGRESS = None
+
+
+def set_reporter(callback) -> None:
+    global _PROGRESS
+    _PROGRESS = callback
+
+
+def reporter():
+    return _PROGRESS
