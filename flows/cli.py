@@ -304,12 +304,17 @@ def demo(days: float = typer.Option(30.0, help="Days of synthetic 1m candles for
 
 def _mount_optional() -> None:
     """Commands owned by other modules (serving, tuning, review) register themselves if present."""
+    import importlib
+
     for mod in ("serving.cli", "flows.tune_cli", "flows.review_cli"):
         try:
-            m = __import__(mod, fromlist=["register"])
-        except ImportError:
-            continue
-        m.register(app)
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:
+                continue
+            raise
+        if hasattr(m, "register"):
+            m.register(app)
 
 
 _mount_optional()

@@ -1,0 +1,198 @@
+"""The A/B review as a Prefect flow: log → outcomes → statistics → report → MLflow → policy.
+
+`ab_review(model)` reviews the current champion vs challenger of one registered model (its hourly
+deployment is in prefect.yaml). Flows only wire steps: outcomes (`pipelines.outcomes`), statistics
+(`pipelines.abstats.compare_arms`), the report (`pipelines.review_report`), MLflow and the policy
+(`registry.reviews`), alias moves (`registry.promotion.promote`, recorded like every move).
+Retries are on I/O tasks only, for transient errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, task
+
+from flows.retrain import IO, PURE
+from flows.runtime import Runtime
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass
+class Statistics:
+    """Per-horizon arms and results of one review; `skipped` holds horizon → why compare_arms refused."""
+
+    arms: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    results: dict[int, Any] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
+
+
+def default_predlog_dir(rt: Runtime) -> Path:
+    """Where `kairos serve` writes the prediction log: configs/serving.yaml, else $KAIROS_HOME/predictions."""
+    from serving.config import load_serving_config
+
+    cfg = load_serving_config(configs_dir=rt.settings.configs_dir)
+    return Path(cfg.prediction_log.directory or rt.settings.home_abs / "predictions")
+
+
+@task(name="read-prediction-log", **IO)
+def read_log(predlog_dir: str, name: str) -> pd.DataFrame:
+    from serving.predlog import read_prediction_log
+
+    return read_prediction_log(Path(predlog_dir), name)
+
+
+@task(name="registry-state", **IO)
+def registry_state(name: str) -> dict[str, str]:
+    from registry.history import sync_external_moves
+    from registry.promotion import current_aliases
+
+    client = Runtime.from_env().mlflow
+    sync_external_moves(client, name)  # a champion moved in the MLflow UI is the champion reviewed
+    return current_aliases(client, name)
+
+
+@task(name="past-review-times", **IO)
+def past_looks(name: str, champion: str, challenger: str) -> list[int]:
+    from registry.reviews import past_review_times
+
+    return past_review_times(Runtime.from_env().mlflow, name, champion, challenger)
+
+
+@task(name="load-outcome-candles", **IO)
+def load_candles(symbol: str, interval: str, start: pd.Timestamp, end: pd.Timestamp):
+    store = Runtime.from_env().store()
+    return store.load(symbol, interval, start=start, end=end), store.last_open_time(symbol, interval)
+
+
+@task(name="join-outcomes", **PURE)
+def outcomes(log: pd.DataFrame, candles: pd.DataFrame, interval: str, now, store_last):
+    from pipelines.outcomes import join_outcomes
+
+    return join_outcomes(log, candles, interval=interval, now=now, store_last=store_last)
+
+
+@task(name="ab-statistics", **PURE)
+def statistics(resolved: pd.DataFrame, champion: str, challenger: str, horizons: list[int],
+               looks: list[int], fee_bps: float, alpha: float, min_samples: int) -> Statistics:  # fmt: skip
+    from pipelines.abstats import ABDataError, compare_arms
+    from pipelines.outcomes import experiment_arms
+
+    out = Statistics()
+    for h in horizons:
+        exp = experiment_arms(resolved, champion, challenger, h)
+        out.arms[h] = (exp.champion, exp.challenger)
+        try:
+            out.results[h] = compare_arms(
+                exp.champion, exp.challenger, paired=exp.paired, fee_bps=fee_bps, alpha=alpha,
+                looks=looks or None, loss="direction", min_samples=min_samples,
+            )  # fmt: skip
+        except ABDataError as e:
+            out.skipped[h] = str(e)
+    out.arms = {h: a for h, a in out.arms.items() if h in out.results}  # plot only what was tested
+    return out
+
+
+@task(name="write-review-report", **PURE)
+def report(out_dir: str, name: str, champion: str, challenger: str, stats: Statistics, decision: str,
+           counts: dict[str, int], fee_bps: float, missing_note: str):  # fmt: skip
+    from pipelines.review_report import write_review_report
+
+    return write_review_report(
+        Path(out_dir), model=name, champion_version=champion, challenger_version=challenger, arms=stats.arms,
+        results=stats.results, decision=decision, counts=counts, fee_bps=fee_bps, missing_note=missing_note,
+    )  # fmt: skip
+
+
+@task(name="log-review", **IO)
+def log_to_mlflow(name: str, champion: str, challenger: str, review_ms: int, report_dir: str,
+                  stats: Statistics, decision, counts: dict[str, int]) -> str:  # fmt: skip
+    from registry.reviews import log_review
+
+    rt = Runtime.from_env()
+    return log_review(
+        rt.mlflow, name=name, champion_version=champion, challenger_version=challenger, review_time_ms=review_ms,
+        report_dir=Path(report_dir), results=stats.results, decision=decision, policy=rt.promotion_policy,
+        counts=counts,
+    )  # fmt: skip
+
+
+@task(name="apply-review-decision", **IO)
+def apply(name: str, challenger: str, decision, run_id: str, actor: str) -> list[str]:
+    """Move `champion` to the challenger (recorded; `challenger` alias cleared). Idempotent on retry."""
+    from registry.promotion import promote
+    from registry.reviews import tag_decision
+
+    client = Runtime.from_env().mlflow
+    moves = promote(client, name, challenger, reason=f"A/B review {run_id}: {decision.reason}", actor=actor)
+    tag_decision(client, run_id, [m.record_id for m in moves if m.record_id])
+    return [m.describe() for m in moves]
+
+
+def _missing_note(missing: pd.DataFrame) -> str:
+    if missing.empty:
+        return ""
+    first = pd.to_datetime(missing["target_time"].min(), unit="ms", utc=True)
+    return f"(first missing candle near {first:%Y-%m-%d %H:%M} UTC: backfill the store)"
+
+
+@flow(name="ab_review")
+def ab_review(model: str, predlog_dir: str | None = None, apply_decision: bool = True,
+              actor: str = "kairos-review", now: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Review champion vs challenger of `model` and apply configs/promotion.yaml.
+
+    Args:
+        model: registered model name, e.g. "returns-FILUSDT-1m".
+        predlog_dir: prediction-log directory (default: serving's, see `default_predlog_dir`).
+        apply_decision: False = report only, never move an alias.
+        actor: recorded on any alias move.
+        now: the review clock (ISO-8601 UTC; default now): outcomes later than it are pending.
+
+    Returns:
+        {"champion", "challenger", "decision" (ReviewDecision), "report" (path), "run_id",
+         "verdicts" (horizon → summary), "skipped", "counts", "moves" (descriptions)}.
+    """
+    from pipelines.outcomes import log_time_range
+    from registry.reviews import decide_review
+
+    rt = Runtime.from_env()
+    policy, fee_bps = rt.promotion_policy, rt.training_config().evaluation.fee_bps
+    clock = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    clock = clock.tz_localize("UTC") if clock.tzinfo is None else clock
+    review_ms = int(clock.value // 1_000_000)
+    aliases = registry_state(model)
+    champ, chall = aliases.get(CHAMPION), aliases.get(CHALLENGER)
+    base = {"champion": champ, "challenger": chall, "report": None, "run_id": None, "verdicts": {},
+            "skipped": {}, "counts": {}, "moves": []}  # fmt: skip
+    if champ is None or chall is None or champ == chall:
+        decision = decide_review(policy, None)
+        why = f"{model} has no challenger next to its champion (aliases {aliases or 'none'}): nothing to review"
+        return {**base, "decision": replace(decision, reason=why)}
+    log = read_log(str(predlog_dir or default_predlog_dir(rt)), model)
+    pair = log[((log["arm"] == CHAMPION) & (log["version"].astype(str) == champ))
+               | ((log["arm"] == CHALLENGER) & (log["version"].astype(str) == chall))] if len(log) else log  # fmt: skip
+    span = log_time_range(pair, str(pair["interval"].iloc[0])) if len(pair) else None
+    if span is None:
+        decision = decide_review(policy, None)
+        why = f"no predictions of champion v{champ} / challenger v{chall} in the log yet; nothing to review"
+        return {**base, "decision": replace(decision, reason=why)}
+    symbol, interval = str(pair["symbol"].iloc[0]), str(pair["interval"].iloc[0])
+    candles, store_last = load_candles(symbol, interval, *span)
+    oc = outcomes(pair, candles, interval, clock, store_last)
+    horizons = sorted(set(int(h) for hs in pair["horizons"] for h in hs))
+    looks = past_looks(model, champ, chall)
+    stats = statistics(oc.resolved, champ, chall, horizons, looks, fee_bps, policy.alpha, policy.min_samples)
+    decision = decide_review(policy, stats.results.get(policy.horizon))
+    out_dir = rt.settings.home_abs / "reviews" / model / clock.strftime("%Y%m%dT%H%M%SZ")
+    rep = report(str(out_dir), model, champ, chall, stats, decision.reason, oc.counts(), fee_bps,
+                 _missing_note(oc.missing))  # fmt: skip
+    run_id = log_to_mlflow(model, champ, chall, review_ms, str(out_dir), stats, decision, oc.counts())
+    moves = apply(model, chall, decision, run_id, actor) if (decision.promote and apply_decision) else []
+    return {
+        **base, "decision": decision, "report": str(rep.html), "run_id": run_id, "counts": oc.counts(),
+        "verdicts": {h: r.summary() for h, r in stats.results.items()}, "skipped": stats.skipped, "moves": moves,
+    }  # fmt: skip
