@@ -71,10 +71,8 @@ def candles(shared_data):
 
 
 def test_shadow_review_promotes_then_rollback_restores(kairos_home, harness, candles, tmp_path, monkeypatch):
-    import serving.cli
 
-    if not hasattr(serving.cli, "register"):  # flows/cli.py mounts it; tolerate a serving.cli without one
-        monkeypatch.setattr(serving.cli, "register", lambda app: None, raising=False)
+
     from flows.cli import app
     from flows.runtime import Runtime
     from registry.bundles import download_bundle

@@ -1,0 +1,278 @@
+"""Serving benchmark (run on demand): `python benchmarks/bench_serving.py [--quick]`.
+
+Measures, on the LightGBM bundle (5 horizons x 200 trees, fitted on real FILUSDT candles):
+  1. onnxruntime session options (threads, execution mode, spinning, graph optimisation, optimised-model
+     cache): load time and single-row p50/p99 of `session.run`;
+  2. in-process `Predictor.update` p50/p99 (streaming features + model), and the features share;
+  3. HTTP `POST /v1/candles` (one candle per request) p50/p99 over 1 keep-alive connection, and throughput
+     with 16 connections (16 symbols, one stream each), client in another process, loopback;
+  4. resident memory (VmRSS / VmHWM) of the serving process with champion + challenger loaded.
+Writes `benchmarks/results/serving.json` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "benchmarks" / "results"
+DATA = REPO.parent / "shared" / "data"
+
+
+def pct(xs_ns: list[int] | np.ndarray) -> dict[str, float]:
+    a = np.asarray(xs_ns, dtype=np.float64) / 1e3  # µs
+    return {"p50_us": round(float(np.percentile(a, 50)), 1), "p99_us": round(float(np.percentile(a, 99)), 1),
+            "mean_us": round(float(a.mean()), 1), "n": int(a.size)}  # fmt: skip
+
+
+def candles(n: int, month: int = 0):
+    from pipelines.sources.binance_files import read_klines
+
+    return read_klines(sorted(DATA.glob("FILUSDT-1m-2023-*.zip"))[month], "FILUSDT").iloc[:n].reset_index(drop=True)
+
+
+def bundle(quick: bool) -> Path:
+    """The LightGBM bundle, cached under benchmarks/results (fitting takes a minute on 2 cores)."""
+    from serving.testing import lightgbm_bundle
+
+    trees = 50 if quick else 200
+    d = RESULTS / f"bundle_lgb_{trees}"
+    if not (d / "model.onnx").exists():
+        t0 = time.time()
+        lightgbm_bundle(d, candles(20_000), n_estimators=trees)
+        print(f"fitted LightGBM bundle ({trees} trees x 5 horizons) in {time.time() - t0:.0f}s")
+    return d
+
+
+def bench_session_options(d: Path, runs: int) -> list[dict]:
+    import onnxruntime as ort
+
+    from pipelines.bundle import read_bundle
+    from serving.config import RuntimeConfig
+    from serving.runtime import session_options
+
+    onnx_bytes, manifest = read_bundle(d)
+    x = np.random.default_rng(0).normal(size=(1, len(manifest.feature_set.names))).astype(np.float32)
+    variants = {
+        "default (1 thread, sequential, no spin, opt all)": RuntimeConfig(),
+        "intra 2 threads": RuntimeConfig(intra_op_threads=2),
+        "intra 2 threads + spinning": RuntimeConfig(intra_op_threads=2, allow_spinning=True),
+        "spinning on (1 thread)": RuntimeConfig(allow_spinning=True),
+        "parallel execution, inter 2": RuntimeConfig(execution_mode="parallel", inter_op_threads=2),
+        "graph opt disable": RuntimeConfig(graph_optimization="disable"),
+        "graph opt basic": RuntimeConfig(graph_optimization="basic"),
+        "optimised-model cache": RuntimeConfig(optimized_model_cache=True),
+    }
+    out = []
+    for name, cfg in variants.items():
+        cache = RESULTS / "ort_cache.onnx"
+        cache.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        sess = ort.InferenceSession(onnx_bytes, sess_options=session_options(cfg, cache), providers=["CPUExecutionProvider"])
+        load_ms = (time.perf_counter() - t0) * 1e3
+        if cfg.optimized_model_cache:  # second load from the optimised file: what the cache buys
+            so = session_options(cfg.model_copy(update={"optimized_model_cache": False}))
+            t0 = time.perf_counter()
+            sess = ort.InferenceSession(str(cache), sess_options=so, providers=["CPUExecutionProvider"])
+            load_ms = (time.perf_counter() - t0) * 1e3
+        for _ in range(200):
+            sess.run(["returns"], {"features": x})
+        ts = []
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            sess.run(["returns"], {"features": x})
+            ts.append(time.perf_counter_ns() - t0)
+        out.append({"variant": name, "load_ms": round(load_ms, 1), **pct(ts)})
+    return out
+
+
+def bench_predictor(d: Path, n: int) -> dict:
+    from pipelines.features import StreamingFeatures, get_feature_set
+    from serving.config import RuntimeConfig
+    from serving.predictor import Predictor
+    from serving.runtime import load_model
+    from serving.testing import candle_records
+
+    warm = get_feature_set("core27").warmup
+    recs = candle_records(candles(warm + n, month=1))
+    pred = Predictor(load_model(d, RuntimeConfig()))
+    for r in recs[:warm]:
+        pred.update(r)
+    ts = []
+    for r in recs[warm:]:
+        t0 = time.perf_counter_ns()
+        pred.update(r)
+        ts.append(time.perf_counter_ns() - t0)
+    sf = StreamingFeatures("core27", 60_000)  # features alone, for the split
+    for r in recs[:warm]:
+        sf.update(r)
+    fts = []
+    for r in recs[warm:]:
+        t0 = time.perf_counter_ns()
+        sf.update(r)
+        fts.append(time.perf_counter_ns() - t0)
+    return {"update": pct(ts), "features_only": pct(fts)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(bundles: list[Path], challenger: Path | None, home: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    cfg = home / "serving.yaml"
+    cfg.write_text("routing:\n  mode: shadow\n")  # champion + challenger both score: the heavier case
+    args = [sys.executable, "-m", "serving.cli", "--port", str(port), "--log-level", "warning", "--config", str(cfg)]
+    for b in bundles:
+        args += ["--bundle", str(b)]
+    if challenger:
+        args += ["--challenger-bundle", str(challenger)]
+    env = {**os.environ, "KAIROS_HOME": str(home), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env)
+    import httpx
+
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc, f"http://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("serving process did not become ready")
+
+
+def _rss(pid: int) -> dict[str, float]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    get = lambda k: int(next(line.split()[1] for line in status.splitlines() if line.startswith(k)))  # noqa: E731
+    return {"rss_mb": round(get("VmRSS:") / 1024, 1), "hwm_mb": round(get("VmHWM:") / 1024, 1)}
+
+
+CLIENT = r"""
+import asyncio, json, sys, time
+import httpx
+base, n, conns, feed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.load(open(sys.argv[4]))
+warm, stream = feed["warm"], feed["stream"]
+
+async def main():
+    lat = []
+    limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        syms = feed["symbols"][:conns]
+        await asyncio.gather(*(client.post("/v1/candles", json={"symbol": s, "candles": warm}) for s in syms))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_stream(client, s, lat) for s in syms))
+        wall = time.perf_counter() - t0
+    print(json.dumps({"lat_ns": lat, "wall_s": wall}))
+
+async def one_stream(client, symbol, lat):
+    for c in stream[:n]:
+        t0 = time.perf_counter_ns()
+        r = await client.post("/v1/candles", json={"symbol": symbol, "candles": [c]})
+        lat.append(time.perf_counter_ns() - t0)
+        assert r.status_code == 200 and r.json()["prediction"], r.text
+
+asyncio.run(main())
+"""
+
+
+def _client(base: str, n: int, conns: int, feed: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", CLIENT, base, str(n), str(conns), str(feed)],
+                         capture_output=True, text=True, check=True, cwd=REPO)  # fmt: skip
+    res = json.loads(out.stdout)
+    return {**pct(res["lat_ns"]), "wall_s": round(res["wall_s"], 2), "req_per_s": round(len(res["lat_ns"]) / res["wall_s"], 1)}
+
+
+def _symbol_copy(src: Path, dst: Path, symbol: str) -> Path:
+    """The same model registered for another symbol (throughput: one stream per connection)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "model.onnx", dst / "model.onnx")
+    m = json.loads((src / "manifest.json").read_text())
+    m["symbol"], m["model_name"] = symbol, f"returns-{symbol}-1m"
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def bench_http(d: Path, n: int, tmp: Path) -> dict:
+    from pipelines.features import get_feature_set
+    from serving.testing import api_candle, candle_records
+
+    warm = get_feature_set("core27").warmup
+    recs = [api_candle(r) for r in candle_records(candles(warm + n, month=2))]
+    symbols = [f"SYM{i:02d}" for i in range(16)]
+    feed = tmp / "feed.json"
+    feed.write_text(json.dumps({"warm": recs[:warm], "stream": recs[warm:], "symbols": ["FILUSDT"] + symbols}))
+    out: dict = {}
+    proc, base = _serve([d], _symbol_copy(d, tmp / "challenger", "FILUSDT"), tmp / "home1")
+    try:
+        out["memory_loaded"] = _rss(proc.pid)
+        out["one_connection"] = _client(base, n, 1, feed)
+        out["memory_after_requests"] = _rss(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    feed.write_text(json.dumps({"warm": recs[:warm], "stream": recs[warm:], "symbols": symbols}))
+    copies = [_symbol_copy(d, tmp / s, s) for s in symbols]
+    proc, base = _serve(copies, None, tmp / "home2")
+    try:
+        out["sixteen_connections"] = _client(base, max(n // 8, 50), 16, feed)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small model and loops (smoke run)")
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    d = bundle(args.quick)
+    runs, n = (500, 300) if args.quick else (5000, 2000)
+    tmp = RESULTS / "tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    res = {
+        "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "python": platform.python_version()},
+        "bundle": {"path": str(d.relative_to(REPO)), "trees_per_horizon": 50 if args.quick else 200, "horizons": 5},
+        "session_options": bench_session_options(d, runs),
+        "predictor": bench_predictor(d, n),
+        "http": bench_http(d, n, tmp),
+    }
+    res["machine"]["load_avg_at_end"] = os.getloadavg()
+    shutil.rmtree(tmp, ignore_errors=True)
+    (RESULTS / "serving.json").write_text(json.dumps(res, indent=2))
+
+    print(f"\nserving benchmark ({res['machine']['cpus']} CPUs, load avg {res['machine']['load_avg_at_start'][0]:.1f})")
+    print(f"{'onnxruntime session option':<50}{'load ms':>9}{'p50 µs':>9}{'p99 µs':>9}")
+    for r in res["session_options"]:
+        print(f"{r['variant']:<50}{r['load_ms']:>9}{r['p50_us']:>9}{r['p99_us']:>9}")
+    p = res["predictor"]
+    print(f"\nPredictor.update (features + model): p50 {p['update']['p50_us']} µs, p99 {p['update']['p99_us']} µs "
+          f"(features alone p50 {p['features_only']['p50_us']} µs)   goal p99 <= 100 µs")  # fmt: skip
+    h = res["http"]
+    print(f"HTTP POST /v1/candles, 1 connection: p50 {h['one_connection']['p50_us'] / 1e3:.2f} ms, "
+          f"p99 {h['one_connection']['p99_us'] / 1e3:.2f} ms   goal p50 <= 0.5 ms")  # fmt: skip
+    print(f"HTTP 16 connections: {h['sixteen_connections']['req_per_s']} req/s "
+          f"(p50 {h['sixteen_connections']['p50_us'] / 1e3:.2f} ms)")  # fmt: skip
+    print(f"memory, champion + challenger loaded: RSS {h['memory_loaded']['rss_mb']} MB, after requests "
+          f"{h['memory_after_requests']['rss_mb']} MB (peak {h['memory_after_requests']['hwm_mb']} MB)   goal <= 100 MB")  # fmt: skip
+    print(f"written {RESULTS / 'serving.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""FastAPI app: REST + WebSocket predictions, model status, health, readiness and Prometheus metrics.
+
+    POST   /v1/predict          a window of candles → prediction at its last candle (stateless)
+    POST   /v1/candles          push closed candle(s) of a symbol into its stream → prediction
+    DELETE /v1/streams/{symbol} forget a symbol's stream (re-sync after a gap you cannot fill)
+    WS     /v1/stream           send {"symbol", "candle"} messages, receive predictions (bounded queue)
+    GET    /v1/models           loaded versions, registry aliases, load errors, routing
+    GET    /healthz  /readyz    alive; ready only when every watched model has a warmed champion
+    GET    /metrics             Prometheus text format
+
+Bad input never yields a 5xx: schema errors, NaN/inf, non-increasing or gapped times, a too-short
+window, an unknown symbol/model and oversized bodies get a 4xx whose `error` names the problem.
+`create_app(state)` takes a built `ServingState` (no import-time side effects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import Path as FPath
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipelines.errors import KairosError, StreamError
+from serving.predictor import InputError, Prediction, Predictor
+from serving.schemas import CandlesIn, CandlesOut, ErrorOut, PredictIn, PredictionOut, StreamIn
+from serving.state import ServingState
+
+log = logging.getLogger("kairos.serving")
+INTERVAL_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+               "1h": 3_600_000, "4h": 14_400_000, "1d": 86_400_000}  # fmt: skip
+
+
+class ApiError(Exception):
+    """Raised inside handlers; rendered as {"error": message} with `status`."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def prediction_out(p: Prediction) -> dict[str, Any]:
+    conf = p.confidence or (None,) * len(p.horizons)
+    return {
+        "request_id": p.request_id, "symbol": p.symbol, "interval": p.interval, "open_time": p.open_time,
+        "model": p.model, "version": p.version, "arm": p.arm, "latency_us": round(p.latency_us, 2),
+        "horizons": [
+            {"horizon": h, "log_return": r, "direction": d, "confidence": c}
+            for h, r, d, c in zip(p.horizons, p.log_returns, p.directions, conf)
+        ],
+    }  # fmt: skip
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for bodies over `limit` bytes (declared or streamed)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers", ()):
+            if k == b"content-length" and (not v.isdigit() or int(v) > self.limit):
+                return await self._reject(send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge()
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Any) -> None:
+        body = json.dumps({"error": f"request body exceeds {self.limit} bytes; send fewer candles per request"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(state: ServingState) -> FastAPI:
+    """The ASGI app over `state`; the caller owns `state.start()` / `state.close()` (see `lifespan`)."""
+    api = state.cfg.api
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.start()
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(title="Kairos serving", version="1", lifespan=lifespan,
+                  responses={422: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}})  # fmt: skip
+    app.add_middleware(BodyLimit, limit=api.max_body_bytes)
+    app.state.serving = state
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError) -> JSONResponse:
+        state.metrics.errors.labels(request.url.path, str(e.status)).inc()
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (undecodable body 400, unknown route 404, wrong method 405)
+        if e.status_code >= 400:
+            state.metrics.errors.labels(request.url.path if e.status_code != 404 else "unknown", str(e.status_code)).inc()
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        state.metrics.errors.labels(request.url.path, "422").inc()
+        errs = e.errors()
+        return JSONResponse({"error": _validation_message(errs), "detail": _jsonable(errs[:5])}, status_code=422)
+
+    def predictor_for(symbol: str, interval: str | None, model: str | None = None) -> Predictor:
+        if model is not None:
+            slot = state.slots.get(model)
+            if slot is None:
+                raise ApiError(404, f"unknown model {model!r}; served models: {sorted(state.slots)}")
+            pred = slot.predictor
+            if pred is None:
+                raise ApiError(503, f"model {model!r} has no champion loaded yet; see GET /v1/models")
+            if pred.symbol != symbol:
+                raise ApiError(422, f"model {model!r} serves symbol {pred.symbol!r}, not {symbol!r}")
+        else:
+            pred = state.by_symbol(symbol)
+            if pred is None:
+                symbols = sorted(s.predictor.symbol for s in state.slots.values() if s.predictor)
+                raise ApiError(404, f"unknown symbol {symbol!r}; served symbols: {symbols}")
+        if interval is not None and interval != pred.interval:
+            raise ApiError(422, f"interval {interval!r} does not match model {pred.name} ({pred.interval!r})")
+        return pred
+
+    def records(body: CandlesIn, pred: Predictor, contiguous: bool) -> list[dict[str, Any]]:
+        step = INTERVAL_MS.get(pred.interval)
+        recs = [c.to_record(pred.symbol, pred.interval) for c in body.candles]
+        for i, r in enumerate(recs):
+            if step and r["open_time"] % step:
+                raise ApiError(422, f"candles.{i}.open_time {r['open_time']} is not aligned to {pred.interval} candles")
+            if i and r["open_time"] <= recs[i - 1]["open_time"]:
+                raise ApiError(422, f"candles.{i}.open_time is not after candles.{i - 1}: times must strictly increase")
+            if contiguous and i and step and r["open_time"] - recs[i - 1]["open_time"] != step:
+                raise ApiError(422, f"candles.{i}: gap after candles.{i - 1}; a window must be consecutive {pred.interval} candles")
+        return recs
+
+    def routing_key(request: Request | WebSocket, symbol: str) -> str:
+        return request.headers.get(state.cfg.routing.key_header) or symbol
+
+    @app.post("/v1/predict", response_model=PredictionOut)
+    async def predict(body: PredictIn, request: Request) -> Any:
+        """Stateless prediction at the last candle of a window of consecutive closed candles."""
+        if len(body.candles) > api.max_window:
+            raise ApiError(422, f"window of {len(body.candles)} candles exceeds max_window={api.max_window}")
+        pred = predictor_for(body.symbol, body.interval, body.model)
+        recs = records(body, pred, contiguous=True)
+        try:
+            p = pred.predict(recs, routing_key(request, body.symbol), request.headers.get("x-request-id"))
+        except (InputError, StreamError) as e:
+            raise ApiError(422, str(e)) from None
+        return JSONResponse(prediction_out(p))
+
+    @app.post("/v1/candles", response_model=CandlesOut)
+    async def candles(body: CandlesIn, request: Request) -> Any:
+        """Push closed candle(s), oldest first, into the symbol's stream; the prediction at the last one."""
+        if len(body.candles) > api.max_batch:
+            raise ApiError(422, f"{len(body.candles)} candles exceed max_batch={api.max_batch}; split the upload")
+        pred = predictor_for(body.symbol, body.interval)
+        recs = records(body, pred, contiguous=False)
+        key, rid = routing_key(request, body.symbol), request.headers.get("x-request-id")
+        p, accepted = None, 0
+        try:
+            for r in recs:
+                p = pred.update(r, key, rid)
+                accepted += 1
+        except StreamError as e:
+            raise ApiError(409, f"{e} (accepted {accepted} of {len(recs)}; DELETE /v1/streams/{pred.symbol} to re-sync)") from None
+        except InputError as e:
+            raise ApiError(422, f"{e} (accepted {accepted} of {len(recs)})") from None
+        return JSONResponse({"symbol": pred.symbol, "accepted": accepted, "warmup_remaining": pred.warmup_remaining,
+                             "prediction": None if p is None else prediction_out(p)})  # fmt: skip
+
+    @app.delete("/v1/streams/{symbol}")
+    async def reset_stream(
+        symbol: Annotated[str, FPath(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._:-]+$")],
+    ) -> dict[str, Any]:
+        """Forget the stream of `symbol`; predictions resume after the feature warm-up."""
+        pred = predictor_for(symbol, None)
+        pred.reset()
+        return {"symbol": symbol, "reset": True, "warmup_remaining": pred.warmup_remaining}
+
+    @app.websocket("/v1/stream")
+    async def stream(ws: WebSocket) -> None:
+        await ws.accept()
+        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=api.ws_queue)
+
+        async def reader() -> None:
+            try:
+                while True:
+                    await queue.put(await ws.receive_text())  # blocks when full: back-pressure on the socket
+            except (WebSocketDisconnect, RuntimeError):
+                await queue.put(None)
+
+        task = asyncio.create_task(reader())
+        try:
+            while (msg := await queue.get()) is not None:
+                await ws.send_text(json.dumps(_ws_answer(msg, ws)))
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            task.cancel()
+
+    def _ws_answer(msg: str, ws: WebSocket) -> dict[str, Any]:
+        if len(msg) > api.max_body_bytes:
+            return {"type": "error", "error": f"message exceeds {api.max_body_bytes} bytes"}
+        try:
+            m = StreamIn.model_validate_json(msg)
+            pred = predictor_for(m.symbol, None)
+            p = pred.update(m.candle.to_record(pred.symbol, pred.interval), routing_key(ws, m.symbol))
+        except ValidationError as e:
+            return {"type": "error", "error": _validation_message(e.errors())}
+        except (ApiError, StreamError, InputError) as e:
+            return {"type": "error", "error": str(e)}
+        if p is None:
+            return {"type": "warming_up", "symbol": pred.symbol, "warmup_remaining": pred.warmup_remaining}
+        return {"type": "prediction", **prediction_out(p)}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        """Loaded versions per arm, the registry's aliases, load errors, routing."""
+        return {"models": state.describe(), "ready": state.ready}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ok = state.ready
+        return JSONResponse({"ready": ok, "models": {s.name: s.predictor is not None for s in state.slots.values()}},
+                            status_code=200 if ok else 503)  # fmt: skip
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _jsonable(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Location, message and type only: the rejected `input` may hold NaN/bytes, which JSON cannot carry."""
+    return [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))} for e in errors]
+
+
+__all__ = ["ApiError", "KairosError", "create_app", "prediction_out"]

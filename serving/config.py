@@ -1,0 +1,94 @@
+"""Typed serving config, parsed once from `configs/serving.yaml` at the entry point (`kairos serve`).
+
+Each part is handed only to the component that needs it: `RuntimeConfig` to the onnxruntime session
+factory, `RoutingConfig` to the router, `WatcherConfig` to the MLflow watcher, `PredLogConfig` to the
+prediction-log writer, `ApiConfig` to the FastAPI app.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipelines.config import _parse, _read_yaml
+
+Provider = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RuntimeConfig(_Frozen):
+    """onnxruntime session options; defaults chosen by `benchmarks/bench_serving.py` (single-row latency)."""
+
+    providers: tuple[Provider, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    intra_op_threads: int = Field(1, ge=0)  # 1: a single row has no parallelism worth a thread hand-off
+    inter_op_threads: int = Field(1, ge=0)
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    allow_spinning: bool = False  # spinning burns a core between requests on a shared 2-core box
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    optimized_model_cache: bool = False  # write the optimised graph next to the bundle (load time only)
+    warmup_runs: int = Field(20, ge=1)  # session runs before a model is swapped in
+
+
+class RoutingConfig(_Frozen):
+    """Champion/challenger traffic: `split` sends `challenger_percent` of routing keys to the challenger;
+    `shadow` scores every request with both and returns the champion's answer."""
+
+    mode: Literal["split", "shadow", "champion_only"] = "split"
+    challenger_percent: float = Field(10.0, ge=0, le=100)
+    key_header: str = "x-client-id"  # routing key = this header, else the symbol
+    salt: str = "kairos"  # change to reshuffle which keys land on which arm
+
+
+class WatcherConfig(_Frozen):
+    tracking_uri: str | None = None  # http(s)://host:port of `mlflow server`; None = MLFLOW_TRACKING_URI
+    poll_interval_s: float = Field(2.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+    aliases: tuple[str, ...] = ("champion", "challenger")
+
+
+class PredLogConfig(_Frozen):
+    enabled: bool = True
+    directory: Path | None = None  # None = $KAIROS_HOME/predictions
+    flush_every: int = Field(256, ge=1)  # records per fsync: the most a kill -9 can lose
+    flush_interval_ms: float = Field(50.0, gt=0)  # ...or this long after the first unflushed record
+    queue_size: int = Field(100_000, ge=1)  # when full, records are dropped and counted, never blocking
+
+
+class ApiConfig(_Frozen):
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_window: int = Field(5000, ge=1)  # candles per /v1/predict request
+    max_batch: int = Field(1000, ge=1)  # candles per /v1/candles request
+    ws_queue: int = Field(64, ge=1)  # WebSocket: pending candles per connection before back-pressure
+    history_candles: int = Field(2000, ge=1)  # raw candles kept per symbol to build a new feature state
+
+
+class ServingConfig(_Frozen):
+    runtime: RuntimeConfig = RuntimeConfig()
+    routing: RoutingConfig = RoutingConfig()
+    watcher: WatcherConfig = WatcherConfig()
+    prediction_log: PredLogConfig = PredLogConfig()
+    api: ApiConfig = ApiConfig()
+
+    @model_validator(mode="after")
+    def _cpu_last(self) -> "ServingConfig":
+        if "CPUExecutionProvider" not in self.runtime.providers:
+            raise ValueError("runtime.providers must include CPUExecutionProvider as the last fallback")
+        return self
+
+
+def load_serving_config(path: Path | None = None, configs_dir: Path | None = None) -> ServingConfig:
+    """Parse `path` (default `<configs_dir>/serving.yaml`); a missing default file means all defaults."""
+    if path is None:
+        if configs_dir is None:
+            from pipelines.settings import get_settings
+
+            configs_dir = get_settings().configs_dir
+        path = configs_dir / "serving.yaml"
+        if not path.exists():
+            return ServingConfig()
+    return _parse(ServingConfig, _read_yaml(path), path)

@@ -1,0 +1,65 @@
+"""Prometheus metrics of one serving process, on its own registry (no global state across apps/tests).
+
+| metric                                   | type      | labels                    |
+|------------------------------------------|-----------|---------------------------|
+| kairos_prediction_latency_seconds        | histogram | model, version, arm       |
+| kairos_predictions_total                 | counter   | model, version, arm, served |
+| kairos_request_errors_total              | counter   | endpoint, status          |
+| kairos_model_reloads_total               | counter   | model, alias, result (ok/failed) |
+| kairos_model_loaded_version              | gauge     | model, alias (value = version number) |
+| kairos_model_load_failed                 | gauge     | model, alias (1 = newest registry version refused) |
+| kairos_prediction_log_written_total / _dropped_total | gauge | -             |
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from serving.predictor import Prediction
+    from serving.predlog import PredictionLog
+
+# seconds: in-process predictions take tens of µs, HTTP requests hundreds
+LATENCY_BUCKETS = (2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.25, 1.0)
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.latency = Histogram(
+            "kairos_prediction_latency_seconds", "Features + model time per prediction",
+            ["model", "version", "arm"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.predictions = Counter(
+            "kairos_predictions", "Predictions made", ["model", "version", "arm", "served"], registry=r
+        )
+        self.errors = Counter("kairos_request_errors", "Requests refused or failed", ["endpoint", "status"], registry=r)
+        self.reloads = Counter("kairos_model_reloads", "Model (re)loads", ["model", "alias", "result"], registry=r)
+        self.version = Gauge("kairos_model_loaded_version", "Loaded model version", ["model", "alias"], registry=r)
+        self.failed = Gauge(
+            "kairos_model_load_failed", "1 when the registry's version could not be loaded", ["model", "alias"], registry=r
+        )
+        self._log_written = Gauge("kairos_prediction_log_written", "Prediction records fsynced", registry=r)
+        self._log_dropped = Gauge("kairos_prediction_log_dropped", "Prediction records dropped (queue full)", registry=r)
+
+    def watch_log(self, log: "PredictionLog") -> None:
+        self._log_written.set_function(lambda: log.written)
+        self._log_dropped.set_function(lambda: log.dropped)
+
+    def observe(self, p: "Prediction", served: bool = True) -> None:
+        self.latency.labels(p.model, p.version, p.arm).observe(p.latency_us / 1e6)
+        self.predictions.labels(p.model, p.version, p.arm, "true" if served else "false").inc()
+
+    def loaded(self, model: str, alias: str, version: str, ok: bool) -> None:
+        self.reloads.labels(model, alias, "ok" if ok else "failed").inc()
+        if ok:
+            self.version.labels(model, alias).set(float(version) if version.isdigit() else 0.0)
+        self.failed.labels(model, alias).set(0.0 if ok else 1.0)
+
+    def unloaded(self, model: str, alias: str) -> None:
+        self.version.labels(model, alias).set(0.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,182 @@
+"""Model runtime: a bundle (`model.onnx` + `manifest.json`) → one warmed onnxruntime session.
+
+`load_model(bundle_dir, cfg, version=...)` reads the bundle with `pipelines.bundle.read_bundle`,
+builds one session with latency-oriented options (see `RuntimeConfig`), checks the graph against the
+manifest and warms it up; any failure raises `ModelLoadError` so a caller (the watcher) can keep the
+old model serving. `LoadedModel.run(x)` is the hot path: features float32 (N, F) or (N, T, F) →
+(returns (N, H) float32, confidence (N, H) float32 or None).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from pipelines.bundle import BundleError, Manifest, read_bundle, sha256_bytes
+from pipelines.errors import KairosError
+from serving.config import RuntimeConfig
+
+log = logging.getLogger("kairos.serving")
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class ModelLoadError(KairosError):
+    """A bundle could not be loaded or failed its warm-up; the model that was serving keeps serving."""
+
+
+def choose_providers(wanted: tuple[str, ...], available: list[str] | None = None) -> list[str]:
+    """Keep the configured providers that this onnxruntime build has, in the configured order.
+
+    Logs one line per missing provider (CI and most laptops have no TensorRT/CUDA) and always ends
+    with CPUExecutionProvider.
+    """
+    available = ort.get_available_providers() if available is None else available
+    chosen = []
+    for p in wanted:
+        if p in available:
+            chosen.append(p)
+        else:
+            log.warning("onnxruntime provider %s is not available here; falling back to the next one", p)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def session_options(cfg: RuntimeConfig, cache_path: Path | None = None) -> ort.SessionOptions:
+    """SessionOptions from config; `cache_path` (when caching is on) receives the optimised graph."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.intra_op_threads
+    so.inter_op_num_threads = cfg.inter_op_threads
+    so.execution_mode = (
+        ort.ExecutionMode.ORT_SEQUENTIAL if cfg.execution_mode == "sequential" else ort.ExecutionMode.ORT_PARALLEL
+    )
+    so.graph_optimization_level = _OPT_LEVELS[cfg.graph_optimization]
+    spin = "1" if cfg.allow_spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    so.log_severity_level = 3  # errors only: warnings about unused initialisers are noise here
+    if cfg.optimized_model_cache and cache_path is not None:
+        so.optimized_model_filepath = str(cache_path)
+    return so
+
+
+@dataclass
+class LoadedModel:
+    """One model version, loaded and warmed; immutable after construction (swapped, never mutated)."""
+
+    manifest: Manifest
+    version: str
+    session: ort.InferenceSession
+    sha256: str
+    source: str  # where it came from (bundle dir or registry URI), for /v1/models
+    providers: list[str]
+    loaded_at: float = field(default_factory=time.time)
+    warmup_us: float = 0.0  # median latency of the warm-up runs, microseconds
+    _input: str = ""
+    _outputs: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.model_name
+
+    @property
+    def horizons(self) -> list[int]:
+        return self.manifest.horizons
+
+    @property
+    def n_features(self) -> int:
+        return len(self.manifest.feature_set.names)
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """x float32 (N, F) or (N, T, F) → (returns (N, H), confidence (N, H) or None)."""
+        outs = self.session.run(self._outputs, {self._input: x})
+        return outs[0], (outs[1] if len(outs) > 1 else None)
+
+
+def _check_graph(session: ort.InferenceSession, manifest: Manifest) -> tuple[str, list[str]]:
+    """The graph's input/outputs must be the manifest's; returns (input name, output names)."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != manifest.input.name:
+        raise ModelLoadError(
+            f"graph inputs {[i.name for i in inputs]} do not match manifest input {manifest.input.name!r}; "
+            "re-export the bundle"
+        )
+    rank = len(manifest.input.shape)
+    if len(inputs[0].shape) != rank or rank not in (2, 3):
+        raise ModelLoadError(f"graph input rank {len(inputs[0].shape)} != manifest rank {rank} (expected 2 or 3)")
+    if manifest.input.shape[-1] != len(manifest.feature_set.names):
+        raise ModelLoadError(
+            f"manifest input width {manifest.input.shape[-1]} != {len(manifest.feature_set.names)} feature names"
+        )
+    graph_outs = [o.name for o in session.get_outputs()]
+    wanted = [o.name for o in manifest.outputs]
+    missing = [n for n in wanted if n not in graph_outs]
+    if missing or not wanted:
+        raise ModelLoadError(f"graph outputs {graph_outs} lack manifest outputs {missing or wanted}; re-export")
+    return inputs[0].name, wanted[:2]
+
+
+def warm_up(model: LoadedModel, runs: int) -> float:
+    """Run the session `runs` times on a constant row; check shapes and finiteness; median µs."""
+    shape = [1 if d is None else d for d in model.manifest.input.shape]
+    shape[0] = 1
+    x = np.zeros(shape, dtype=np.float32)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        ret, conf = model.run(x)
+        times.append(time.perf_counter_ns() - t0)
+    h = len(model.horizons)
+    if ret.shape != (1, h):
+        raise ModelLoadError(f"warm-up: returns output has shape {ret.shape}, expected (1, {h}) from the manifest")
+    if not np.all(np.isfinite(ret)) or (conf is not None and not np.all(np.isfinite(conf))):
+        raise ModelLoadError("warm-up: the model returned NaN/inf on a zero row; refusing to serve it")
+    return float(np.median(times)) / 1e3
+
+
+def load_model(
+    bundle_dir: Path,
+    cfg: RuntimeConfig,
+    version: str = "local",
+    source: str | None = None,
+) -> LoadedModel:
+    """Read, check, build a session and warm up; raises ModelLoadError naming what failed."""
+    try:
+        onnx_bytes, manifest = read_bundle(Path(bundle_dir))
+    except BundleError as e:
+        raise ModelLoadError(str(e)) from None
+    providers = choose_providers(cfg.providers)
+    cache = Path(bundle_dir).parent / f".{Path(bundle_dir).name}.optimized.onnx"
+    try:
+        session = ort.InferenceSession(onnx_bytes, sess_options=session_options(cfg, cache), providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception zoo for corrupt graphs
+        raise ModelLoadError(f"onnxruntime cannot load {bundle_dir}/model.onnx: {str(e).splitlines()[0][:300]}") from None
+    input_name, output_names = _check_graph(session, manifest)
+    model = LoadedModel(
+        manifest=manifest,
+        version=str(version),
+        session=session,
+        sha256=sha256_bytes(onnx_bytes),
+        source=source or str(bundle_dir),
+        providers=session.get_providers(),
+        _input=input_name,
+        _outputs=output_names,
+    )
+    try:
+        model.warmup_us = warm_up(model, cfg.warmup_runs)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"warm-up failed: {str(e).splitlines()[0][:300]}") from None
+    return model
