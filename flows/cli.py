@@ -50,6 +50,11 @@ def _errors():
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         _fail(msg)
+    except Exception as e:  # noqa: BLE001 - a CLI run ends in one line, never a traceback
+        if os.environ.get("KAIROS_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        _fail(f"{type(e).__name__}: {first} (run again with KAIROS_DEBUG=1 for the traceback)")
 
 
 def _prepare() -> None:
@@ -58,10 +63,15 @@ def _prepare() -> None:
     if not os.environ.get("KAIROS_VERBOSE"):
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Prefect's temporary local server needs more than its default 20 s to start on a busy 2-core box.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from pipelines.settings import get_settings
 
     s = get_settings()
-    os.environ.setdefault("PREFECT_HOME", str(s.home_abs / "prefect"))
+    s.ensure_dirs()
+    if "PREFECT_HOME" not in os.environ:
+        (s.home_abs / "prefect").mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(s.home_abs / "prefect")
 
 
 @contextmanager

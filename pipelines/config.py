@@ -58,7 +58,7 @@ class LightGBMConfig(_Frozen):
     subsample_freq: int = Field(1, ge=0)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
-    num_threads: int = Field(2, ge=1)
+    num_threads: int = Field(1, ge=1)
     seed: int = 42
 
 
@@ -130,3 +130,187 @@ def load_training_config(configs_dir: Path, overrides: dict | None = None) -> Tr
 def load_promotion_policy(configs_dir: Path) -> PromotionPolicy:
     path = configs_dir / "promotion.yaml"
     return _parse(PromotionPolicy, _read_yaml(path), path)
+
+
+# --- Deep sequence models and ensembles (issue 5) ------------------------------------------------
+# Presets live in configs/models/<model_type>.yaml as {default: <name>, presets: {<name>: {...}}}.
+
+SEQUENCE_ARCHITECTURES = ("lstm_attention", "transformer", "tft", "mamba")
+
+
+class SequenceModelConfig(_Frozen):
+    """One preset of a deep sequence model: architecture, loss, and the shared training loop."""
+
+    architecture: Literal["lstm_attention", "transformer", "tft", "mamba"]
+    sequence_length: int = Field(60, ge=2, description="candles per window T")
+    d_model: int = Field(32, ge=4, description="hidden width")
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(4, ge=1, description="attention heads (lstm_attention, transformer, tft)")
+    ff_mult: int = Field(4, ge=1, description="feed-forward width multiplier (transformer)")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    bidirectional: bool = False  # lstm_attention: the whole window is past data, so this is not look-ahead
+    d_state: int = Field(16, ge=1, description="mamba: SSM state size per channel")
+    d_conv: int = Field(4, ge=1, description="mamba: causal depthwise conv kernel")
+    expand: int = Field(2, ge=1, description="mamba: inner width = expand * d_model")
+    quantiles: tuple[float, float, float] = (0.1, 0.5, 0.9)  # tft only
+    loss: Literal["mse", "huber", "direction", "sharpe", "quantile"] = "mse"
+    huber_delta: float = Field(1.0, gt=0, description="in units of the training-label std")
+    direction_weight: float = Field(0.5, ge=0, description="lambda of the direction-aware penalty")
+    sharpe_k: float = Field(5.0, gt=0, description="position = tanh(k * scaled prediction)")
+    max_epochs: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_frac: float = Field(0.05, ge=0, lt=1, description="share of all steps spent in linear warm-up")
+    min_lr_frac: float = Field(0.05, ge=0, le=1, description="cosine floor as a share of learning_rate")
+    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
+    patience: int = Field(3, ge=1, description="epochs without val improvement before stopping")
+    swa: bool = False
+    swa_start_frac: float = Field(0.5, ge=0, lt=1, description="SWA averages epochs after this share")
+    mixed_precision: bool = True  # used only when CUDA is present; CPU always trains in float32
+    mc_samples: int = Field(16, ge=2, description="frozen MC-dropout masks in the exported head")
+    seed: int = 42
+    num_threads: int = Field(2, ge=1, description="torch intra-op threads (explicit: 2 busy cores)")
+    opset: int = Field(17, ge=14, le=20)
+    parity_tolerance: float = Field(1e-4, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SequenceModelConfig":
+        if self.architecture != "mamba" and self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if (self.architecture == "tft") != (self.loss == "quantile"):
+            raise ValueError(
+                f"loss={self.loss!r} with architecture={self.architecture!r}: tft trains with loss 'quantile' "
+                "and the point models with mse|huber|direction|sharpe"
+            )
+        q = self.quantiles
+        if not 0 < q[0] < q[1] < q[2] < 1:
+            raise ValueError(f"quantiles must be increasing in (0, 1), got {q}")
+        return self
+
+
+class EnsembleConfig(_Frozen):
+    """A sequence model blended with the tabular LightGBM model (002 seed: 0.5 / 0.5)."""
+
+    sequence_model: Literal["lstm_attention", "transformer", "tft", "mamba"] = "mamba"
+    sequence_preset: str = "small"
+    sequence_overrides: dict[str, float | int | str | bool] = Field(
+        default_factory=dict, description="flat overrides of the sequence preset, e.g. {max_epochs: 2}"
+    )
+    sequence_weight: float = Field(0.5, ge=0)
+    tabular_weight: float = Field(0.5, ge=0)
+    parity_tolerance: float = Field(1e-4, gt=0)
+    opset: int = Field(15, ge=14, le=15, description="= LightGBM's: onnxmltools converts at <= 15")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EnsembleConfig":
+        if self.sequence_weight + self.tabular_weight <= 0:
+            raise ValueError("sequence_weight + tabular_weight must be > 0")
+        return self
+
+
+def load_model_preset(
+    configs_dir: Path, model_type: str, preset: str | None = None, overrides: dict | None = None
+) -> SequenceModelConfig | EnsembleConfig:
+    """Parse one preset of `configs/models/<model_type>.yaml` (plus flat `overrides`).
+
+    Args:
+        configs_dir: the configs directory (Settings.configs_dir).
+        model_type: one of SEQUENCE_ARCHITECTURES or "ensemble".
+        preset: preset name; None = the file's `default`.
+        overrides: flat field overrides, e.g. {"max_epochs": 2}.
+    """
+    if model_type not in (*SEQUENCE_ARCHITECTURES, "ensemble"):
+        raise ConfigError(
+            f"no model presets for {model_type!r}; expected one of {[*SEQUENCE_ARCHITECTURES, 'ensemble']}"
+        )
+    path = configs_dir / "models" / f"{model_type}.yaml"
+    data = _read_yaml(path)
+    presets = data.get("presets") or {}
+    name = preset or data.get("default")
+    if name not in presets:
+        raise ConfigError(f"{path}: no preset {name!r}; available: {sorted(presets)}")
+    fields = {**presets[name], **(overrides or {})}
+    model = EnsembleConfig if model_type == "ensemble" else SequenceModelConfig
+    return _parse(model, fields, path)
+
+
+# --- Hyperparameter tuning (issue 6) -------------------------------------------------------------
+# One file per model: configs/search_spaces/<model_type>.yaml = the objective settings + `params`.
+# Semantic checks (every parameter is a field of the model's config, bounds it accepts) live in
+# pipelines.tune.load_search_space, which knows the model configs.
+
+
+class ParamSpec(_Frozen):
+    """One tunable hyperparameter: an int/float range (optionally log-scaled or stepped) or choices."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: tuple[str | int | float | bool, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ParamSpec":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty `choices` list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a categorical parameter takes `choices`, not low/high")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"an {self.type} parameter needs `low` and `high`")
+        if not self.low < self.high:
+            raise ValueError(f"low={self.low} must be < high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log=true needs low > 0, got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log=true and step cannot be combined (Optuna samples one or the other)")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"an int parameter needs whole bounds, got low={self.low}, high={self.high}")
+        if self.choices is not None:
+            raise ValueError(f"an {self.type} parameter takes low/high, not `choices`")
+        return self
+
+
+class PrunerConfig(_Frozen):
+    """Optuna pruner. Steps are global: fold k's reports use steps [k*STEPS_PER_FOLD, (k+1)*STEPS_PER_FOLD)."""
+
+    kind: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(5, ge=0, description="median: trials finished before any pruning")
+    n_warmup_steps: int = Field(0, ge=0, description="median: global steps before a trial can be pruned")
+    reduction_factor: int = Field(3, ge=2, description="hyperband")
+
+
+class TuningConfig(_Frozen):
+    """A search space plus how trials are scored (parsed from configs/search_spaces/<model>.yaml)."""
+
+    model_type: str
+    section: Literal["lightgbm", "preset"] = Field(
+        "lightgbm", description="what the params override: the TrainingConfig `lightgbm` block, or the "
+        "deep model's preset (configs/models/<model_type>.yaml)")
+    preset: str | None = Field(None, description="section=preset: the preset tuned (None = the file's default)")
+    metric: Literal["accuracy", "ic", "sharpe"] = "accuracy"
+    horizon: int = Field(1, ge=1, description="the label horizon (candles) the metric is taken at")
+    inner_folds: int = Field(3, ge=1, description="newest inner walk-forward folds scored per trial")
+    seed: int = 42
+    n_startup_trials: int = Field(10, ge=0, description="TPE: random trials before modelling")
+    pruner: PrunerConfig = PrunerConfig()
+    in_fold_pruning: bool = Field(True, description="also report inside a fold (LightGBM/Lightning callbacks)")
+    report_interval: int = Field(10, ge=1, description="boosting iterations between in-fold reports")
+    heartbeat_interval: int = Field(10, ge=1, description="seconds between a running trial's heartbeats")
+    grace_period: int = Field(30, ge=1, description="seconds without a heartbeat before a trial is FAILed")
+    sqlite_timeout_s: float = Field(60.0, gt=0, description="SQLite busy timeout with several workers")
+    params: dict[str, ParamSpec]
+
+    @model_validator(mode="after")
+    def _check(self) -> "TuningConfig":
+        if not self.params:
+            raise ValueError("`params` is empty: name at least one parameter to tune")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"grace_period={self.grace_period} must exceed heartbeat_interval={self.heartbeat_interval}, "
+                "or live trials would be failed as stale"
+            )
+        return self

@@ -23,11 +23,11 @@ ModelFactory = Callable[["TrainingConfig", int, Sequence[int]], "ReturnsModel"]
 # model_type -> "module:callable"; deep-model modules are owned by the deep-model engineer.
 MODEL_FACTORIES: dict[str, str | ModelFactory] = {
     "lightgbm": "pipelines.models.lightgbm:build",
-    "lstm_attention": "pipelines.models.lstm_attention:build",
-    "transformer": "pipelines.models.transformer:build",
-    "tft": "pipelines.models.tft:build",
-    "mamba": "pipelines.models.mamba:build",
-    "ensemble": "pipelines.models.ensemble:build",
+    "lstm_attention": "pipelines.models.sequence:build_lstm_attention",
+    "transformer": "pipelines.models.sequence:build_transformer",
+    "tft": "pipelines.models.sequence:build_tft",
+    "mamba": "pipelines.models.sequence:build_mamba",
+    "ensemble": "pipelines.models.sequence:build_ensemble",
 }
 
 

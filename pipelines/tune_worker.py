@@ -1,0 +1,219 @@
+"""A tuning worker: `python -m pipelines.tune_worker --study NAME --storage URL --model M --symbol S --trials N`.
+
+Any number of workers, on one machine or many, share one study through one Optuna RDB storage
+(SQLite file by default, PostgreSQL for many machines) — Optuna's own way of distributing. Each
+worker loops: FAIL stale trials (a killed worker's RUNNING trial stops heart-beating; it is marked
+FAIL after `grace_period` and its parameters are re-enqueued once by `RetryHeartbeatStaleTrialCallback`),
+count finished (COMPLETE + PRUNED) and running trials, and run one more trial only while
+finished + running < N. So K workers together finish N trials, and running the command again on
+the same study resumes (load_if_exists) instead of starting over. Two workers that check in the
+same millisecond can overshoot N by one; nothing is lost or duplicated (numbers come from the storage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import TuningConfig
+from pipelines.tune import TuningError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_storage(home: Path) -> str:
+    """The embedded default: a SQLite file in KAIROS_HOME."""
+    return f"sqlite:///{Path(home).expanduser().resolve() / 'optuna.db'}"
+
+
+def driver_url(url: str) -> str:
+    """`postgresql://` with the installed driver: SQLAlchemy 2.1 defaults to psycopg 3, Kairos ships psycopg2."""
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+def make_storage(url: str, tuning: TuningConfig) -> Any:
+    """An RDBStorage with heartbeats (stale-trial detection) and a busy timeout for SQLite."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Several processes write one file: wait for the lock instead of failing with "database is locked".
+        engine = {"connect_args": {"timeout": tuning.sqlite_timeout_s}}
+    else:
+        engine = {"pool_pre_ping": True}
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(driver_url(url), engine_kwargs=engine, heartbeat_interval=tuning.heartbeat_interval,
+                                  grace_period=tuning.grace_period,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except DBAPIError:
+            # Workers started together on an empty database race to create Optuna's schema (PostgreSQL:
+            # "duplicate key ... pg_type"); the loser finds the tables on its next try.
+            if attempt == 2:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
+
+
+def make_pruner(tuning: TuningConfig) -> Any:
+    import optuna
+
+    from pipelines.tune import STEPS_PER_FOLD
+
+    p = tuning.pruner
+    if p.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tuning.inner_folds * STEPS_PER_FOLD,
+                                              reduction_factor=p.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(storage: Any, study_name: str, tuning: TuningConfig, worker_index: int = 0,
+               attrs: dict[str, Any] | None = None) -> Any:
+    """Create or load the study; seed TPE per worker and per resume so no two draw the same sequence.
+
+    Raises:
+        TuningError: the study exists but was made for another metric/horizon/model.
+    """
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True)
+    want = {"model_type": tuning.model_type, "metric": tuning.metric, "horizon": tuning.horizon, **(attrs or {})}
+    have = study.user_attrs
+    for key, value in want.items():
+        if key not in have:
+            study.set_user_attr(key, value)
+        elif have[key] != value:
+            raise TuningError(f"study {study_name!r} was created with {key}={have[key]!r}, not {value!r}; "
+                              "pass another --study name (or delete that study) to tune differently")
+    seed = tuning.seed + 1000 * worker_index + len(study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=tuning.n_startup_trials, constant_liar=True)
+    study.pruner = make_pruner(tuning)
+    return study
+
+
+def trial_counts(study: Any) -> dict[str, int]:
+    """Trials per state name, e.g. {"COMPLETE": 8, "PRUNED": 4, "FAIL": 1}."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def run_budget(study: Any, objective: Any, n_trials: int, poll_s: float = 1.0) -> int:
+    """Run trials until the study has `n_trials` finished (COMPLETE + PRUNED) ones; return how many ran here."""
+    import optuna
+
+    ran = 0
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        c = trial_counts(study)
+        done, running = c.get("COMPLETE", 0) + c.get("PRUNED", 0), c.get("RUNNING", 0)
+        if done >= n_trials:
+            return ran
+        if done + running >= n_trials:
+            time.sleep(poll_s)  # others hold the rest of the budget; if one dies its trial goes stale
+            continue
+        study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
+        ran += 1
+
+
+def worker_command(*, study: str, storage: str, model: str, symbol: str, interval: str, trials: int,
+                   worker_index: int, threads: int, data: Path | None = None) -> list[str]:
+    """The argv of one worker process (this module, run by the current interpreter)."""
+    cmd = [sys.executable, "-m", "pipelines.tune_worker", "--study", study, "--storage", storage,
+           "--model", model, "--symbol", symbol, "--interval", interval, "--trials", str(trials),
+           "--worker-index", str(worker_index), "--threads", str(threads)]
+    return cmd + (["--data", str(data)] if data else [])
+
+
+def launch_workers(k: int, log_dir: Path, **kw: Any) -> list[tuple[subprocess.Popen, Path]]:
+    """Start K worker processes (env inherited: KAIROS_HOME, configs); stderr goes to per-worker logs."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(k):
+        log = log_dir / f"worker-{i}.log"
+        with open(log, "w") as fh:
+            procs.append((subprocess.Popen(worker_command(worker_index=i, **kw), cwd=REPO, stdout=fh,
+                                           stderr=subprocess.STDOUT, env=os.environ.copy()), log))
+    return procs
+
+
+def wait_workers(procs: list[tuple[subprocess.Popen, Path]]) -> None:
+    """Wait for every worker; raise with the last line of a failed worker's log."""
+    failed = []
+    for proc, log in procs:
+        if proc.wait() != 0:
+            lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+            failed.append(f"worker exited {proc.returncode}: {lines[-1] if lines else '(no output)'} (log {log})")
+    if failed:
+        raise TuningError("; ".join(failed))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.tune_worker", description=__doc__.splitlines()[0])
+    ap.add_argument("--study", required=True)
+    ap.add_argument("--storage", required=True, help="Optuna RDB URL (sqlite:///... or postgresql://...)")
+    ap.add_argument("--model", default="lightgbm")
+    ap.add_argument("--symbol", required=True)
+    ap.add_argument("--interval", default="1m")
+    ap.add_argument("--trials", type=int, required=True, help="trial budget of the whole study")
+    ap.add_argument("--worker-index", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="LightGBM/torch threads per trial")
+    ap.add_argument("--data", type=Path, default=None, help="tuning rows (.npz); default: the candle store")
+    args = ap.parse_args(argv)
+
+    import optuna
+
+    from pipelines.config import load_training_config
+    from pipelines.errors import KairosError
+    from pipelines.settings import get_settings
+    from pipelines.tune import Objective, TuningData, load_search_space, prepare_tuning_data
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        s = get_settings()
+        tuning = load_search_space(s.configs_dir, args.model)
+        cfg = load_training_config(s.configs_dir)
+        if args.data is not None:
+            data = TuningData.load(args.data)
+        else:
+            from pipelines.store import CandleStore
+
+            candles = CandleStore(s.store_path).load(args.symbol, args.interval)
+            if candles.empty:
+                raise TuningError(f"no candles stored for {args.symbol} {args.interval} in {s.store_path}")
+            data = prepare_tuning_data(candles, cfg)
+        study = open_study(make_storage(args.storage, tuning), args.study, tuning, args.worker_index,
+                           {"symbol": args.symbol, "interval": args.interval})
+        objective = Objective(data, cfg, tuning, interval=args.interval, threads=args.threads,
+                              configs_dir=s.configs_dir)
+        ran = run_budget(study, objective, args.trials)
+    except KairosError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"worker": args.worker_index, "ran": ran, "pid": os.getpid()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
