@@ -3,10 +3,14 @@
 Measures, on the LightGBM bundle (5 horizons x 200 trees, fitted on real FILUSDT candles):
   1. onnxruntime session options (threads, execution mode, spinning, graph optimisation, optimised-model
      cache): load time and single-row p50/p99 of `session.run`;
-  2. in-process `Predictor.update` p50/p99 (streaming features + model), and the features share;
-  3. HTTP `POST /v1/candles` (one candle per request) p50/p99 over 1 keep-alive connection, and throughput
-     with 16 connections (16 symbols, one stream each), client in another process, loopback;
-  4. resident memory (VmRSS / VmHWM) of the serving process with champion + challenger loaded.
+  2. in-process `Predictor.update` p50/p99 (streaming features + model; and as the server runs it: shadow,
+     prediction log, metrics), the features and the model alone;
+  3. HTTP `POST /v1/candles` (one candle per request) p50/p99 over 1 keep-alive connection (httpx client, and
+     a minimal socket client that leaves out the client's own cost), and throughput with 16 connections
+     (16 symbols, one stream each), client in another process, loopback;
+  4. resident memory (VmRSS / VmHWM, anonymous vs shared-library pages) of the serving process with
+     champion + challenger loaded, and whether it mapped pandas/pyarrow/mlflow/torch/... (it must not).
+The server is `python -m serving.cli` (uvloop + httptools when installed, see `serving.cli.uvicorn_impl`).
 Writes `benchmarks/results/serving.json` and prints a table.
 """
 
@@ -100,30 +104,54 @@ def bench_session_options(d: Path, runs: int) -> list[dict]:
 
 def bench_predictor(d: Path, n: int) -> dict:
     from pipelines.features import StreamingFeatures, get_feature_set
-    from serving.config import RuntimeConfig
+    from serving.config import RoutingConfig, RuntimeConfig
+    from serving.metrics import ServingMetrics
     from serving.predictor import Predictor
+    from serving.predlog import PredictionLog
     from serving.runtime import load_model
     from serving.testing import candle_records
 
     warm = get_feature_set("core27").warmup
     recs = candle_records(candles(warm + n, month=1))
-    pred = Predictor(load_model(d, RuntimeConfig()))
-    for r in recs[:warm]:
-        pred.update(r)
-    ts = []
-    for r in recs[warm:]:
-        t0 = time.perf_counter_ns()
-        pred.update(r)
-        ts.append(time.perf_counter_ns() - t0)
+
+    def timed(pred: Predictor) -> dict:
+        for r in recs[:warm]:
+            pred.update(r)
+        ts = []
+        for r in recs[warm:]:
+            t0 = time.perf_counter_ns()
+            pred.update(r)
+            ts.append(time.perf_counter_ns() - t0)
+        return pct(ts)
+
+    model = load_model(d, RuntimeConfig())
+    out = {"update": timed(Predictor(model))}  # champion only, no log: features + model + bookkeeping
+    # what the HTTP server does per candle: shadow (both arms score), prediction log, Prometheus metrics
+    metrics, log = ServingMetrics(), PredictionLog(RESULTS / "tmp" / "predlog").start()
+    try:
+        shadow = Predictor(model, load_model(d, RuntimeConfig()), RoutingConfig(mode="shadow"), log,
+                           observer=metrics.observe)  # fmt: skip
+        out["update_shadow_logged"] = timed(shadow)
+    finally:
+        log.close()
     sf = StreamingFeatures("core27", 60_000)  # features alone, for the split
     for r in recs[:warm]:
         sf.update(r)
-    fts = []
+    fts, rows = [], []
     for r in recs[warm:]:
         t0 = time.perf_counter_ns()
-        sf.update(r)
+        row = sf.update(r)
         fts.append(time.perf_counter_ns() - t0)
-    return {"update": pct(ts), "features_only": pct(fts)}
+        rows.append(row)
+    out["features_only"] = pct(fts)
+    xs = np.asarray(rows, dtype=np.float32)  # the model alone on the same (real, varying) rows
+    mts = []
+    for i in range(len(xs)):
+        t0 = time.perf_counter_ns()
+        model.run(xs[i : i + 1])
+        mts.append(time.perf_counter_ns() - t0)
+    out["model_only"] = pct(mts)
+    return out
 
 
 def _free_port() -> int:
@@ -156,10 +184,20 @@ def _serve(bundles: list[Path], challenger: Path | None, home: Path) -> tuple[su
     raise RuntimeError("serving process did not become ready")
 
 
-def _rss(pid: int) -> dict[str, float]:
+HEAVY = ("pandas", "pyarrow", "mlflow", "torch", "great_expectations", "lightgbm", "sklearn", "scipy")
+
+
+def _rss(pid: int) -> dict:
+    """VmRSS/VmHWM, the anonymous vs file-backed (shared-library code) split, and which heavy
+    libraries the process has mapped (a C extension of each is mapped once it is imported)."""
     status = Path(f"/proc/{pid}/status").read_text()
     get = lambda k: int(next(line.split()[1] for line in status.splitlines() if line.startswith(k)))  # noqa: E731
-    return {"rss_mb": round(get("VmRSS:") / 1024, 1), "hwm_mb": round(get("VmHWM:") / 1024, 1)}
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {
+        "rss_mb": round(get("VmRSS:") / 1024, 1), "hwm_mb": round(get("VmHWM:") / 1024, 1),
+        "rss_anon_mb": round(get("RssAnon:") / 1024, 1), "rss_file_mb": round(get("RssFile:") / 1024, 1),
+        "heavy_libraries_mapped": [h for h in HEAVY if f"/site-packages/{h}/" in maps],
+    }  # fmt: skip
 
 
 CLIENT = r"""
@@ -188,6 +226,44 @@ async def one_stream(client, symbol, lat):
 
 asyncio.run(main())
 """
+
+
+RAW_CLIENT = r"""
+import json, socket, sys, time
+base, n, feed = sys.argv[1], int(sys.argv[2]), json.load(open(sys.argv[3]))
+host, port = base.split("//")[1].split(":")
+sock = socket.create_connection((host, int(port)))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+rfile = sock.makefile("rb")
+
+def post(body):
+    sock.sendall(b"POST /v1/candles HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    size = 0
+    while (line := rfile.readline()) != b"\r\n":
+        if line.lower().startswith(b"content-length:"):
+            size = int(line.split(b":")[1])
+    return rfile.read(size)
+
+post(json.dumps({"symbol": "FILUSDT", "candles": feed["warm"]}).encode())
+bodies = [json.dumps({"symbol": "FILUSDT", "candles": [c]}).encode() for c in feed["stream"][:n]]  # built up front
+lat = []
+for b in bodies:
+    t0 = time.perf_counter_ns()
+    r = post(b)
+    lat.append(time.perf_counter_ns() - t0)
+    assert b'"prediction":{' in r, r
+print(json.dumps({"lat_ns": lat, "wall_s": sum(lat) / 1e9}))
+"""
+
+
+def _raw_client(base: str, n: int, feed: Path) -> dict:
+    """One keep-alive connection from a minimal socket client with the bodies built up front: the
+    server's latency plus loopback, without httpx's own per-request cost (~1.5 ms on the shared box)."""
+    out = subprocess.run([sys.executable, "-c", RAW_CLIENT, base, str(n), str(feed)],
+                         capture_output=True, text=True, check=True, cwd=REPO)  # fmt: skip
+    res = json.loads(out.stdout)
+    return {**pct(res["lat_ns"]), "req_per_s": round(len(res["lat_ns"]) / res["wall_s"], 1)}
 
 
 def _client(base: str, n: int, conns: int, feed: Path) -> dict:
@@ -225,6 +301,12 @@ def bench_http(d: Path, n: int, tmp: Path) -> dict:
     finally:
         proc.terminate()
         proc.wait(10)
+    proc, base = _serve([d], _symbol_copy(d, tmp / "challenger", "FILUSDT"), tmp / "home1b")  # a fresh stream
+    try:
+        out["one_connection_raw_client"] = _raw_client(base, n, feed)
+    finally:
+        proc.terminate()
+        proc.wait(10)
     feed.write_text(json.dumps({"warm": recs[:warm], "stream": recs[warm:], "symbols": symbols}))
     copies = [_symbol_copy(d, tmp / s, s) for s in symbols]
     proc, base = _serve(copies, None, tmp / "home2")
@@ -246,8 +328,11 @@ def main() -> None:
     tmp = RESULTS / "tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    from serving.cli import uvicorn_impl
+
     res = {
         "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "python": platform.python_version()},
+        "server": uvicorn_impl(),  # what `python -m serving.cli` runs uvicorn with
         "bundle": {"path": str(d.relative_to(REPO)), "trees_per_horizon": 50 if args.quick else 200, "horizons": 5},
         "session_options": bench_session_options(d, runs),
         "predictor": bench_predictor(d, n),
@@ -263,14 +348,20 @@ def main() -> None:
         print(f"{r['variant']:<50}{r['load_ms']:>9}{r['p50_us']:>9}{r['p99_us']:>9}")
     p = res["predictor"]
     print(f"\nPredictor.update (features + model): p50 {p['update']['p50_us']} µs, p99 {p['update']['p99_us']} µs "
-          f"(features alone p50 {p['features_only']['p50_us']} µs)   goal p99 <= 100 µs")  # fmt: skip
+          f"(features alone p50 {p['features_only']['p50_us']} µs, model alone p50 {p['model_only']['p50_us']} µs)"
+          "   goal p99 <= 100 µs")
+    print(f"Predictor.update, shadow + log + metrics: p50 {p['update_shadow_logged']['p50_us']} µs, "
+          f"p99 {p['update_shadow_logged']['p99_us']} µs")  # fmt: skip
     h = res["http"]
     print(f"HTTP POST /v1/candles, 1 connection: p50 {h['one_connection']['p50_us'] / 1e3:.2f} ms, "
           f"p99 {h['one_connection']['p99_us'] / 1e3:.2f} ms   goal p50 <= 0.5 ms")  # fmt: skip
+    print(f"HTTP POST /v1/candles, 1 connection, minimal socket client: p50 "
+          f"{h['one_connection_raw_client']['p50_us'] / 1e3:.2f} ms, p99 {h['one_connection_raw_client']['p99_us'] / 1e3:.2f} ms")
     print(f"HTTP 16 connections: {h['sixteen_connections']['req_per_s']} req/s "
           f"(p50 {h['sixteen_connections']['p50_us'] / 1e3:.2f} ms)")  # fmt: skip
     print(f"memory, champion + challenger loaded: RSS {h['memory_loaded']['rss_mb']} MB, after requests "
-          f"{h['memory_after_requests']['rss_mb']} MB (peak {h['memory_after_requests']['hwm_mb']} MB)   goal <= 100 MB")  # fmt: skip
+          f"{h['memory_after_requests']['rss_mb']} MB (peak {h['memory_after_requests']['hwm_mb']} MB)   goal <= 100 MB; "
+          f"heavy libraries mapped: {h['memory_loaded']['heavy_libraries_mapped']}")  # fmt: skip
     print(f"written {RESULTS / 'serving.json'}")
 
 

@@ -215,13 +215,16 @@ def _print_decision(out: dict) -> None:
 
 @app.command()
 def train(symbol: str = SymbolOpt, interval: str = IntervalOpt,
-          model: str = typer.Option("lightgbm", "--model", "-m", help="Model type: lightgbm (more with the deep-model zoo).")) -> None:
+          model: str = typer.Option("lightgbm", "--model", "-m",
+                                    help="lightgbm | lstm_attention | transformer | tft | mamba | ensemble"),
+          preset: Optional[str] = typer.Option(None, help="Deep models: preset of configs/models/<model>.yaml "
+                                                          "(small, tiny, seed000, ...).")) -> None:
     """Walk-forward train and evaluate vs naive baselines, export ONNX, register in MLflow."""
     _prepare()
     with _errors(), _progress():
         from flows.retrain import train as train_flow
 
-        out = train_flow(symbol, interval, model)
+        out = train_flow(symbol, interval, model, preset)
     _print_training(out)
 
 

@@ -3,12 +3,19 @@
 A candle frame has exactly `CANDLE_COLUMNS`, one row per (symbol, interval, open_time), with
 `open_time` a tz-aware UTC `datetime64[ns, UTC]`. `spread_bps` is nullable (only a book feed
 gives it); `taker_buy_ratio` is derived = taker_buy_base_asset_volume / volume (0 when volume is 0).
+
+pandas is imported lazily (inside the frame functions and for `INTERVALS`): the serving process
+uses `INTERVAL_MS` / `interval_ms` and the column names only, and never loads pandas (~70 MB).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 KEY_COLUMNS = ["symbol", "interval", "open_time"]
 PRICE_COLUMNS = ["open", "high", "low", "close"]
@@ -35,24 +42,43 @@ DTYPES: dict[str, str] = {
     "taker_buy_ratio": "float64",
 }
 
-INTERVALS: dict[str, pd.Timedelta] = {
-    "1m": pd.Timedelta(minutes=1),
-    "3m": pd.Timedelta(minutes=3),
-    "5m": pd.Timedelta(minutes=5),
-    "15m": pd.Timedelta(minutes=15),
-    "30m": pd.Timedelta(minutes=30),
-    "1h": pd.Timedelta(hours=1),
-    "4h": pd.Timedelta(hours=4),
-    "1d": pd.Timedelta(days=1),
+INTERVAL_MS: dict[str, int] = {  # candle length in epoch milliseconds
+    "1m": 60_000,
+    "3m": 180_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "1h": 3_600_000,
+    "4h": 14_400_000,
+    "1d": 86_400_000,
 }
 
 
-def interval_delta(interval: str) -> pd.Timedelta:
-    """The candle length of `interval`; raises ValueError naming the allowed values."""
+def __getattr__(name: str) -> Any:
+    """`INTERVALS` (interval → pd.Timedelta) is built on first use, so importing this module does
+    not import pandas; `from pipelines.schema import INTERVALS` works as for a plain global."""
+    if name == "INTERVALS":
+        import pandas as pd
+
+        value = {k: pd.Timedelta(milliseconds=ms) for k, ms in INTERVAL_MS.items()}
+        globals()["INTERVALS"] = value  # later look-ups find the global, not this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def interval_ms(interval: str) -> int:
+    """The candle length of `interval` in milliseconds (no pandas); ValueError naming the allowed values."""
     try:
-        return INTERVALS[interval]
+        return INTERVAL_MS[interval]
     except KeyError:
-        raise ValueError(f"unknown interval {interval!r}; expected one of {sorted(INTERVALS)}") from None
+        raise ValueError(f"unknown interval {interval!r}; expected one of {sorted(INTERVAL_MS)}") from None
+
+
+def interval_delta(interval: str) -> "pd.Timedelta":
+    """The candle length of `interval` as a pd.Timedelta; raises ValueError naming the allowed values."""
+    import pandas as pd
+
+    return pd.Timedelta(milliseconds=interval_ms(interval))
 
 
 def taker_buy_ratio(taker_buy_base: np.ndarray, volume: np.ndarray) -> np.ndarray:
@@ -62,15 +88,19 @@ def taker_buy_ratio(taker_buy_base: np.ndarray, volume: np.ndarray) -> np.ndarra
     return r
 
 
-def empty_candles() -> pd.DataFrame:
+def empty_candles() -> "pd.DataFrame":
+    import pandas as pd
+
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in DTYPES.items()})[CANDLE_COLUMNS]
 
 
-def normalize_candles(df: pd.DataFrame) -> pd.DataFrame:
+def normalize_candles(df: "pd.DataFrame") -> "pd.DataFrame":
     """Cast a frame to the candle contract (column order, dtypes, derived taker_buy_ratio).
 
     Does not validate values (that is `validation.candles`); raises KeyError naming missing columns.
     """
+    import pandas as pd
+
     out = df.copy()
     if "spread_bps" not in out:
         out["spread_bps"] = np.nan

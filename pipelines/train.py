@@ -60,6 +60,7 @@ class TrainResult:
     gates: dict[str, bool] = field(default_factory=dict)  # {"parity": True, ...}
     folds: list[Any] = field(default_factory=list)  # pipelines.splits.Fold, oldest first (rows index [lo, end))
     model: Any = None  # the final fitted model (native), e.g. for an ensemble or an ad-hoc check
+    run_tags: dict[str, str] = field(default_factory=dict)  # extra tags for the training run (e.g. tuning provenance)
 
 
 class TrainingError(KairosError):

@@ -32,6 +32,7 @@ class RuntimeConfig(_Frozen):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     optimized_model_cache: bool = False  # write the optimised graph next to the bundle (load time only)
     warmup_runs: int = Field(20, ge=1)  # session runs before a model is swapped in
+    cpu_mem_arena: bool = False  # single-row inputs: the arena only holds memory (~1 MB per session)
 
 
 class RoutingConfig(_Frozen):

@@ -43,14 +43,22 @@ class ServingMetrics:
         )
         self._log_written = Gauge("kairos_prediction_log_written", "Prediction records fsynced", registry=r)
         self._log_dropped = Gauge("kairos_prediction_log_dropped", "Prediction records dropped (queue full)", registry=r)
+        self._children: dict[tuple, tuple] = {}  # (model, version, arm, served) → (latency, counter) children
 
     def watch_log(self, log: "PredictionLog") -> None:
         self._log_written.set_function(lambda: log.written)
         self._log_dropped.set_function(lambda: log.dropped)
 
     def observe(self, p: "Prediction", served: bool = True) -> None:
-        self.latency.labels(p.model, p.version, p.arm).observe(p.latency_us / 1e6)
-        self.predictions.labels(p.model, p.version, p.arm, "true" if served else "false").inc()
+        key = (p.model, p.version, p.arm, served)
+        children = self._children.get(key)
+        if children is None:  # labels() validates and hashes its arguments: ~5 µs a call, so once per key
+            children = self._children[key] = (
+                self.latency.labels(p.model, p.version, p.arm),
+                self.predictions.labels(p.model, p.version, p.arm, "true" if served else "false"),
+            )
+        children[0].observe(p.latency_us / 1e6)
+        children[1].inc()
 
     def loaded(self, model: str, alias: str, version: str, ok: bool) -> None:
         self.reloads.labels(model, alias, "ok" if ok else "failed").inc()

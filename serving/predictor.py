@@ -15,6 +15,7 @@ fresh history (the feature set's warm-up length) before predictions resume.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 import time
@@ -22,14 +23,15 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from pipelines.errors import KairosError, StreamError
-from pipelines.schema import interval_delta
+from pipelines.schema import interval_ms
 from serving.config import RoutingConfig
-from serving.predlog import SCHEMA_VERSION, PredictionLog, now_iso
+from serving.predlog import SCHEMA_VERSION, PredictionLog, iso_from_epoch
 from serving.router import Route, Router
 from serving.runtime import LoadedModel
 
@@ -59,8 +61,9 @@ class Prediction:
 class FeatureState:
     """Streaming features of one feature set for one symbol, plus the last `seq_len` rows (T, F).
 
-    Built empty (`StreamingFeatures(name, interval_ms)`: no pandas on the request path) or, when a
-    model with a new feature set is swapped in mid-stream, warmed on the raw candles kept so far.
+    Built empty (`StreamingFeatures(name, interval_ms)`) or, when a model with a new feature set is
+    swapped in mid-stream or for a stateless window, warmed on raw candle records by the batch kernel
+    (`arrays_from_records`: numpy arrays, no pandas anywhere in the serving process).
     """
 
     def __init__(self, name: str, n_features: int, seq_len: int, interval_ms: int | None,
@@ -69,7 +72,8 @@ class FeatureState:
 
         self.name = name
         if history:
-            self._sf = features.StreamingFeatures.from_history(_history_frame(history), name, interval_ms)
+            arrays = features.arrays_from_records(history, name)
+            self._sf = features.StreamingFeatures.from_history(arrays, name, interval_ms)
         else:
             self._sf = features.StreamingFeatures(name, interval_ms)
         self.seq_len = seq_len
@@ -97,21 +101,6 @@ class FeatureState:
     def model_input(self, rank: int) -> np.ndarray:
         """float32 (1, F) for tabular models or (1, T, F) for sequence models."""
         return self._rows[-1:] if rank == 2 else self._rows[None]
-
-
-def _history_frame(history: Sequence[Mapping[str, Any]]):
-    """Candle records (open_time epoch ms) → a candle-contract frame for `StreamingFeatures.from_history`."""
-    import pandas as pd
-
-    from pipelines.schema import normalize_candles
-
-    df = pd.DataFrame(list(history))
-    df["open_time"] = pd.to_datetime(df["open_time"], unit="ms", utc=True)
-    return normalize_candles(df)
-
-
-def _directions(r: np.ndarray) -> tuple[int, ...]:
-    return tuple(np.sign(r).astype(np.int64).tolist())
 
 
 _IDS = itertools.count()
@@ -146,7 +135,7 @@ class Predictor:
     ):
         m = champion.manifest
         self.name, self.symbol, self.interval = m.model_name, m.symbol, m.interval
-        self.interval_ms = int(interval_delta(m.interval).total_seconds() * 1000)
+        self.interval_ms = interval_ms(m.interval)
         self.routing = routing
         self.router = Router(routing)
         self.log = log
@@ -294,42 +283,35 @@ class Predictor:
         self, model: LoadedModel, arm: str, x: np.ndarray, open_time: int, t0: int, request_id: str | None
     ) -> Prediction:
         ret, conf = model.run(x)
-        r = ret[0].astype(np.float64)
-        if not np.isfinite(r).all():
+        r = ret[0].tolist()  # float32 → Python floats (exact, as float64); 5 values: cheaper than numpy here
+        if not all(map(math.isfinite, r)):
             raise InputError(
                 f"{model.name} v{model.version} gave non-finite predictions for this input; "
                 "check the candle values (out-of-range volumes or prices)"
             )
         latency = (time.perf_counter_ns() - t0) / 1e3
         return Prediction(
-            request_id=request_id or new_request_id(),
-            symbol=self.symbol,
-            interval=self.interval,
-            open_time=int(open_time),
-            model=model.name,
-            version=model.version,
-            arm=arm,
-            horizons=tuple(model.horizons),
-            log_returns=tuple(r.tolist()),
-            directions=_directions(r),
-            confidence=None if conf is None else tuple(conf[0].astype(np.float64).tolist()),
-            latency_us=latency,
-        )
+            request_id or new_request_id(), self.symbol, self.interval, int(open_time), model.name, model.version,
+            arm, model.horizons_tuple, tuple(r), tuple([(v > 0) - (v < 0) for v in r]),
+            None if conf is None else tuple(conf[0].tolist()), latency,
+        )  # fmt: skip
 
     def _log(self, p: Prediction, served: bool, routing_key: str) -> None:
         if self.observer is not None:
             self.observer(p, served)
-        if self.log is None:
-            return
-        self.log.append(
-            {
-                "v": SCHEMA_VERSION, "request_id": p.request_id, "time": now_iso(), "symbol": p.symbol,
-                "interval": p.interval, "open_time": p.open_time, "arm": p.arm, "served": served,
-                "mode": self.routing.mode, "routing_key": routing_key, "model": p.model, "version": p.version,
-                "horizons": list(p.horizons), "predictions": list(p.log_returns),
-                "confidence": None if p.confidence is None else list(p.confidence), "latency_us": p.latency_us,
-            }
-        )  # fmt: skip
+        if self.log is not None:  # the dict is built on the writer thread (see predlog)
+            self.log.append(partial(_record, p, served, self.routing.mode, routing_key, time.time()))
+
+
+def _record(p: Prediction, served: bool, mode: str, routing_key: str, at: float) -> dict[str, Any]:
+    """The prediction-log record (schema in serving/predlog.py) of one arm's answer made at `at` (epoch s)."""
+    return {
+        "v": SCHEMA_VERSION, "request_id": p.request_id, "time": iso_from_epoch(at), "symbol": p.symbol,
+        "interval": p.interval, "open_time": p.open_time, "arm": p.arm, "served": served,
+        "mode": mode, "routing_key": routing_key, "model": p.model, "version": p.version,
+        "horizons": list(p.horizons), "predictions": list(p.log_returns),
+        "confidence": None if p.confidence is None else list(p.confidence), "latency_us": p.latency_us,
+    }  # fmt: skip
 
 
 __all__ = ["FeatureState", "InputError", "Prediction", "Predictor", "StreamError"]

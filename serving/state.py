@@ -8,6 +8,7 @@ model in atomically and `ModelSlot.fail` records why a version was refused (show
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from serving.config import ServingConfig
 from serving.metrics import ServingMetrics
 from serving.predictor import Predictor
 from serving.predlog import PredictionLog
-from serving.runtime import LoadedModel, load_model
+from serving.runtime import LoadedModel, load_model, release_free_heap
 
 log = logging.getLogger("kairos.serving")
 
@@ -61,6 +62,8 @@ class ServingState:
             self.log.start()
         for w in self.watchers:
             w.start()
+        gc.collect()  # start-up garbage (imports, model loading), then hand the freed pages back
+        release_free_heap()
         return self
 
     def close(self) -> None:

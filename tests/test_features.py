@@ -394,10 +394,54 @@ def test_frame_and_matrix_shapes(fil):
     assert sf.count == 0 and not sf.ready
 
 
+def test_mapping_of_arrays_equals_frame(fil, fil_records, fil_features):
+    """The pandas-free input (column → numpy array, open_time int64 epoch ms) gives the frame's bits."""
+    from pipelines.features import arrays_from_records
+
+    arrays = arrays_from_records(fil_records[:3000])
+    assert arrays["open_time"].dtype == np.int64 and arrays["close"].dtype == np.float64
+    np.testing.assert_array_equal(feature_matrix(arrays), feature_matrix(fil.iloc[:3000]))
+    frame = compute_features(arrays)
+    assert list(frame.columns) == CORE27 and list(frame.index) == list(range(3000))
+    np.testing.assert_array_equal(frame.to_numpy(), fil_features[:3000])
+    a = StreamingFeatures.from_history(arrays, interval_ms=60_000)
+    b = StreamingFeatures.from_history(fil.iloc[:3000])
+    assert a.count == b.count == 3000 and a.ready and a.last_open_time == b.last_open_time
+    for r in fil_records[3000:3100]:
+        np.testing.assert_array_equal(a.update(r), b.update(r))
+    with_interval = StreamingFeatures.from_history({**arrays, "interval": np.array(["1m"] * 3000)})
+    assert with_interval.interval_ms == 60_000
+    dt = {**arrays, "open_time": arrays["open_time"].astype("datetime64[ms]")}  # naive datetime64 = UTC
+    np.testing.assert_array_equal(feature_matrix(dt), feature_matrix(arrays))
+    spread = arrays_from_records([{**r, "spread_bps": None} for r in fil_records[:40]])["spread_bps"]
+    assert np.isnan(spread).all()
+
+
+def test_mapping_input_errors(fil_records):
+    from pipelines.features import arrays_from_records
+
+    arrays = arrays_from_records(fil_records[:50])
+    with pytest.raises(FeatureError, match=r"lacks columns \['volume'\]"):
+        feature_matrix({k: v for k, v in arrays.items() if k != "volume"})
+    with pytest.raises(FeatureError, match="strictly increasing"):
+        feature_matrix({**arrays, "open_time": arrays["open_time"][::-1].copy()})
+    bad = arrays["close"].copy()
+    bad[7] = np.nan
+    with pytest.raises(FeatureError, match="close at row 7"):
+        feature_matrix({**arrays, "close": bad})
+    with pytest.raises(FeatureError, match="one symbol"):
+        feature_matrix({**arrays, "symbol": np.array(["A"] * 25 + ["B"] * 25)})
+    with pytest.raises(FeatureError, match="open_time array has dtype float64"):
+        feature_matrix({**arrays, "open_time": arrays["open_time"].astype(float)})
+    with pytest.raises(StreamError, match="gap"):
+        StreamingFeatures.from_history({k: np.delete(v, 20) for k, v in arrays.items()}, interval_ms=60_000)
+
+
 def test_serving_import_stays_small():
     code = (
         "import sys, pipelines.features, pipelines.labels; "
-        "heavy = ('mlflow', 'torch', 'great_expectations', 'scipy', 'lightgbm', 'sklearn'); "
+        "import pipelines.schema, pipelines.features.streaming; "
+        "heavy = ('mlflow', 'torch', 'great_expectations', 'scipy', 'lightgbm', 'sklearn', 'pandas', 'pyarrow'); "
         "bad = [m for m in heavy if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -207,13 +207,45 @@ def test_shadow_and_champion_only_routes():
 
 
 # ---- process rule --------------------------------------------------------------------------------
-def test_serving_process_never_imports_mlflow_torch_or_gx():
-    code = (
-        "import sys, serving.app, serving.cli, serving.watcher, serving.state, serving.predictor;"
-        "from serving.app import create_app; from serving.state import ServingState;"
-        "from serving.config import ServingConfig; create_app(ServingState(ServingConfig()));"
-        "bad=[m for m in ('mlflow','torch','great_expectations','lightgbm','onnxmltools') if m in sys.modules];"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+HEAVY = ("pandas", "pyarrow", "mlflow", "torch", "great_expectations", "lightgbm", "onnxmltools", "sklearn", "scipy")
+
+SERVE_AND_REQUEST = r"""
+import json, math, random, sys
+import serving.app, serving.cli, serving.watcher, serving.state, serving.predictor
+from fastapi.testclient import TestClient
+from serving.app import create_app
+from serving.config import RoutingConfig, ServingConfig
+from serving.state import ServingState
+
+state = ServingState(ServingConfig(routing=RoutingConfig(mode="shadow")), predlog_dir=sys.argv[3])
+state.add_bundle(sys.argv[1], "champion", version="1")
+state.add_bundle(sys.argv[2], "challenger", version="2")
+rng, close, candles = random.Random(0), 5.0, []
+for i in range(600):  # a random walk of 1m candles, no pandas
+    o, close = close, close * math.exp(rng.gauss(0, 1e-3))
+    v = rng.uniform(10, 100)
+    candles.append({"open_time": 1_690_848_000_000 + 60_000 * i, "open": o, "high": max(o, close) * 1.001,
+                    "low": min(o, close) * 0.999, "close": close, "volume": v, "quote_asset_volume": v * close,
+                    "number_of_trades": 7, "taker_buy_base_asset_volume": v / 2, "taker_buy_quote_asset_volume": v * close / 2})
+with TestClient(create_app(state)) as c:
+    r = c.post("/v1/predict", json={"symbol": "FILUSDT", "candles": candles[:580]})
+    assert r.status_code == 200 and r.json()["version"] == "1", r.text
+    r = c.post("/v1/candles", json={"symbol": "FILUSDT", "candles": candles[:599]})
+    assert r.status_code == 200 and r.json()["prediction"] is not None, r.text
+    r = c.post("/v1/candles", json={"symbol": "FILUSDT", "candles": candles[599:]})
+    assert r.status_code == 200 and r.json()["prediction"]["open_time"] == candles[599]["open_time"], r.text
+    assert c.get("/metrics").status_code == 200 and c.get("/v1/models").status_code == 200
+print(json.dumps([m for m in HEAVY if m in sys.modules]))
+"""
+
+
+def test_serving_process_never_imports_heavy_libraries(tmp_path):
+    """Importing the app, loading two bundles and answering /v1/predict + /v1/candles (stream warm-up
+    and prediction) never imports pandas/pyarrow (~70 MB), mlflow, torch, GX, LightGBM, sklearn or scipy."""
+    champ = linear_bundle(tmp_path / "champ", bias=1e-3, weight=1e-6)
+    chall = linear_bundle(tmp_path / "chall", bias=-1e-3)
+    code = f"HEAVY = {HEAVY!r}\n" + SERVE_AND_REQUEST
+    args = [sys.executable, "-c", code, str(champ), str(chall), str(tmp_path / "predlog")]
+    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]", f"heavy modules imported: {r.stdout}"

@@ -11,13 +11,15 @@ decayed below 1e-16, so a non-NaN value does not depend on where its history sta
 the number of candles after which every feature is defined: a serving window of `warmup` candles
 gives the same values as the full history.
 
-Imports only numpy/pandas: the serving runtime reuses this package.
+Imports only numpy (pandas lazily, when a frame is given or returned): the serving runtime reuses
+this package without pandas, passing candles as a mapping of numpy arrays (`arrays_from_records`).
 """
 
 from pipelines.features.base import (
     FeatureError,
     FeatureSet,
     UnknownFeatureSet,
+    arrays_from_records,
     compute_features,
     feature_matrix,
     get_feature_set,
@@ -26,6 +28,6 @@ from pipelines.features.base import (
 from pipelines.features.streaming import StreamingFeatures
 
 __all__ = [
-    "FeatureError", "FeatureSet", "StreamingFeatures", "UnknownFeatureSet", "compute_features",
+    "FeatureError", "FeatureSet", "StreamingFeatures", "UnknownFeatureSet", "arrays_from_records", "compute_features",
     "feature_matrix", "get_feature_set", "known_feature_sets",
 ]  # fmt: skip

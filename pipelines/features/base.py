@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
-import pandas as pd
 
 from pipelines.errors import KairosError
 from pipelines.features import core27
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# A candle frame, or a mapping column name → (N,) numpy array (open_time int64 epoch ms)
+Candles = Union["pd.DataFrame", Mapping[str, Any]]
 
 CHUNK = 8192  # batch columns per kernel call: bounds the (series, chunk, lags) temporaries (~20 MB)
 
@@ -86,28 +93,64 @@ def get_feature_set(name: str = "core27") -> FeatureSet:
 
 
 # ---------------------------------------------------------------------------------------- batch
+# A batch input is a candle frame or a mapping of equal-length numpy arrays (column → (N,) array,
+# open_time as int64 epoch ms or datetime64): the array form lets the serving process compute
+# features without importing pandas. pandas is imported only when a frame is given or returned.
 
 
-def _epoch_ms(times: pd.Series) -> np.ndarray:
-    """open_time column (datetime64 of any unit/tz, or integer epoch ms) → int64 epoch ms."""
+def _is_frame(candles: Any) -> bool:
+    """True for a pandas DataFrame (without importing pandas: a frame implies pandas is loaded)."""
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(candles, pd.DataFrame)
+
+
+def n_candles(candles: Candles) -> int:
+    """Rows of a frame, or the length of a mapping's open_time (0 for an empty mapping)."""
+    if _is_frame(candles):
+        return len(candles)
+    if "open_time" in candles:
+        return int(np.shape(candles["open_time"])[0])
+    return len(next(iter(candles.values()), ()))
+
+
+def _column(candles: Candles, name: str) -> Any:
+    return candles[name] if _is_frame(candles) else np.atleast_1d(np.asarray(candles[name]))
+
+
+def _epoch_ms(times: Any) -> np.ndarray:
+    """open_time column (datetime64 of any unit/tz, or integer epoch ms) → int64 epoch ms (N,)."""
+    if isinstance(times, np.ndarray):
+        if times.dtype.kind in "iu":
+            return times.astype(np.int64, copy=False)
+        if times.dtype.kind == "M":  # naive datetime64 = UTC
+            return times.astype("datetime64[ms]").astype(np.int64)
+        raise FeatureError(
+            f"open_time array has dtype {times.dtype}; give int64 epoch ms or datetime64"
+        )
+    import pandas as pd
+
     if pd.api.types.is_integer_dtype(times.dtype):
         return times.to_numpy(np.int64)
     ts = pd.to_datetime(times, utc=True)
     return ts.dt.tz_convert(None).to_numpy("datetime64[ms]").astype(np.int64)
 
 
-def _check_frame(candles: pd.DataFrame, impl: _Impl) -> np.ndarray:
-    """Raise FeatureError for an unusable frame; returns open_time as epoch ms (N,)."""
+def _check_frame(candles: Candles, impl: _Impl) -> np.ndarray:
+    """Raise FeatureError for unusable candles (frame or mapping); returns open_time as epoch ms (N,)."""
     need = ["open_time"] + [n for n in impl.inputs if n is not None and n not in impl.optional]
-    missing = [c for c in need if c not in candles.columns]
+    missing = [c for c in need if c not in candles]  # `in` a frame tests its columns
     if missing:
         raise FeatureError(
             f"candle frame lacks columns {missing}; map it to the candle contract (pipelines.schema)"
         )
-    if "symbol" in candles.columns and candles["symbol"].nunique() > 1:
-        symbols = sorted(candles["symbol"].unique())
-        raise FeatureError(f"features take one symbol at a time, got {symbols}; group by symbol")
-    t = _epoch_ms(candles["open_time"])
+    if "symbol" in candles:
+        if _is_frame(candles):
+            symbols = sorted(candles["symbol"].unique()) if candles["symbol"].nunique() > 1 else []
+        else:
+            symbols = sorted(set(_column(candles, "symbol").tolist()))
+        if len(symbols) > 1:
+            raise FeatureError(f"features take one symbol at a time, got {symbols}; group by symbol")
+    t = _epoch_ms(_column(candles, "open_time"))
     bad = np.flatnonzero(np.diff(t) <= 0)
     if bad.size:
         i = int(bad[0]) + 1
@@ -118,15 +161,30 @@ def _check_frame(candles: pd.DataFrame, impl: _Impl) -> np.ndarray:
     return t
 
 
-def _work_matrix(candles: pd.DataFrame, impl: _Impl) -> np.ndarray:
+def _float_column(candles: Candles, name: str, n: int) -> np.ndarray:
+    """(n,) float64 values of `name` (None/NA → NaN; a missing optional column → all NaN)."""
+    if name not in candles:
+        return np.full(n, np.nan)
+    if _is_frame(candles):
+        return candles[name].to_numpy(np.float64, na_value=np.nan)
+    col = np.asarray(candles[name])
+    if col.dtype == object:  # e.g. spread_bps with None where the feed has none
+        col = np.array([np.nan if v is None else v for v in col], dtype=np.float64)
+    col = col.astype(np.float64, copy=False)
+    if col.shape != (n,):
+        raise FeatureError(f"column {name} has shape {col.shape}, expected ({n},) like open_time")
+    return col
+
+
+def _work_matrix(candles: Candles, impl: _Impl) -> np.ndarray:
     """(rows, lags + N) float64: pad columns, then the candles' input fields; checks values."""
-    n = len(candles)
+    n = n_candles(candles)
     X = np.empty((len(impl.inputs), impl.lags + n))
     X[:, : impl.lags] = impl.pad[:, None]
     for r, name in enumerate(impl.inputs):
         if name is None:
             continue
-        col = candles[name].to_numpy(np.float64, na_value=np.nan) if name in candles else np.full(n, np.nan)
+        col = _float_column(candles, name, n)
         if name not in impl.optional:
             bad = ~np.isfinite(col) | ((col <= 0) if name == "close" else False)
             if bad.any():
@@ -137,6 +195,26 @@ def _work_matrix(candles: pd.DataFrame, impl: _Impl) -> np.ndarray:
                 )
         X[r, impl.lags :] = col
     return X
+
+
+def arrays_from_records(records: Sequence[Mapping[str, Any]], feature_set: str = "core27") -> dict[str, np.ndarray]:
+    """Candle dicts (contract names, open_time epoch ms) → the mapping of arrays the batch functions take.
+
+    Only `open_time` and the feature set's input fields are copied; a missing optional field
+    (spread_bps) or None becomes NaN. KeyError names a missing required field.
+    """
+    impl = _impl(feature_set)
+    n = len(records)
+    out = {"open_time": np.fromiter((r["open_time"] for r in records), np.int64, n)}
+    for name in impl.inputs:
+        if name is None:
+            continue
+        if name in impl.optional:
+            vals = [r.get(name) for r in records]
+            out[name] = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+        else:
+            out[name] = np.fromiter((r[name] for r in records), np.float64, n)
+    return out
 
 
 def _run(impl: _Impl, X: np.ndarray, t0: int, state: Any, out: np.ndarray | None) -> None:
@@ -157,36 +235,41 @@ def _run(impl: _Impl, X: np.ndarray, t0: int, state: Any, out: np.ndarray | None
                 out[j, : fv - t0] = np.nan
 
 
-def _batch(candles: pd.DataFrame, impl: _Impl) -> np.ndarray:
+def _batch(candles: Candles, impl: _Impl) -> np.ndarray:
     _check_frame(candles, impl)
     X = _work_matrix(candles, impl)
-    out = np.empty((len(impl.spec.names), len(candles)))
+    out = np.empty((len(impl.spec.names), X.shape[1] - impl.lags))
     with np.errstate(all="ignore"):  # masked pad rows may divide by zero; values are checked above
         _run(impl, X, 0, impl.new_state(), out)
     return out
 
 
-def compute_features(candles: pd.DataFrame, feature_set: str = "core27") -> pd.DataFrame:
+def compute_features(candles: Candles, feature_set: str = "core27") -> "pd.DataFrame":
     """Features of every candle of one symbol, using candles <= t only.
 
     Args:
         candles: candle-contract frame (pipelines.schema), one symbol, sorted by open_time,
-            finite values, close > 0. Gaps are not detected here (validation.candles reports
-            them): rows are treated as consecutive.
+            finite values, close > 0; or a mapping column → (N,) numpy array with the same
+            fields (open_time int64 epoch ms). Gaps are not detected here (validation.candles
+            reports them): rows are treated as consecutive.
         feature_set: registered name, e.g. "core27".
 
     Returns:
-        float64 frame (N, F), columns = the set's names, index = candles.index; NaN until each
-        feature's window is full (all defined from row `warmup - 1`).
+        float64 frame (N, F), columns = the set's names, index = candles.index (a RangeIndex for
+        a mapping); NaN until each feature's window is full (all defined from row `warmup - 1`).
 
     Raises:
         UnknownFeatureSet, FeatureError.
     """
+    import pandas as pd
+
     impl = _impl(feature_set)
     out = _batch(candles, impl)  # (F, N)
-    return pd.DataFrame(out.T, index=candles.index, columns=list(impl.spec.names), copy=False)
+    index = candles.index if _is_frame(candles) else None
+    return pd.DataFrame(out.T, index=index, columns=list(impl.spec.names), copy=False)
 
 
-def feature_matrix(candles: pd.DataFrame, feature_set: str = "core27") -> np.ndarray:
-    """Like `compute_features`, as the float32 (N, F) matrix the ONNX models take."""
+def feature_matrix(candles: Candles, feature_set: str = "core27") -> np.ndarray:
+    """Like `compute_features` (frame or mapping of arrays), as the float32 (N, F) matrix the ONNX
+    models take; needs no pandas for a mapping."""
     return np.ascontiguousarray(_batch(candles, _impl(feature_set)).T, dtype=np.float32)

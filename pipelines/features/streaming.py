@@ -11,19 +11,25 @@ StreamError naming the expected and received times). A rejected candle leaves th
 Re-sync after a gap: `StreamingFeatures.from_history(window)` on a fresh window of at least
 `warmup` candles ending at the newest candle (exact at once), or `reset()` and feed candles again
 (NaN until `warmup` candles have passed). A duplicate can simply be dropped.
+
+No pandas here (the serving process never imports it): a frame passed to `from_history` brings
+pandas along; a mapping of arrays does not.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
-from typing import Any, Mapping
+import sys
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import pandas as pd
 
 from pipelines.errors import StreamError
-from pipelines.features.base import FeatureError, _check_frame, _impl, _run, _work_matrix
+from pipelines.features.base import Candles, FeatureError, _check_frame, _column, _impl, _run, _work_matrix, n_candles
+
+if TYPE_CHECKING:
+    import pandas as pd  # noqa: F401  (the serving process never imports pandas: see to_epoch_ms)
 
 CAPACITY = 4096  # ring columns after the context; the context is moved to the front when full
 
@@ -32,14 +38,24 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+
+
 def to_epoch_ms(t: Any) -> int:
     """open_time as epoch ms: an int (ms), a pandas/datetime timestamp (naive = UTC) or datetime64."""
     if type(t) is int:
         return t
     if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
         return int(t)
-    if isinstance(t, (pd.Timestamp, datetime, np.datetime64)):
-        return int(pd.Timestamp(t).value // 1_000_000)  # .value: epoch ns whatever the unit
+    pd = sys.modules.get("pandas")  # a pd.Timestamp implies pandas is loaded; never import it here
+    if pd is not None and isinstance(t, pd.Timestamp):
+        return int(t.value // 1_000_000)  # .value: epoch ns whatever the unit
+    if isinstance(t, datetime):
+        aware = t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+        return (aware - _EPOCH) // _MS  # integer arithmetic: exact, floor like the ns path
+    if isinstance(t, np.datetime64):
+        return int(t.astype("datetime64[ms]").astype(np.int64))
     raise StreamError(
         f"open_time {t!r} ({type(t).__name__}) is not epoch ms or a timestamp; send epoch ms as int"
     )
@@ -82,23 +98,26 @@ class StreamingFeatures:
 
     @classmethod
     def from_history(
-        cls, candles: pd.DataFrame, feature_set: str = "core27", interval_ms: int | None = None
+        cls, candles: Candles, feature_set: str = "core27", interval_ms: int | None = None
     ) -> "StreamingFeatures":
         """A stream warmed on `candles` (oldest first), as if each had been passed to `update`.
 
-        `interval_ms` defaults to the frame's `interval` column (e.g. "1m"); when known, the window
-        must have no gap. With at least `warmup` candles the stream is `ready` at once.
+        `candles` is a candle frame or a mapping column → (N,) numpy array (open_time int64 epoch
+        ms; no pandas needed, see `arrays_from_records`). `interval_ms` defaults to the `interval`
+        column (e.g. "1m"); when known, the window must have no gap. With at least `warmup`
+        candles the stream is `ready` at once.
         """
-        if interval_ms is None and "interval" in candles.columns and len(candles):
-            from pipelines.schema import interval_delta
+        n = n_candles(candles)
+        if interval_ms is None and "interval" in candles and n:
+            from pipelines.schema import interval_ms as interval_length
 
             try:
-                delta = interval_delta(str(candles["interval"].iloc[0]))
+                col = _column(candles, "interval")
+                interval_ms = interval_length(str(col.iloc[0] if hasattr(col, "iloc") else col[0]))
             except ValueError as e:
                 raise FeatureError(str(e)) from None
-            interval_ms = int(delta // pd.Timedelta(milliseconds=1))
         obj = cls(feature_set, interval_ms)
-        if len(candles) == 0:
+        if n == 0:
             return obj
         impl = obj._impl
         t = _check_frame(candles, impl)
@@ -114,7 +133,7 @@ class StreamingFeatures:
         with np.errstate(all="ignore"):
             _run(impl, X, 0, obj._state, None)
         obj._X[:, : impl.lags] = X[:, -impl.lags :]
-        obj._count = len(candles)
+        obj._count = len(t)
         obj.last_open_time = int(t[-1])
         return obj
 
