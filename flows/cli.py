@@ -181,7 +181,8 @@ def _report_table(result, title: str) -> Table:
     for col in ["horizon", "who", "rows", "dir. accuracy [95% CI]", "IC", "RMSE", "P&L (fees)", "Sharpe", "max DD"]:
         t.add_column(col)
     for h in result.horizons:
-        for who in ("model", "always_up", "persistence", "reversal"):
+        members = sorted(w for w in result.report if w.startswith("member_"))
+        for who in ("model", *members, "always_up", "persistence", "reversal"):
             m = result.report[who][f"h{h}"]
             t.add_row(
                 f"{h}" if who == "model" else "", who, f"{int(m['n']):,}",
@@ -265,7 +266,7 @@ def history(symbol: str = typer.Option(None, "--symbol", "-s"), interval: str = 
     with _errors():
         from flows.runtime import Runtime
         from registry.client import model_name
-        from registry.history import history as alias_history, served_intervals, sync_external_moves
+        from registry.history import history as alias_history, sync_external_moves
 
         if not (symbol or model):
             raise ValueError("give --symbol SYM or --model NAME")
@@ -282,13 +283,22 @@ def history(symbol: str = typer.Option(None, "--symbol", "-s"), interval: str = 
             t.add_row(f"{m.time:%Y-%m-%d %H:%M:%S}", m.alias, str(m.from_version or "—"), str(m.to_version or "—"),
                       m.actor, m.reason)
         console.print(t)
-        served = Table(title=f"which version served as champion when — {name}")
-        for col in ["version", "from (UTC)", "until (UTC)", "why"]:
-            served.add_column(col)
-        for iv in served_intervals(client, name):
-            served.add_row(iv.version, f"{iv.start:%Y-%m-%d %H:%M:%S}",
-                           f"{iv.end:%Y-%m-%d %H:%M:%S}" if iv.end else "now", iv.reason)
-        console.print(served)
+        from flows.review import default_predlog_dir
+        from registry.reviews import served_history
+
+        served = served_history(client, name, default_predlog_dir(Runtime.from_env()))
+        t = Table(title=f"which version served as champion when, with live metrics (h1) — {name}")
+        for col in ["version", "from (UTC)", "until (UTC)", "requests", "resolved", "accuracy [95% CI]", "IC", "P&L"]:
+            t.add_column(col)
+        for r in served.itertuples(index=False):
+            acc = (f"{r.accuracy:.2%} [{r.accuracy_ci_low:.2%}, {r.accuracy_ci_high:.2%}]"
+                   if r.accuracy == r.accuracy else "—")
+            t.add_row(str(r.version), f"{r.start:%Y-%m-%d %H:%M:%S}",
+                      f"{r.end:%Y-%m-%d %H:%M:%S}" if r.end == r.end and r.end is not None else "now",
+                      f"{int(r.requests):,}", f"{int(r.resolved):,}", acc,
+                      f"{r.ic:+.4f}" if r.ic == r.ic else "—",
+                      f"{r.pnl_total_return:+.2%}" if r.pnl_total_return == r.pnl_total_return else "—")
+        console.print(t)
 
 
 @app.command()

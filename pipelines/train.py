@@ -216,6 +216,7 @@ def train_walk_forward(
 
     fold_metrics: list[dict[str, float]] = []
     pooled: list[tuple[np.ndarray, slice]] = []
+    pooled_members: list[dict[str, np.ndarray]] = []  # ensembles: each member's predictions, same rows
     covered = 0  # pooled rows end here; overlapping test windows (step < test_size) count once
     report_progress("folds", 0, len(folds))
     for fold in folds:
@@ -227,6 +228,9 @@ def train_walk_forward(
         )
         keep_from = max(fold.test_start, covered)
         pooled.append((pred[keep_from - fold.test_start :], slice(keep_from, fold.test_end)))
+        if hasattr(model, "predict_members"):
+            members = model.predict_members(ds.X[test])  # {"sequence"|"tabular"|"ensemble": (test_rows, H)}
+            pooled_members.append({k: np.asarray(v)[keep_from - fold.test_start :] for k, v in members.items()})
         covered = fold.test_end
         report_progress("folds", fold.index + 1, len(folds))
 
@@ -236,6 +240,13 @@ def train_walk_forward(
         pooled_pred, ds.Y[rows], ds.last_return[rows], horizons, interval=interval, cfg=ev,
         segments=[s.stop - s.start for _, s in pooled],
     )
+    if pooled_members:  # each member beside the blend, scored on the same pooled rows as the model
+        for who in pooled_members[0]:
+            if who == "ensemble":
+                continue
+            flat = evaluate_all(np.concatenate([m[who] for m in pooled_members]), ds.Y[rows], ds.last_return[rows],
+                                horizons, interval=interval, cfg=ev, segments=[s.stop - s.start for _, s in pooled])
+            summary.update({f"member_{who}.{k.split('.', 1)[1]}": v for k, v in flat.items() if k.startswith("model.")})
     newest_fold, newest_pred = folds[-1], pred
     newest_times = ds.open_time[newest_fold.test_start : newest_fold.test_end]
     newest = NewestWindow(
@@ -285,6 +296,13 @@ def train_walk_forward(
     )
 
 
+CONFIDENCE_MEANING = {
+    "tft": "sign confidence 2*Phi(|mu|/sigma)-1 in [0, 1], sigma from the p10-p90 quantile interval",
+    "ensemble": "member agreement |w_s*a + w_t*b| / (w_s*|a| + w_t*|b|) in [0, 1]",
+    "default": "sign confidence 2*Phi(|mu|/sigma)-1 in [0, 1], sigma from 16 frozen MC-dropout masks",
+}
+
+
 def _manifest(
     onnx_bytes: bytes, *, fs: Any, model_type: str, symbol: str, interval: str, horizons: list[int],
     seq_len: int | None, training: dict[str, Any], metrics: dict[str, float], synthetic: bool,
@@ -300,7 +318,7 @@ def _manifest(
     outputs = [OutputSpec(OUTPUT_NAME, [None, n_h], horizons=horizons, meaning=OUTPUT_MEANING)]
     if CONFIDENCE_NAME in graph_outputs:
         outputs.append(OutputSpec(CONFIDENCE_NAME, [None, n_h], horizons=horizons,
-                                  meaning="model confidence per horizon (higher = surer)"))
+                                  meaning=CONFIDENCE_MEANING.get(model_type, CONFIDENCE_MEANING["default"])))
     return Manifest(
         task="returns",
         model_name=f"returns-{symbol}-{interval}",

@@ -128,3 +128,24 @@ def test_real_fil_months_ingest_validate_train_and_bundle_parity(small, harness,
     for h in manifest.horizons:
         diff = np.abs(both[f"h{h}_onnx"] - both[f"h{h}_native"]).max()
         assert diff <= 1e-5, (h, diff)
+
+
+def test_train_uses_tuned_params_and_records_their_study(small, harness):
+    """`kairos tune` writes best params; the next `kairos train` applies them and tags its run."""
+    from flows.retrain import ingest, train
+    from flows.runtime import Runtime
+    from pipelines.tune import write_best_params
+
+    ingest("synthetic", "SYNTHUSDT", "1m", {"days": 5})
+    rt = Runtime.from_env()
+    write_best_params(rt.settings.home_abs, "lightgbm", "SYNTHUSDT", "1m",
+                      {"lightgbm": {"num_leaves": 7, "learning_rate": 0.11}},
+                      {"study_name": "lgbm-SYNTHUSDT", "storage": "postgresql://u:secret@db/optuna",
+                       "trial_number": 17, "value": 0.531, "metric": "accuracy"})
+    out = train("SYNTHUSDT", "1m", "lightgbm")
+    result, reg = out["result"], out["registered"]
+    assert result.params["num_leaves"] == 7 and result.params["learning_rate"] == 0.11
+    tags = rt.mlflow.get_run(reg.run_id).data.tags
+    assert tags["kairos.tuned.study_name"] == "lgbm-SYNTHUSDT"
+    assert tags["kairos.tuned.trial_number"] == "17"
+    assert "secret" not in tags["kairos.tuned.storage"]

@@ -346,4 +346,7 @@ def test_walk_forward_train_and_register_on_fil(model_type, monkeypatch, shared_
         last_r = logc[-305:-5] - logc[-306:-6]
         side = evaluate_members(res.model, W, Y, last_r, range(1, 6), interval="1m", cfg=EvaluationConfig())
         assert set(side) == {"sequence", "tabular", "ensemble"}
+        # the walk-forward report itself carries each member beside the blend, on the blend's rows
+        for member in ("member_sequence", "member_tabular"):
+            assert res.report[member]["h1"]["n"] == res.report["model"]["h1"]["n"]
         assert all(side[w]["model.h1.n"] + side[w]["model.h1.n_flat"] == 300 for w in side)
