@@ -35,19 +35,26 @@ class ModelLoadError(KairosError):
     """A bundle could not be loaded or failed its warm-up; the model that was serving keeps serving."""
 
 
+_REPORTED_MISSING: set[str] = set()  # providers already reported missing in this process
+
+
 def choose_providers(wanted: tuple[str, ...], available: list[str] | None = None) -> list[str]:
     """Keep the configured providers that this onnxruntime build has, in the configured order.
 
-    Logs one line per missing provider (CI and most laptops have no TensorRT/CUDA) and always ends
-    with CPUExecutionProvider.
+    Logs one line per missing provider, once per process (CI and most laptops have no TensorRT/CUDA),
+    and always ends with CPUExecutionProvider.
     """
     available = ort.get_available_providers() if available is None else available
     chosen = []
+    missing = [p for p in wanted if p not in available]
     for p in wanted:
         if p in available:
             chosen.append(p)
-        else:
-            log.warning("onnxruntime provider %s is not available here; falling back to the next one", p)
+    new = [p for p in missing if p not in _REPORTED_MISSING]
+    if new:
+        _REPORTED_MISSING.update(new)
+        log.warning("onnxruntime providers %s are not available here; using %s", ", ".join(new),
+                    " → ".join(chosen + (["CPUExecutionProvider"] if "CPUExecutionProvider" not in chosen else [])))
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen

@@ -44,13 +44,18 @@ def lgb_dir(tmp_path_factory, candles):
 
 
 # ---- runtime -------------------------------------------------------------------------------------
-def test_provider_fallback_logs_once_per_missing_provider(caplog):
+def test_provider_fallback_logs_one_line_once_per_process(caplog, monkeypatch):
+    import serving.runtime
+
+    monkeypatch.setattr(serving.runtime, "_REPORTED_MISSING", set())
     wanted = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
     with caplog.at_level(logging.WARNING, "kairos.serving"):
         got = choose_providers(wanted, available=["CPUExecutionProvider"])
-    assert got == ["CPUExecutionProvider"]
+        again = choose_providers(wanted, available=["CPUExecutionProvider"])  # every later session: silent
+    assert got == again == ["CPUExecutionProvider"]
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2 and "TensorrtExecutionProvider" in lines[0] and "CUDAExecutionProvider" in lines[1]
+    assert len(lines) == 1, lines
+    assert "TensorrtExecutionProvider, CUDAExecutionProvider" in lines[0] and "using CPUExecutionProvider" in lines[0]
     assert choose_providers(wanted, available=["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
         "CUDAExecutionProvider", "CPUExecutionProvider"]  # fmt: skip
 
