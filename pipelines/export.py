@@ -24,14 +24,21 @@ class ExportError(KairosError):
     """A model could not be converted to a valid self-contained ONNX graph."""
 
 
-def _prefix_graph(graph: onnx.GraphProto, prefix: str, keep: set[str]) -> tuple[list, list, str]:
-    """Nodes and initializers of `graph` with every tensor/node name prefixed, except those in `keep`.
+def prefix_graph(
+    graph: onnx.GraphProto, prefix: str, *, keep: set[str] = frozenset(), rename: dict[str, str] | None = None
+) -> tuple[list, list, dict[str, str]]:
+    """Nodes and initializers of `graph` with every tensor/node name prefixed, so graphs can be merged.
 
-    Returns (nodes, initializers, renamed output name). Only flat graphs (no subgraph attributes,
-    as tree ensembles are) are supported.
+    Names in `keep` stay as they are; names in `rename` take the given name (e.g. a member's input wired to
+    the merged graph's tensor). Returns (nodes, initializers, {output name: renamed output}). Only flat
+    graphs (no subgraph attributes, as tree ensembles and exported sequence models are) are supported.
     """
+    rename = rename or {}
+
     def rn(name: str) -> str:
-        return name if (not name or name in keep) else prefix + name
+        if not name or name in keep:
+            return name
+        return rename.get(name, prefix + name)
 
     nodes = []
     for node in graph.node:
@@ -51,9 +58,7 @@ def _prefix_graph(graph: onnx.GraphProto, prefix: str, keep: set[str]) -> tuple[
         new.CopyFrom(init)
         new.name = rn(init.name)
         inits.append(new)
-    if len(graph.output) != 1:
-        raise ExportError(f"expected one output per horizon graph, got {[o.name for o in graph.output]}")
-    return nodes, inits, rn(graph.output[0].name)
+    return nodes, inits, {o.name: rn(o.name) for o in graph.output}
 
 
 def merge_column_models(
@@ -72,7 +77,10 @@ def merge_column_models(
     for j, part in enumerate(parts):
         if [i.name for i in part.graph.input] != [input_name]:
             raise ExportError(f"part {j} reads inputs {[i.name for i in part.graph.input]}; expected [{input_name!r}]")
-        n, i, o = _prefix_graph(part.graph, f"h{j}_", keep={input_name})
+        if len(part.graph.output) != 1:
+            raise ExportError(f"expected one output per horizon graph, got {[o.name for o in part.graph.output]}")
+        n, i, renamed = prefix_graph(part.graph, f"h{j}_", keep={input_name})
+        o = next(iter(renamed.values()))
         nodes += n
         inits += i
         outs.append(o)

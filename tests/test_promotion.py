@@ -5,7 +5,6 @@ Versions are registered from hand-made linear ONNX graphs (no training needed to
 
 from __future__ import annotations
 
-import shutil
 import numpy as np
 import onnx
 import onnx.helper
@@ -15,7 +14,7 @@ import pytest
 from pipelines.bundle import FeatureSetSpec, Manifest, OutputSpec, TensorSpec
 from pipelines.config import PromotionPolicy
 from pipelines.train import NewestWindow, TrainResult
-from registry.client import CHALLENGER, CHAMPION, RegistryError, make_client
+from registry.client import CHALLENGER, CHAMPION, RegistryError
 from registry.history import EXTERNAL_REASON, history, served_intervals, sync_external_moves
 from registry.promotion import (
     apply_decision,
@@ -127,20 +126,6 @@ def _result(scale: float) -> TrainResult:
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory):
-    """An MLflow SQLite database with its schema created once: a fresh one costs ~5 s of migrations."""
-    d = tmp_path_factory.mktemp("mlflow_template")
-    make_client(f"sqlite:///{d / 'mlflow.db'}", d / "mlartifacts").search_experiments()
-    return d / "mlflow.db"
-
-
-@pytest.fixture()
-def client(tmp_path, template_db):
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(template_db, home / "mlflow.db")
-    return make_client(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts")
 
 
 def _moves(client, name):

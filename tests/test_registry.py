@@ -5,7 +5,6 @@ The TrainResult is built by hand: a tiny LightGBM regressor on random data → o
 
 from __future__ import annotations
 
-import shutil
 import json
 
 import lightgbm as lgb
@@ -103,20 +102,6 @@ def trained():
     return make_result(0)
 
 
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory):
-    """An MLflow SQLite database with its schema created once: a fresh one costs ~5 s of migrations."""
-    d = tmp_path_factory.mktemp("mlflow_template")
-    make_client(f"sqlite:///{d / 'mlflow.db'}", d / "mlartifacts").search_experiments()
-    return d / "mlflow.db"
-
-
-@pytest.fixture()
-def client(tmp_path, template_db):
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(template_db, home / "mlflow.db")
-    return make_client(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts")
 
 
 def _onnx_predict(onnx_bytes: bytes, X: np.ndarray) -> np.ndarray:

@@ -36,35 +36,15 @@ def _prefixed(model: onnx.ModelProto, prefix: str, input_as: str) -> tuple[list,
 
     Returns (nodes, initializers, {original output name: new name}).
     """
+    from pipelines.export import ExportError, prefix_graph
+
     graph = model.graph
     if len(graph.input) != 1:
         raise EnsembleError(f"member graph has inputs {[i.name for i in graph.input]}; expected one 'features'")
-    src = graph.input[0].name
-
-    def rn(name: str) -> str:
-        if not name:
-            return name
-        return input_as if name == src else prefix + name
-
-    nodes = []
-    for node in graph.node:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            raise EnsembleError(f"member node {node.name!r} ({node.op_type}) has a subgraph; only flat graphs blend")
-        new = onnx.NodeProto()
-        new.CopyFrom(node)
-        new.name = prefix + (node.name or node.op_type)
-        new.ClearField("input")
-        new.input.extend(rn(i) for i in node.input)
-        new.ClearField("output")
-        new.output.extend(rn(o) for o in node.output)
-        nodes.append(new)
-    inits = []
-    for init in graph.initializer:
-        new = TensorProto()
-        new.CopyFrom(init)
-        new.name = rn(init.name)
-        inits.append(new)
-    return nodes, inits, {o.name: rn(o.name) for o in graph.output}
+    try:
+        return prefix_graph(graph, prefix, rename={graph.input[0].name: input_as})
+    except ExportError as e:
+        raise EnsembleError(f"member graph cannot be blended: {e}") from None
 
 
 def compose_blend(
