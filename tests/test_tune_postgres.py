@@ -34,7 +34,12 @@ def _free_port() -> int:
 
 def _as_postgres(cmd: list[str]) -> list[str]:
     # PostgreSQL refuses to run as root; as any other user it runs as that user.
-    return ["runuser", "-u", "postgres", "--", *cmd] if getpass.getuser() == "root" else cmd
+    if getpass.getuser() != "root":
+        return cmd
+    # runuser lives in /usr/sbin, which a minimal PATH (cron, CI) may lack
+    runuser = shutil.which("runuser") or next(
+        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), "runuser")
+    return [runuser, "-u", "postgres", "--", *cmd]
 
 
 @pytest.fixture(scope="module")
