@@ -91,3 +91,10 @@ def test_demo_runs_the_loop_twice(cli_env):
     assert "promotion decision:" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out
     assert "SYNTHETIC" in out
+
+    hist = run(["history", "--symbol", "SYNTHUSDT"], cli_env)
+    assert hist.returncode == 0, hist.stdout + hist.stderr
+    rows = [line for line in hist.stdout.splitlines() if "kairos-train" in line or "kairos-promote" in line]
+    assert any("champion" in r and "first version" in r for r in rows), hist.stdout  # v1 → champion
+    assert any("challenger" in r for r in rows), hist.stdout  # v2 → challenger
+    assert "which version served as champion when" in hist.stdout
