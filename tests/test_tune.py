@@ -283,3 +283,27 @@ def test_tune_flow_resumes_writes_best_params_and_logs_the_study(kairos_home, tm
     assert {"optimization_history.png", "param_importances.png", "lightgbm.yaml",
             "lightgbm-SYNTHUSDT-1m.yaml"} <= artifacts
     assert parent.data.tags["kairos.best_trial"] == str(study.best_trial.number)
+
+
+def test_lightning_pruning_callback_prunes_a_deep_model_inside_a_fold():
+    """Deep models take Optuna's Lightning pruning callback: an unpromising trial stops mid-fit."""
+    import optuna
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from pipelines.models.sequence import make_sequence_model
+    from pipelines.tune import STEPS_PER_FOLD, _FoldTrial
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 60, 4)).astype(np.float32)
+    Y = rng.standard_normal((600, 2)) * 1e-3
+    # every reported value (−val_loss < 0) is below the threshold → pruned at the first epoch's report
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.0))
+    trial = study.ask()
+    model = make_sequence_model("lstm_attention", 4, [1, 2], preset="tiny", overrides={"max_epochs": 3})
+    cb = PyTorchLightningPruningCallback(_FoldTrial(trial, 1, -1.0), "val_loss")
+    with pytest.raises(optuna.TrialPruned):
+        model.fit(X[:500], Y[:500], X_val=X[500:], Y_val=Y[500:], callbacks=[cb])
+    frozen = study._storage.get_trial(trial._trial_id)
+    steps = sorted(frozen.intermediate_values)
+    assert steps == [STEPS_PER_FOLD * 1], steps  # fold 1's block, epoch 0: stopped after one report
+    assert frozen.intermediate_values[steps[0]] < 0

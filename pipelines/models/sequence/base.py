@@ -205,12 +205,14 @@ class SequenceRegressor:
         return X[: cut - gap], Y[: cut - gap], X[cut:], Y[cut:]
 
     def fit(
-        self, X: np.ndarray, Y: np.ndarray, *, X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None
+        self, X: np.ndarray, Y: np.ndarray, *, X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> Self:
         """Train on windows X (N, T, F) float32 and labels Y (N, H) float64 (log returns).
 
         Early stopping watches (X_val, Y_val), the purged validation slice; without one the newest
         10 % of X is held out (purged). The best-validation weights are restored at the end.
+        `callbacks`: extra Lightning callbacks, e.g. Optuna's pruning callback on "val_loss".
         """
         cfg, T, F, H = self.config, self.config.sequence_length, self.n_features, len(self.horizons)
         Y = np.asarray(Y, dtype=np.float64)
@@ -248,7 +250,7 @@ class SequenceRegressor:
                 precision=("bf16-mixed" if cuda and cfg.mixed_precision else "32-true"),
                 gradient_clip_val=cfg.grad_clip,
                 gradient_clip_algorithm="norm",
-                callbacks=[EarlyStopping("val_loss", patience=cfg.patience, mode="min"), keeper],
+                callbacks=[EarlyStopping("val_loss", patience=cfg.patience, mode="min"), keeper, *callbacks],
                 logger=False,
                 enable_checkpointing=False,
                 enable_progress_bar=False,
