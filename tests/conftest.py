@@ -11,6 +11,20 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 FIL_FILES = sorted(SHARED_DATA.glob("FILUSDT-1m-2023-*.zip"))
 
 
+def fil_core27_windows(path: Path, rows: int, length: int = 60):
+    """Real FILUSDT windows for model tests: core27 windows (M, length, 27) and their labels (M, 5)."""
+    from pipelines.features import feature_matrix
+    from pipelines.labels import make_labels
+    from pipelines.sources.binance_files import read_klines
+    from pipelines.windows import window_dataset
+
+    candles = read_klines(path, "FILUSDT", "1m").iloc[:rows].reset_index(drop=True)
+    X = feature_matrix(candles, "core27")
+    Y = make_labels(candles["close"].to_numpy(float), [1, 2, 3, 4, 5])
+    W, Yw, _ = window_dataset(X, Y, length)
+    return W, Yw
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

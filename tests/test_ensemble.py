@@ -13,7 +13,7 @@ from pipelines.models.sequence import SequenceRegressor, make_sequence_model
 from pipelines.models.sequence.ensemble import EnsembleRegressor
 from pipelines.models.sequence.onnx_io import onnx_predict, parity_max_abs
 from pipelines.settings import get_settings
-from tests.conftest import FIL_FILES
+from tests.conftest import FIL_FILES, fil_core27_windows
 from tests.test_sequence_models import H, TINY, accuracy, best_baseline, split
 
 LGBM = LightGBMConfig(n_estimators=40, num_leaves=15, min_child_samples=50, num_threads=1)
@@ -87,17 +87,7 @@ def test_config_factory_is_mamba_and_lightgbm_half_half():
 
 
 def test_real_data_ensemble_parity(shared_data):
-    from pipelines.features import feature_matrix
-    from pipelines.sources.binance_files import read_klines
-    from pipelines.windows import window_dataset
-
-    candles = read_klines(FIL_FILES[1], "FILUSDT", "1m").iloc[:3500].reset_index(drop=True)
-    X = feature_matrix(candles, "core27")
-    logc = np.log(candles["close"].to_numpy(np.float64))
-    Y = np.full((len(logc), 5), np.nan)
-    for j, h in enumerate(range(1, 6)):
-        Y[:-h, j] = logc[h:] - logc[:-h]
-    W, Yw, _ = window_dataset(X, Y, 60)
+    W, Yw = fil_core27_windows(FIL_FILES[1], 3500)
     ens = make_ensemble(n_features=27, T=60, horizons=range(1, 6))
     ens.sequence.config = ens.sequence.config.model_copy(update={"max_epochs": 1})
     ens.fit(W[:2000], Yw[:2000], X_val=W[2010:2500], Y_val=Yw[2010:2500])

@@ -19,7 +19,7 @@ from pipelines.models.sequence.losses import direction_loss, quantile_loss, shar
 from pipelines.models.sequence.onnx_io import accelerated_session, onnx_predict, parity_max_abs, session
 from pipelines.settings import get_settings
 from pipelines.windows import WindowError, align_to_windows, sliding_windows, window_dataset
-from tests.conftest import FIL_FILES
+from tests.conftest import FIL_FILES, fil_core27_windows
 
 ARCHS = list(SEQUENCE_ARCHITECTURES)
 T = 16  # synthetic windows: short, so CI trains in seconds
@@ -232,16 +232,7 @@ def test_synthetic_export_outputs_and_confidence(arch):
 # -- real data: ONNX parity on FILUSDT core27 windows ---------------------------------------------
 @pytest.fixture(scope="module")
 def fil_windows(shared_data):
-    from pipelines.features import feature_matrix
-    from pipelines.sources.binance_files import read_klines
-
-    candles = read_klines(FIL_FILES[0], "FILUSDT", "1m").iloc[:4500].reset_index(drop=True)
-    X = feature_matrix(candles, "core27")
-    logc = np.log(candles["close"].to_numpy(np.float64))
-    Y = np.full((len(logc), 5), np.nan)
-    for j, h in enumerate(range(1, 6)):
-        Y[:-h, j] = logc[h:] - logc[:-h]
-    W, Yw, _ = window_dataset(X, Y, 60)
+    W, Yw = fil_core27_windows(FIL_FILES[0], 4500)
     assert len(W) > 3000 and W.shape[1:] == (60, 27)
     return W, Yw
 
