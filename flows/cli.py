@@ -145,14 +145,22 @@ def ingest_ccxt(
     interval: str = IntervalOpt,
     since: Optional[str] = typer.Option(None, help="Backfill start (ISO, UTC); default: after the last stored candle."),
     until: Optional[str] = typer.Option(None, help="Backfill end (ISO, UTC); default: now."),
+    exchange_config: Optional[str] = typer.Option(
+        None, help='ccxt exchange constructor options as JSON, e.g. \'{"options": {"defaultType": "spot"}}\'.'),
 ) -> None:
     """Backfill or incrementally fetch candles from an exchange through ccxt."""
     _prepare()
     with _errors():
+        import json
+
         from flows.retrain import ingest
 
-        _print_ingest(ingest("ccxt", symbol, interval,
-                             {"exchange": exchange, "market": market, "since": since, "until": until}))
+        try:
+            config = json.loads(exchange_config) if exchange_config else None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--exchange-config is not valid JSON: {e}") from None
+        _print_ingest(ingest("ccxt", symbol, interval, {"exchange": exchange, "market": market, "since": since,
+                                                        "until": until, "exchange_config": config}))
 
 
 @data_app.command("status")

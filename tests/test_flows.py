@@ -149,3 +149,20 @@ def test_train_uses_tuned_params_and_records_their_study(small, harness):
     assert tags["kairos.tuned.study_name"] == "lgbm-SYNTHUSDT"
     assert tags["kairos.tuned.trial_number"] == "17"
     assert "secret" not in tags["kairos.tuned.storage"]
+
+
+def test_ccxt_backfill_then_incremental_through_the_ingest_flow(small, harness):
+    """The ccxt source through the flow: backfill a day, then an incremental run continues after it."""
+    from flows.retrain import ingest
+    from flows.runtime import Runtime
+    from tests.fake_exchange import FakeBinance, load_kline_rows
+
+    with FakeBinance(load_kline_rows(FIL_FILES[0], 3000)) as fake:  # 2023-08-01 00:00 .. 08-03 01:59
+        opts = {"exchange": "binance", "market": "FIL/USDT", "exchange_config": fake.ccxt_config()}
+        first = ingest("ccxt", "FILUSDT", "1m", {**opts, "since": "2023-08-01", "until": "2023-08-02"})
+        assert (first["added"], first["gaps"]) == (1440, 0)
+        second = ingest("ccxt", "FILUSDT", "1m", {**opts, "until": "2023-08-03"})  # since = last stored + 1m
+        assert second["added"] == 1440 and second["first"].startswith("2023-08-02 00:00")
+    store = Runtime.from_env().store()
+    assert store.count("FILUSDT", "1m") == 2880
+    assert int(store.status().set_index("symbol").loc["FILUSDT", "gaps"]) == 0
