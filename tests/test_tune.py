@@ -231,7 +231,11 @@ def test_killed_worker_resumes_without_losing_or_duplicating_trials(configs, dat
     assert by_state[killed[0]] == optuna.trial.TrialState.FAIL  # the stale RUNNING trial was handled
     assert sum(s == optuna.trial.TrialState.FAIL for s in by_state.values()) == 1
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0]]
-    assert len(retried) == 1 and retried[0].params == trials[killed[0]].params  # its parameters were re-run
+    assert len(retried) == 1
+    # Its parameters were re-run. The kill can land between two suggest calls, so the killed trial may hold
+    # only the first few; the retry re-uses those and samples the rest.
+    assert trials[killed[0]].params.items() <= retried[0].params.items()
+    assert len({frozenset(t.params) for t in trials if t.state in FINISHED}) == 1  # every finished trial is whole
 
 
 # ---------------------------------------------------------------- the CLI, the flow and MLflow
