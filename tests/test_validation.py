@@ -60,8 +60,7 @@ def test_real_fil_four_months_pass_with_zero_gaps(fil_all, tmp_path, capfd):
     assert report.validation_page is not None and report.validation_page.exists()
     assert "FILUSDT-1m-2023-08..11" in str(report.validation_page)
     assert out == "", f"validation printed to stdout: {out[:300]!r}"
-    # ~1 s on an idle core; the bound leaves room for a CI box shared by many jobs
-    assert report.elapsed_s < 30, f"validating 175,680 rows took {report.elapsed_s:.1f}s"
+    # timing is reported, not asserted (shared CI boxes): ~1 s on an idle core
     print(f"\nvalidate_candles, 175,680 rows, 47 expectations + Data Docs: {report.elapsed_s:.2f}s")
 
 
