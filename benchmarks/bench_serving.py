@@ -134,6 +134,18 @@ def bench_predictor(d: Path, n: int) -> dict:
         out["update_shadow_logged"] = timed(shadow)
     finally:
         log.close()
+    # the same with the log writer encoding whole batches without yielding the GIL (as before the fix)
+    import serving.predlog as predlog
+
+    saved, predlog.YIELD_EVERY = predlog.YIELD_EVERY, 1 << 30
+    log = PredictionLog(RESULTS / "tmp" / "predlog-noyield").start()
+    try:
+        shadow = Predictor(model, load_model(d, RuntimeConfig()), RoutingConfig(mode="shadow"), log,
+                           observer=metrics.observe)  # fmt: skip
+        out["update_shadow_logged_writer_not_yielding"] = timed(shadow)
+    finally:
+        log.close()
+        predlog.YIELD_EVERY = saved
     sf = StreamingFeatures("core27", 60_000)  # features alone, for the split
     for r in recs[:warm]:
         sf.update(r)
@@ -351,7 +363,8 @@ def main() -> None:
           f"(features alone p50 {p['features_only']['p50_us']} µs, model alone p50 {p['model_only']['p50_us']} µs)"
           "   goal p99 <= 100 µs")
     print(f"Predictor.update, shadow + log + metrics: p50 {p['update_shadow_logged']['p50_us']} µs, "
-          f"p99 {p['update_shadow_logged']['p99_us']} µs")  # fmt: skip
+          f"p99 {p['update_shadow_logged']['p99_us']} µs (log writer not yielding: "
+          f"p99 {p['update_shadow_logged_writer_not_yielding']['p99_us']} µs)")  # fmt: skip
     h = res["http"]
     print(f"HTTP POST /v1/candles, 1 connection: p50 {h['one_connection']['p50_us'] / 1e3:.2f} ms, "
           f"p99 {h['one_connection']['p99_us'] / 1e3:.2f} ms   goal p50 <= 0.5 ms")  # fmt: skip
