@@ -24,8 +24,10 @@ ingest_app = typer.Typer(help="Ingest candles from a source into the store (vali
 data_app = typer.Typer(help="Inspect the candle store.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, files) gets 160 columns instead of rich's 80, which truncated the report tables.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 SymbolOpt = typer.Option(..., "--symbol", "-s", help="Symbol as stored, e.g. FILUSDT.")
 IntervalOpt = typer.Option("1m", "--interval", "-i", help="Candle interval, e.g. 1m, 1h.")
