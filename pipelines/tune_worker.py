@@ -42,10 +42,48 @@ def driver_url(url: str) -> str:
     return url
 
 
+def _storage_class() -> Any:
+    """RDBStorage that also calls stale a RUNNING trial that never recorded a heartbeat.
+
+    Optuna skips such trials on purpose (optuna/optuna#4026), but a worker killed between `study.ask()`
+    and its heartbeat thread's first write leaves exactly that: a RUNNING trial that would hold a slot of
+    the trial budget forever, so `run_budget` on a resumed study would wait for it indefinitely (seen in
+    CI). A live worker writes its first heartbeat within milliseconds of `ask`, so a trial with none
+    `grace_period` seconds after it started is treated as dead: FAILed and retried like any stale trial.
+    `datetime_start` is the asking worker's clock (naive local time, as Optuna writes it): workers on
+    several machines need clocks agreeing to well within `grace_period`.
+    """
+    from datetime import datetime, timedelta
+
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+    from optuna.trial import TrialState
+
+    class KairosRDBStorage(RDBStorage):
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            stale = list(super()._get_stale_trial_ids(study_id))
+            grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 0))
+            now = datetime.now()
+            old = [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                   if t._trial_id not in stale and t.datetime_start is not None and now - t.datetime_start > grace]  # fmt: skip
+            if old:
+                query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
+                    sqlalchemy.bindparam("ids", expanding=True)
+                )
+                with self.engine.connect() as conn:
+                    beating = {row[0] for row in conn.execute(query, {"ids": old})}
+                stale += [i for i in old if i not in beating]
+            return stale
+
+    return KairosRDBStorage
+
+
 def make_storage(url: str, tuning: TuningConfig) -> Any:
     """An RDBStorage with heartbeats (stale-trial detection) and a busy timeout for SQLite."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    RDBStorage = _storage_class()
 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

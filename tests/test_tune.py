@@ -238,6 +238,30 @@ def test_killed_worker_resumes_without_losing_or_duplicating_trials(configs, dat
     assert len({frozenset(t.params) for t in trials if t.state in FINISHED}) == 1  # every finished trial is whole
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_trial_killed_before_its_first_heartbeat_is_failed_and_retried(configs, data, tmp_path):
+    """A worker killed between `study.ask()` and its first heartbeat leaves a RUNNING trial with no
+    heartbeat row, which Optuna never calls stale. Found in CI: the resumed worker waited for it forever."""
+    from pipelines.config import TuningConfig
+    from pipelines.tune_worker import make_storage, worker_command
+
+    n, url, name = 4, f"sqlite:///{tmp_path / 'optuna.db'}", "orphan"
+    tuning = TuningConfig.model_validate(SPACE)
+    study = optuna.create_study(storage=make_storage(url, tuning), study_name=name, direction="maximize")
+    orphan = study.ask()  # RUNNING, no heartbeat: what the kill leaves behind
+    orphan.suggest_int("num_leaves", 4, 16)
+    cmd = worker_command(study=name, storage=url, model="lightgbm", symbol="SYNTHUSDT", interval="1m",
+                         trials=n, worker_index=0, threads=1, data=data.save(tmp_path / "rows.npz"))
+    out = subprocess.run(cmd, cwd=REPO, env=worker_env(configs, tmp_path / "home"), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    trials = _trials(url, name)
+    assert trials[0].state == optuna.trial.TrialState.FAIL  # failed once the grace period had passed
+    assert sum(t.state in FINISHED for t in trials) == n
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retried) == 1 and retried[0].params["num_leaves"] == orphan.params["num_leaves"]
+
+
 # ---------------------------------------------------------------- the CLI, the flow and MLflow
 @pytest.fixture()
 def harness():
