@@ -126,25 +126,25 @@ def bench_predictor(d: Path, n: int) -> dict:
 
     model = load_model(d, RuntimeConfig())
     out = {"update": timed(Predictor(model))}  # champion only, no log: features + model + bookkeeping
-    # what the HTTP server does per candle: shadow (both arms score), prediction log, Prometheus metrics
-    metrics, log = ServingMetrics(), PredictionLog(RESULTS / "tmp" / "predlog").start()
-    try:
-        shadow = Predictor(model, load_model(d, RuntimeConfig()), RoutingConfig(mode="shadow"), log,
-                           observer=metrics.observe)  # fmt: skip
-        out["update_shadow_logged"] = timed(shadow)
-    finally:
-        log.close()
-    # the same with the log writer encoding whole batches without yielding the GIL (as before the fix)
     import serving.predlog as predlog
 
+    metrics = ServingMetrics()
+
+    def shadow_logged(subdir: str) -> dict:
+        """What the HTTP server does per candle: shadow (both arms score), prediction log, metrics."""
+        log = PredictionLog(RESULTS / "tmp" / subdir).start()
+        try:
+            return timed(Predictor(model, load_model(d, RuntimeConfig()), RoutingConfig(mode="shadow"), log,
+                                   observer=metrics.observe))  # fmt: skip
+        finally:
+            log.close()
+
+    out["update_shadow_logged"] = shadow_logged("predlog")
+    # the same with the log writer encoding whole batches without yielding the GIL (as before the fix)
     saved, predlog.YIELD_EVERY = predlog.YIELD_EVERY, 1 << 30
-    log = PredictionLog(RESULTS / "tmp" / "predlog-noyield").start()
     try:
-        shadow = Predictor(model, load_model(d, RuntimeConfig()), RoutingConfig(mode="shadow"), log,
-                           observer=metrics.observe)  # fmt: skip
-        out["update_shadow_logged_writer_not_yielding"] = timed(shadow)
+        out["update_shadow_logged_writer_not_yielding"] = shadow_logged("predlog-noyield")
     finally:
-        log.close()
         predlog.YIELD_EVERY = saved
     sf = StreamingFeatures("core27", 60_000)  # features alone, for the split
     for r in recs[:warm]:
