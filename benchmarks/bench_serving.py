@@ -10,7 +10,7 @@ Measures, on the LightGBM bundle (5 horizons x 200 trees, fitted on real FILUSDT
      (16 symbols, one stream each), client in another process, loopback;
   4. resident memory (VmRSS / VmHWM, anonymous vs shared-library pages) of the serving process with
      champion + challenger loaded, and whether it mapped pandas/pyarrow/mlflow/torch/... (it must not).
-The server is `python -m serving.cli` (uvloop + httptools when installed, see `serving.cli.uvicorn_impl`).
+The server is `python -m serving.server` (uvloop + httptools when installed, see `serving.server.uvicorn_impl`).
 Writes `benchmarks/results/serving.json` and prints a table.
 """
 
@@ -49,7 +49,7 @@ def candles(n: int, month: int = 0):
 
 def bundle(quick: bool) -> Path:
     """The LightGBM bundle, cached under benchmarks/results (fitting takes a minute on 2 cores)."""
-    from serving.testing import lightgbm_bundle
+    from tests.fixtures.bundles import lightgbm_bundle
 
     trees = 50 if quick else 200
     d = RESULTS / f"bundle_lgb_{trees}"
@@ -63,7 +63,7 @@ def bundle(quick: bool) -> Path:
 def bench_session_options(d: Path, runs: int) -> list[dict]:
     import onnxruntime as ort
 
-    from pipelines.bundle import read_bundle
+    from pipelines.contracts.bundle import read_bundle
     from serving.config import RuntimeConfig
     from serving.runtime import session_options
 
@@ -109,7 +109,7 @@ def bench_predictor(d: Path, n: int) -> dict:
     from serving.predictor import Predictor
     from serving.predlog import PredictionLog
     from serving.runtime import load_model
-    from serving.testing import candle_records
+    from tests.fixtures.bundles import candle_records
 
     warm = get_feature_set("core27").warmup
     recs = candle_records(candles(warm + n, month=1))
@@ -177,7 +177,7 @@ def _serve(bundles: list[Path], challenger: Path | None, home: Path) -> tuple[su
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "serving.yaml"
     cfg.write_text("routing:\n  mode: shadow\n")  # champion + challenger both score: the heavier case
-    args = [sys.executable, "-m", "serving.cli", "--port", str(port), "--log-level", "warning", "--config", str(cfg)]
+    args = [sys.executable, "-m", "serving.server", "--port", str(port), "--log-level", "warning", "--config", str(cfg)]
     for b in bundles:
         args += ["--bundle", str(b)]
     if challenger:
@@ -297,7 +297,7 @@ def _symbol_copy(src: Path, dst: Path, symbol: str) -> Path:
 
 def bench_http(d: Path, n: int, tmp: Path) -> dict:
     from pipelines.features import get_feature_set
-    from serving.testing import api_candle, candle_records
+    from tests.fixtures.bundles import api_candle, candle_records
 
     warm = get_feature_set("core27").warmup
     recs = [api_candle(r) for r in candle_records(candles(warm + n, month=2))]
@@ -340,11 +340,11 @@ def main() -> None:
     tmp = RESULTS / "tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    from serving.cli import uvicorn_impl
+    from serving.server import uvicorn_impl
 
     res = {
         "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "python": platform.python_version()},
-        "server": uvicorn_impl(),  # what `python -m serving.cli` runs uvicorn with
+        "server": uvicorn_impl(),  # what `python -m serving.server` runs uvicorn with
         "bundle": {"path": str(d.relative_to(REPO)), "trees_per_horizon": 50 if args.quick else 200, "horizons": 5},
         "session_options": bench_session_options(d, runs),
         "predictor": bench_predictor(d, n),

@@ -4,7 +4,7 @@
 
 The shipped search space (`configs/search_spaces/lightgbm.yaml`) and training defaults (30-day
 window, 3 inner folds of 14 days train / 2 days test) on the newest 30 days of the August 2023 file.
-Each setting is a fresh study on a fresh SQLite file with K `pipelines.tune_worker` processes
+Each setting is a fresh study on a fresh SQLite file with K `pipelines.tuning.study` processes
 (LightGBM threads = 2 // K, so both settings use the machine's 2 cores). Every study is given the
 same parameter sets up front (drawn once from the space by a seeded random sampler and enqueued),
 and the pruner is off by default, so both settings do exactly the same work.
@@ -56,8 +56,8 @@ def main() -> None:
 
     from pipelines.config import load_training_config
     from pipelines.sources.binance_files import read_many
-    from pipelines.tune import prepare_tuning_data
-    from pipelines.tune_worker import launch_workers, wait_workers
+    from pipelines.tuning.objective import prepare_tuning_data
+    from pipelines.tuning.study import launch_workers, wait_workers
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-tune-"))
     configs = _configs(tmp / "configs", args.pruner)
@@ -67,7 +67,7 @@ def main() -> None:
     candles = candles.iloc[-(cfg.walk_forward.window + 200):].reset_index(drop=True)  # 30 days + warm-up/labels
     rows = prepare_tuning_data(candles, cfg)
     data = rows.save(tmp / "rows.npz")
-    from pipelines.tune import load_search_space, suggest
+    from pipelines.tuning.objective import load_search_space, suggest
 
     space = load_search_space(configs, "lightgbm").params
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

@@ -20,7 +20,7 @@ FILES = sorted((REPO.parent / "shared" / "data").glob("FILUSDT-1m-2023-*.zip"))
 def main() -> None:
     from pipelines.config import load_training_config
     from pipelines.sources.binance_files import read_many
-    from pipelines.train import train_walk_forward
+    from pipelines.training.walk_forward import train_walk_forward
 
     candles = read_many(FILES, "FILUSDT", "1m")
     cfg = load_training_config(REPO / "configs")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipelines.ab.simulate import SimResult, simulate
+from pipelines.review.simulate import SimResult, simulate
 
 
 def _fmt(x: float) -> str:

@@ -1,8 +1,8 @@
 """The A/B review as a Prefect flow: log → outcomes → statistics → report → MLflow → policy.
 
 `ab_review(model)` reviews the current champion vs challenger of one registered model (its hourly
-deployment is in prefect.yaml). Flows only wire steps: outcomes (`pipelines.outcomes`), statistics
-(`pipelines.abstats.compare_arms`), the report (`pipelines.review_report`), MLflow and the policy
+deployment is in prefect.yaml). Flows only wire steps: outcomes (`pipelines.review.outcomes`), statistics
+(`pipelines.review.abstats.compare_arms`), the report (`pipelines.review.report`), MLflow and the policy
 (`registry.reviews`), alias moves (`registry.promotion.promote`, recorded like every move).
 Retries are on I/O tasks only, for transient errors.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, task
 
-from flows.retrain import IO, PURE
+from flows.runtime import IO, PURE
 from flows.runtime import Runtime
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -71,7 +71,7 @@ def load_candles(symbol: str, interval: str, start: pd.Timestamp, end: pd.Timest
 
 @task(name="join-outcomes", **PURE)
 def outcomes(log: pd.DataFrame, candles: pd.DataFrame, interval: str, now, store_last):
-    from pipelines.outcomes import join_outcomes
+    from pipelines.review.outcomes import join_outcomes
 
     return join_outcomes(log, candles, interval=interval, now=now, store_last=store_last)
 
@@ -79,8 +79,8 @@ def outcomes(log: pd.DataFrame, candles: pd.DataFrame, interval: str, now, store
 @task(name="ab-statistics", **PURE)
 def statistics(resolved: pd.DataFrame, champion: str, challenger: str, horizons: list[int],
                looks: list[int], fee_bps: float, alpha: float, min_samples: int) -> Statistics:  # fmt: skip
-    from pipelines.abstats import ABDataError, compare_arms
-    from pipelines.outcomes import experiment_arms
+    from pipelines.review.abstats import ABDataError, compare_arms
+    from pipelines.review.outcomes import experiment_arms
 
     out = Statistics()
     for h in horizons:
@@ -100,7 +100,7 @@ def statistics(resolved: pd.DataFrame, champion: str, challenger: str, horizons:
 @task(name="write-review-report", **PURE)
 def report(out_dir: str, name: str, champion: str, challenger: str, stats: Statistics, decision: str,
            counts: dict[str, int], fee_bps: float, missing_note: str):  # fmt: skip
-    from pipelines.review_report import write_review_report
+    from pipelines.review.report import write_review_report
 
     return write_review_report(
         Path(out_dir), model=name, champion_version=champion, challenger_version=challenger, arms=stats.arms,
@@ -156,7 +156,7 @@ def ab_review(model: str, predlog_dir: str | None = None, apply_decision: bool =
         {"champion", "challenger", "decision" (ReviewDecision), "report" (path), "run_id",
          "verdicts" (horizon → summary), "skipped", "counts", "moves" (descriptions)}.
     """
-    from pipelines.outcomes import log_time_range
+    from pipelines.review.outcomes import log_time_range
     from registry.reviews import decide_review
 
     rt = Runtime.from_env()

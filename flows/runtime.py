@@ -6,8 +6,11 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 
+from prefect.cache_policies import NO_CACHE
+
+from pipelines.contracts.errors import KairosError
 from pipelines.config import PromotionPolicy, TrainingConfig, load_promotion_policy, load_training_config
-from pipelines.settings import Settings, get_settings
+from pipelines.contracts.settings import Settings, get_settings
 
 
 def quiet_third_parties() -> None:
@@ -61,3 +64,31 @@ def set_reporter(callback) -> None:
 
 def reporter():
     return _PROGRESS
+
+
+# Task options: retries only on I/O tasks, and only for transient errors (`is_transient`).
+IO_RETRIES = dict(retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
+PURE = dict(cache_policy=NO_CACHE)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network blips, timeouts and a busy database file are worth retrying; bad input is not."""
+    if isinstance(exc, KairosError):
+        return bool(getattr(exc, "transient", False))
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"NetworkError", "RequestTimeout", "TransportError", "IOException", "MlflowException"})
+
+
+def _retry_transient(task_, task_run, state) -> bool:
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - classify whatever the task raised
+        return is_transient(exc)
+    return False
+
+
+IO = dict(**IO_RETRIES, retry_condition_fn=_retry_transient)
+
+

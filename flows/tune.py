@@ -1,7 +1,7 @@
 """The `tune` Prefect flow: load candles → tuning rows → K workers on one Optuna study → best params → MLflow.
 
-Thin wiring: the objective, search spaces and best-params files are `pipelines.tune`; workers and
-storage are `pipelines.tune_worker`; MLflow logging is `registry.tuning`. Retries only on I/O tasks.
+Thin wiring: the objective, search spaces and best-params files are `pipelines.tuning.objective`; workers and
+storage are `pipelines.tuning.study`; MLflow logging is `registry.tuning`. Retries only on I/O tasks.
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.retrain import IO, PURE, load_candles
+from flows.runtime import IO, PURE
+from flows.train import load_candles
 from flows.runtime import Runtime
 
 
 @task(name="tuning-rows", **PURE)
 def prepare_rows(candles: Any, path: Path) -> Path:
     """Features + labels minus the final test window, saved once for every worker to read."""
-    from pipelines.tune import prepare_tuning_data
+    from pipelines.tuning.objective import prepare_tuning_data
 
     return prepare_tuning_data(candles, Runtime.from_env().training_config()).save(path)
 
@@ -28,8 +29,8 @@ def prepare_rows(candles: Any, path: Path) -> Path:
 def run_workers(*, study_name: str, storage: str, model_type: str, symbol: str, interval: str, n_trials: int,
                 workers: int, data: Path) -> int:
     """One worker in this process, or K worker processes sharing the study; returns trials run."""
-    from pipelines.tune import Objective, TuningData, load_search_space
-    from pipelines.tune_worker import launch_workers, make_storage, open_study, run_budget, trial_counts, wait_workers
+    from pipelines.tuning.objective import Objective, TuningData, load_search_space
+    from pipelines.tuning.study import launch_workers, make_storage, open_study, run_budget, trial_counts, wait_workers
 
     rt = Runtime.from_env()
     tuning = load_search_space(rt.settings.configs_dir, model_type)
@@ -57,8 +58,8 @@ def save_best(*, study_name: str, storage: str, model_type: str, symbol: str, in
     """Counts per state, the best trial, and the tuned-parameters file `kairos train` reads."""
     import optuna
 
-    from pipelines.tune import TuningError, load_search_space, overrides_for, provenance_of, write_best_params
-    from pipelines.tune_worker import make_storage, trial_counts
+    from pipelines.tuning.objective import TuningError, load_search_space, overrides_for, provenance_of, write_best_params
+    from pipelines.tuning.study import make_storage, trial_counts
 
     rt = Runtime.from_env()
     tuning = load_search_space(rt.settings.configs_dir, model_type)
@@ -76,7 +77,7 @@ def save_best(*, study_name: str, storage: str, model_type: str, symbol: str, in
 
 @task(name="log-study", **IO)
 def log_to_mlflow(summary: dict[str, Any], *, storage: str, model_type: str, symbol: str, interval: str) -> str:
-    from pipelines.tune import redact_storage
+    from pipelines.tuning.objective import redact_storage
     from registry.tuning import log_study
 
     rt = Runtime.from_env()
@@ -101,8 +102,8 @@ def tune(symbol: str, model_type: str = "lightgbm", n_trials: int = 20, workers:
         interval: candle interval.
         study_name: default `<model>-<SYMBOL>-<interval>`.
     """
-    from pipelines.tune import TuningError, load_search_space, redact_storage
-    from pipelines.tune_worker import default_storage
+    from pipelines.tuning.objective import TuningError, load_search_space, redact_storage
+    from pipelines.tuning.study import default_storage
 
     if n_trials < 1 or workers < 1:
         raise TuningError(f"--trials ({n_trials}) and --workers ({workers}) must be >= 1")

@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.errors import ConfigError
+from pipelines.contracts.errors import ConfigError
 
 
 class _Frozen(BaseModel):
@@ -238,7 +238,7 @@ def load_model_preset(
 # --- Hyperparameter tuning (issue 6) -------------------------------------------------------------
 # One file per model: configs/search_spaces/<model_type>.yaml = the objective settings + `params`.
 # Semantic checks (every parameter is a field of the model's config, bounds it accepts) live in
-# pipelines.tune.load_search_space, which knows the model configs.
+# pipelines.tuning.objective.load_search_space, which knows the model configs.
 
 
 class ParamSpec(_Frozen):

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipelines.errors import KairosError
+from pipelines.contracts.errors import KairosError
 
 
 class LabelError(KairosError):

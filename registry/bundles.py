@@ -10,7 +10,7 @@ import mlflow.artifacts
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipelines.bundle import read_bundle
+from pipelines.contracts.bundle import read_bundle
 from registry.client import CHAMPION, RegistryError, is_not_found
 
 
@@ -51,7 +51,7 @@ def download_bundle(
 ) -> Path:
     """Download the bundle of `name` at `version` or `alias` (default `champion`) into `dst`.
 
-    The files are fetched into a temporary sibling, checked with `pipelines.bundle.read_bundle`
+    The files are fetched into a temporary sibling, checked with `pipelines.contracts.bundle.read_bundle`
     (exactly model.onnx + manifest.json, valid manifest) and only then renamed to `dst`, so a
     reader never sees a half-written bundle.
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipelines.errors import KairosError
+from pipelines.contracts.errors import KairosError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -21,7 +21,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-from pipelines.ab.compare import ABResult
+from pipelines.review.compare import ABResult
 from pipelines.config import PromotionPolicy
 from registry.client import CHAMPION, RegistryError, ensure_experiment
 from registry.history import served_intervals
@@ -169,7 +169,7 @@ def tag_decision(client: MlflowClient, run_id: str, moved: list[str]) -> None:
 
 
 def _live_metrics(rows: pd.DataFrame, horizon: int, fee_bps: float) -> dict[str, float]:
-    from pipelines.ab.arms import ArmData, arm_metrics
+    from pipelines.review.arms import ArmData, arm_metrics
 
     r = rows[rows["horizon"] == horizon].sort_values("time_ms", kind="mergesort")
     if len(r) < 2:
@@ -209,7 +209,7 @@ def served_history(
         requests (champion records served), resolved, accuracy, accuracy_ci_low/high, ic,
         pnl_total_return (NaN where no outcome is known yet).
     """
-    from pipelines.outcomes import join_outcomes, log_time_range
+    from pipelines.review.outcomes import join_outcomes, log_time_range
     from serving.predlog import read_prediction_log
 
     cols = ["version", "start", "end", "actor", "reason", "requests", "resolved", "accuracy",
@@ -221,7 +221,7 @@ def served_history(
     if len(log):
         interval = str(log["interval"].iloc[0])
         if store is None:
-            from pipelines.settings import get_settings
+            from pipelines.contracts.settings import get_settings
             from pipelines.store import CandleStore
 
             store = CandleStore(get_settings().store_path)

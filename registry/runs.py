@@ -28,8 +28,8 @@ from mlflow.exceptions import MlflowException
 from onnx.external_data_helper import uses_external_data
 from pydantic import BaseModel
 
-from pipelines.bundle import BundleError, write_bundle
-from pipelines.train import NewestWindow, TrainResult
+from pipelines.contracts.bundle import BundleError, write_bundle
+from pipelines.training.walk_forward import NewestWindow, TrainResult
 from registry.client import RegisteredVersion, RegistryError, ensure_experiment, model_name
 from registry.promotion import direction_accuracy
 

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipelines.errors import KairosError, StreamError
+from pipelines.contracts.errors import KairosError, StreamError
 from serving.predictor import InputError, Prediction, Predictor
 from serving.schemas import CandlesIn, CandlesOut, ErrorOut, PredictIn, PredictionOut, StreamIn
 from serving.state import ServingState

@@ -86,7 +86,7 @@ def load_serving_config(path: Path | None = None, configs_dir: Path | None = Non
     """Parse `path` (default `<configs_dir>/serving.yaml`); a missing default file means all defaults."""
     if path is None:
         if configs_dir is None:
-            from pipelines.settings import get_settings
+            from pipelines.contracts.settings import get_settings
 
             configs_dir = get_settings().configs_dir
         path = configs_dir / "serving.yaml"

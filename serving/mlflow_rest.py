@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
-from pipelines.bundle import MANIFEST_FILE, MODEL_FILE
-from pipelines.errors import KairosError
+from pipelines.contracts.bundle import MANIFEST_FILE, MODEL_FILE
+from pipelines.contracts.errors import KairosError
 
 API = "/api/2.0/mlflow"
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"

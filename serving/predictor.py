@@ -7,7 +7,7 @@ and challenger see identical inputs. Sequence models ([N, T, F] input) read the 
 from a ring buffer. Models are swapped by replacing one immutable dict (atomic under the GIL), so a
 request sees either the old or the new version, never a mix.
 
-Re-sync: an out-of-order, duplicate or gapped candle raises `pipelines.errors.StreamError` and leaves
+Re-sync: an out-of-order, duplicate or gapped candle raises `pipelines.contracts.errors.StreamError` and leaves
 the state unchanged; the client either sends the missing candles or calls `reset()` and pushes a
 fresh history (the feature set's warm-up length) before predictions resume.
 """
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import KairosError, StreamError
-from pipelines.schema import interval_ms
+from pipelines.contracts.errors import KairosError, StreamError
+from pipelines.contracts.schema import interval_ms
 from serving.config import RoutingConfig
 from serving.predlog import SCHEMA_VERSION, PredictionLog, iso_from_epoch
 from serving.router import Route, Router

@@ -1,6 +1,6 @@
 """Model runtime: a bundle (`model.onnx` + `manifest.json`) → one warmed onnxruntime session.
 
-`load_model(bundle_dir, cfg, version=...)` reads the bundle with `pipelines.bundle.read_bundle`,
+`load_model(bundle_dir, cfg, version=...)` reads the bundle with `pipelines.contracts.bundle.read_bundle`,
 builds one session with latency-oriented options (see `RuntimeConfig`), checks the graph against the
 manifest and warms it up; any failure raises `ModelLoadError` so a caller (the watcher) can keep the
 old model serving. `LoadedModel.run(x)` is the hot path: features float32 (N, F) or (N, T, F) →
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipelines.bundle import BundleError, Manifest, read_bundle, sha256_bytes
-from pipelines.errors import KairosError
+from pipelines.contracts.bundle import BundleError, Manifest, read_bundle, sha256_bytes
+from pipelines.contracts.errors import KairosError
 from serving.config import RuntimeConfig
 
 log = logging.getLogger("kairos.serving")

@@ -1,6 +1,6 @@
 """Request/response bodies of the HTTP/WebSocket API (pydantic), and the candle checks at the boundary.
 
-A candle follows the candle contract of `pipelines/schema.py`: `open_time` as epoch milliseconds or
+A candle follows the candle contract of `pipelines/contracts/schema.py`: `open_time` as epoch milliseconds or
 an ISO-8601 UTC string, the price and volume fields, optional `spread_bps`. Every value must be
 finite (NaN/inf are refused), prices positive, volumes non-negative, and high/low must bracket
 open/close. A refused body gets a 422 naming the field and the problem.

@@ -48,7 +48,7 @@ class ServingState:
         if cfg.prediction_log.enabled:
             d = predlog_dir or cfg.prediction_log.directory
             if d is None:
-                from pipelines.settings import get_settings
+                from pipelines.contracts.settings import get_settings
 
                 d = get_settings().home_abs / "predictions"
             p = cfg.prediction_log

@@ -17,7 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from pipelines.errors import KairosError
+from pipelines.contracts.errors import KairosError
 from serving.config import RuntimeConfig, WatcherConfig
 from serving.mlflow_rest import RegistryRest, RegistryUnavailable
 from serving.runtime import load_model

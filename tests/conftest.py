@@ -16,13 +16,24 @@ def fil_core27_windows(path: Path, rows: int, length: int = 60):
     from pipelines.features import feature_matrix
     from pipelines.labels import make_labels
     from pipelines.sources.binance_files import read_klines
-    from pipelines.windows import window_dataset
+    from pipelines.training.windows import window_dataset
 
     candles = read_klines(path, "FILUSDT", "1m").iloc[:rows].reset_index(drop=True)
     X = feature_matrix(candles, "core27")
     Y = make_labels(candles["close"].to_numpy(float), [1, 2, 3, 4, 5])
     W, Yw, _ = window_dataset(X, Y, length)
     return W, Yw
+
+
+KINDS = ("unit", "flows", "e2e", "realdata")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its kind (its folder): `pytest -m unit`, `-m "not e2e"`, ..."""
+    for item in items:
+        kind = Path(str(item.fspath)).parent.name
+        if kind in KINDS:
+            item.add_marker(getattr(pytest.mark, kind))
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +46,7 @@ def shared_data() -> Path:
 @pytest.fixture()
 def kairos_home(tmp_path, monkeypatch) -> Path:
     """A fresh KAIROS_HOME (and MLflow on SQLite inside it) for one test."""
-    from pipelines.settings import get_settings
+    from pipelines.contracts.settings import get_settings
 
     home = tmp_path / "kairos_home"
     monkeypatch.setenv("KAIROS_HOME", str(home))

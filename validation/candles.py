@@ -1,7 +1,7 @@
 """Candle batch validation with Great Expectations 1.x, gap reporting and quarantine.
 
 `validate_candles` runs the `kairos_candles` suite over a candle frame (the contract of
-`pipelines.schema`, possibly broken: NaN where a source could not parse a number, duplicates,
+`pipelines.contracts.schema`, possibly broken: NaN where a source could not parse a number, duplicates,
 out-of-order rows, several symbols) through a GX Checkpoint whose `UpdateDataDocsAction` writes
 Data Docs HTML for every validation. Gaps (missing candles) are reported, never failed.
 `check_or_quarantine` is what the ingest flow calls: a failed batch is written to the quarantine
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipelines.errors import ValidationFailed
-from pipelines.schema import CANDLE_COLUMNS, INTERVALS, PRICE_COLUMNS, VOLUME_COLUMNS
+from pipelines.contracts.errors import ValidationFailed
+from pipelines.contracts.schema import CANDLE_COLUMNS, INTERVALS, PRICE_COLUMNS, VOLUME_COLUMNS
 from validation.gx_context import ExpectationOutcome, run_suite
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -284,7 +284,7 @@ def validate_candles(df: pd.DataFrame, *, data_docs_dir: Path, batch_name: str) 
     """Run the `kairos_candles` suite over `df` and write Data Docs for this validation.
 
     Args:
-        df: candle frame (pipelines.schema contract), any number of symbols/intervals, any order.
+        df: candle frame (pipelines.contracts.schema contract), any number of symbols/intervals, any order.
         data_docs_dir: Data Docs site root (index.html) and validation results store.
         batch_name: names the run in Data Docs and reports, e.g. "FILUSDT-1m-20231101".
 

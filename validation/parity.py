@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipelines.errors import ParityError
+from pipelines.contracts.errors import ParityError
 
 OUTPUT_NAME = "returns"
 

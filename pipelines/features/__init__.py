@@ -4,7 +4,7 @@ A feature set is a *kernel* over a work matrix X (input series x candles) plus a
 state (the EMA/RSI recursions): `kernel(X, lo, hi, t0, state, out)` computes the features of
 columns [lo, hi) from those columns and the `lags` columns before them. Batch runs it over a
 whole history in chunks; `StreamingFeatures` runs it on one column of a preallocated ring buffer.
-There is no second copy of any formula, and the two agree bit for bit (tests/test_features.py).
+There is no second copy of any formula, and the two agree bit for bit (tests/unit/test_features.py).
 
 A feature value is NaN until its window is full; for EMA/RSI "full" means the seed's weight has
 decayed below 1e-16, so a non-NaN value does not depend on where its history started. `warmup` is

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
-from pipelines.errors import KairosError
+from pipelines.contracts.errors import KairosError
 from pipelines.features import core27
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def _check_frame(candles: Candles, impl: _Impl) -> np.ndarray:
     missing = [c for c in need if c not in candles]  # `in` a frame tests its columns
     if missing:
         raise FeatureError(
-            f"candle frame lacks columns {missing}; map it to the candle contract (pipelines.schema)"
+            f"candle frame lacks columns {missing}; map it to the candle contract (pipelines.contracts.schema)"
         )
     if "symbol" in candles:
         if _is_frame(candles):
@@ -248,7 +248,7 @@ def compute_features(candles: Candles, feature_set: str = "core27") -> "pd.DataF
     """Features of every candle of one symbol, using candles <= t only.
 
     Args:
-        candles: candle-contract frame (pipelines.schema), one symbol, sorted by open_time,
+        candles: candle-contract frame (pipelines.contracts.schema), one symbol, sorted by open_time,
             finite values, close > 0; or a mapping column → (N,) numpy array with the same
             fields (open_time int64 epoch ms). Gaps are not detected here (validation.candles
             reports them): rows are treated as consecutive.

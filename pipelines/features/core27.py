@@ -8,7 +8,7 @@ of a ring buffer. Same code, same float operations, so the two agree bit for bit
 Definitions (t = candle index, candles <= t only):
 - raw: the 9 numeric candle fields; spread_bps = 0.0 where the feed has none (NaN in the candle
   frame: only a book feed gives a spread, and a model input cannot be NaN); taker_buy_ratio =
-  taker_buy_base / volume (0 when volume is 0, as in `pipelines.schema`).
+  taker_buy_base / volume (0 when volume is 0, as in `pipelines.contracts.schema`).
 - log_return_k = ln(close[t] / close[t-k]), k = 1, 5, 15.
 - volatility_n = population std (ddof=0) of log_return_1 over the last n, two-pass (mean, then
   mean squared deviation) so flat windows give exactly 0.

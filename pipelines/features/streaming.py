@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from pipelines.errors import StreamError
+from pipelines.contracts.errors import StreamError
 from pipelines.features.base import Candles, FeatureError, _check_frame, _column, _impl, _run, _work_matrix, n_candles
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class StreamingFeatures:
         """
         n = n_candles(candles)
         if interval_ms is None and "interval" in candles and n:
-            from pipelines.schema import interval_ms as interval_length
+            from pipelines.contracts.schema import interval_ms as interval_length
 
             try:
                 col = _column(candles, "interval")

@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pipelines.errors import KairosError
+from pipelines.contracts.errors import KairosError
 
 if TYPE_CHECKING:
     from pipelines.config import TrainingConfig

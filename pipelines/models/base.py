@@ -2,7 +2,7 @@
 
 Estimator contract (scikit-learn style): `__init__` only stores parameters; `fit` validates its
 inputs, sets learned attributes ending in `_` and returns `self`; `predict` checks it is fitted.
-`pipelines.train` only talks to models through this protocol, so it stays model-agnostic.
+`pipelines.training.walk_forward` only talks to models through this protocol, so it stays model-agnostic.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 
-from pipelines.errors import KairosError
+from pipelines.contracts.errors import KairosError
 
 INPUT_NAME = "features"  # ONNX input: float32 [N, F] (tabular) or [N, T, F] (sequence), dynamic N
 OUTPUT_NAME = "returns"  # ONNX output: float32 [N, H], predicted ln(close[t+h]/close[t])

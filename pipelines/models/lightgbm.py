@@ -91,7 +91,7 @@ class LightGBMReturns:
 
     def to_onnx(self) -> bytes:
         """One self-contained ONNX graph: "features" float32 [N, F] → "returns" float32 [N, H]."""
-        from pipelines.export import lightgbm_to_onnx  # onnxmltools is only needed when exporting
+        from pipelines.training.export import lightgbm_to_onnx  # onnxmltools is only needed when exporting
 
         check_fitted(self, "boosters_")
         return lightgbm_to_onnx(self.boosters_, self.n_features_, target_opset=self.target_opset)

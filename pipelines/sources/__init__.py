@@ -1,4 +1,4 @@
-"""Candle sources; each returns a frame obeying the candle contract (`pipelines.schema`).
+"""Candle sources; each returns a frame obeying the candle contract (`pipelines.contracts.schema`).
 
 - `pipelines.sources.synthetic`: seeded synthetic series with real-market stylised facts
   (`generate`, `generate_continuation`, `is_synthetic_symbol`).

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.errors import SourceError
-from pipelines.schema import INTERVALS, empty_candles, normalize_candles
+from pipelines.contracts.errors import SourceError
+from pipelines.contracts.schema import INTERVALS, empty_candles, normalize_candles
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ import ccxt
 import numpy as np
 import pandas as pd
 
-from pipelines.errors import SourceError
-from pipelines.schema import INTERVALS, empty_candles, normalize_candles
+from pipelines.contracts.errors import SourceError
+from pipelines.contracts.schema import INTERVALS, empty_candles, normalize_candles
 
 
 def _ms(ts: pd.Timestamp | str) -> int:
@@ -147,7 +147,7 @@ def fetch_ohlcv_range(
     Args:
         exchange_id: a ccxt id, e.g. "binance".
         symbol: unified ("FIL/USDT") or exchange id ("FILUSDT").
-        interval: a key of `pipelines.schema.INTERVALS` the exchange supports.
+        interval: a key of `pipelines.contracts.schema.INTERVALS` the exchange supports.
         since: first open time wanted (UTC if naive).
         until: exclusive end; None = up to the present.
         exchange_config: deep-merged into ccxt's config (urls, options, timeout, keys).

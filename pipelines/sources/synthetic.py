@@ -16,7 +16,7 @@ without simulating the ones before it. Two kinds of memory cross block boundarie
 * intraday volatility clustering is a truncated (one-day) exponential filter of log-volatility
   shocks, so a block needs only its own and the previous block's shocks.
 
-Stylised facts (asserted in tests/test_sources.py): Student-t shocks under stochastic volatility
+Stylised facts (asserted in tests/unit/test_sources.py): Student-t shocks under stochastic volatility
 (kurtosis >> 3), autocorrelation of |returns| positive over tens of lags, a 24h cycle in volume and
 volatility (peak around 15:00 UTC, the US open), rare volume bursts with larger moves, a bid-ask
 bounce (close = mid ± half-spread: slightly negative lag-1 return autocorrelation), and a weak
@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
-from pipelines.errors import SourceError
-from pipelines.schema import INTERVALS, normalize_candles
+from pipelines.contracts.errors import SourceError
+from pipelines.contracts.schema import INTERVALS, normalize_candles
 
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")  # timeline origin: candle index 0
 ANCHOR = pd.Timestamp("2024-01-01", tz="UTC")  # `start_price` is the mid price at this instant
@@ -214,7 +214,7 @@ def generate(
 
     Args:
         symbol: must contain "SYNTH" (see `is_synthetic_symbol`).
-        interval: a key of `pipelines.schema.INTERVALS` (all divide a day).
+        interval: a key of `pipelines.contracts.schema.INTERVALS` (all divide a day).
         start: open time of the first candle (UTC if naive); must lie on the interval grid.
         n: number of candles (> 0).
         seed: series identity; the same (symbol, interval, seed, start_price) is the same series.

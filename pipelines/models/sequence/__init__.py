@@ -44,7 +44,7 @@ def make_sequence_model(
         overrides: flat field overrides of the preset, e.g. {"max_epochs": 2}.
     """
     if configs_dir is None:
-        from pipelines.settings import get_settings
+        from pipelines.contracts.settings import get_settings
 
         configs_dir = get_settings().configs_dir
     cfg = load_model_preset(configs_dir, model_type, preset, overrides)

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from pipelines.config import SequenceModelConfig
-from pipelines.errors import KairosError
+from pipelines.contracts.errors import KairosError
 from pipelines.models.sequence.losses import make_loss
 from pipelines.models.sequence.net import SequenceNet
 
@@ -152,7 +152,7 @@ def _check_xy(X: np.ndarray, Y: np.ndarray | None, T: int, F: int, H: int, what:
     if X.ndim != 3 or X.shape[1:] != (T, F):
         raise SequenceModelError(
             f"{what}: expected windows of shape (N, {T}, {F}), got {X.shape}; build them with "
-            "pipelines.windows.sliding_windows(rows, length)"
+            "pipelines.training.windows.sliding_windows(rows, length)"
         )
     if Y is not None and (Y.ndim != 2 or Y.shape != (len(X), H)):
         raise SequenceModelError(f"{what}: expected labels of shape ({len(X)}, {H}), got {Y.shape}")
@@ -160,7 +160,7 @@ def _check_xy(X: np.ndarray, Y: np.ndarray | None, T: int, F: int, H: int, what:
     sample = X[:: max(1, len(X) // 512)]
     if not np.isfinite(sample).all() or (Y is not None and not np.isfinite(Y).all()):
         raise SequenceModelError(
-            f"{what}: non-finite values in windows or labels; drop them first (pipelines.windows.window_dataset)"
+            f"{what}: non-finite values in windows or labels; drop them first (pipelines.training.windows.window_dataset)"
         )
 
 

@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from pipelines.config import EnsembleConfig, TrainingConfig, load_model_preset
-from pipelines.errors import KairosError
+from pipelines.contracts.errors import KairosError
 from pipelines.models.sequence.base import SequenceRegressor
 
 EPS = 1e-12  # keeps the agreement ratio finite when both members predict exactly 0
@@ -36,7 +36,7 @@ def _prefixed(model: onnx.ModelProto, prefix: str, input_as: str) -> tuple[list,
 
     Returns (nodes, initializers, {original output name: new name}).
     """
-    from pipelines.export import ExportError, prefix_graph
+    from pipelines.training.export import ExportError, prefix_graph
 
     graph = model.graph
     if len(graph.input) != 1:
@@ -118,7 +118,7 @@ class EnsembleRegressor:
         from pipelines.models.lightgbm import LightGBMReturns
 
         if configs_dir is None:
-            from pipelines.settings import get_settings
+            from pipelines.contracts.settings import get_settings
 
             configs_dir = get_settings().configs_dir
         training = training or TrainingConfig()
@@ -199,9 +199,9 @@ def evaluate_members(
         cfg: `EvaluationConfig`.
 
     Returns:
-        {"sequence" | "tabular" | "ensemble": flat `pipelines.evaluate.evaluate_all` metrics}.
+        {"sequence" | "tabular" | "ensemble": flat `pipelines.training.evaluation.evaluate_all` metrics}.
     """
-    from pipelines.evaluate import evaluate_all
+    from pipelines.training.evaluation import evaluate_all
 
     return {who: evaluate_all(pred, Y, last_return, horizons, interval=interval, cfg=cfg)
             for who, pred in model.predict_members(X).items()}

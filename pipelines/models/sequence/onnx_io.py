@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from pipelines.errors import ParityError
+from pipelines.contracts.errors import ParityError
 from pipelines.models.sequence.net import OnnxGraph, SequenceNet
 
 INPUT_NAME = "features"

@@ -1,0 +1,116 @@
+"""`kairos review`, `rollback` and `history`: A/B verdicts, alias moves and which version served when."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from flows.cli._common import IntervalOpt, console, errors, prepare, user_actor
+
+ModelOpt = typer.Option(..., "--model", "-m", help="Registered model name, e.g. returns-FILUSDT-1m.")
+
+
+def review(
+    model: str = ModelOpt,
+    predlog_dir: Optional[Path] = typer.Option(
+        None, "--predlog-dir", help="Prediction log directory (default: serving's)."
+    ),
+    apply: bool = typer.Option(True, "--apply/--no-apply", help="Apply the policy's decision to the aliases."),
+) -> None:
+    """Review champion vs challenger: outcomes, statistics, HTML report, MLflow run, promotion policy."""
+
+    prepare()
+    with errors():
+        from rich.table import Table
+
+        from flows.review import ab_review
+
+        out = ab_review(model, str(predlog_dir.resolve()) if predlog_dir else None, apply, user_actor())
+    d = out["decision"]
+    if out["report"] is None:
+        console.print(f"review: {d.reason}", highlight=False, soft_wrap=True)
+        return
+    c = out["counts"]
+    console.print(f"{model}: champion v{out['champion']} vs challenger v{out['challenger']} — outcomes "
+                  f"{c['resolved']:,} resolved, {c['pending']:,} pending, {c['missing']:,} missing candles")  # fmt: skip
+    t = Table(title="verdict per horizon (always-valid sequential test)")
+    t.add_column("horizon")
+    t.add_column("verdict")
+    for h, text in sorted(out["verdicts"].items()):
+        t.add_row(str(h), text)
+    for h, why in sorted(out["skipped"].items()):
+        t.add_row(str(h), f"skipped: {why}")
+    console.print(t)
+    verdict = "[bold green]PROMOTE[/]" if d.promote else "[bold yellow]KEEP CHAMPION[/]"
+    console.print(f"decision: {verdict} — {d.reason}", highlight=False, soft_wrap=True)
+    for m in out["moves"]:
+        console.print(f"moved: {m}", highlight=False, soft_wrap=True)
+    if d.promote and not apply:
+        console.print("(--no-apply: aliases left as they are)")
+    console.print(f"report: {out['report']}  (MLflow run {out['run_id']}, experiment kairos-reviews)")
+
+
+def rollback(
+    model: str = ModelOpt,
+    reason: str = typer.Option(
+        "rollback from the command line", "--reason", help="Why (recorded in the history)."
+    ),
+) -> None:
+    """Put the previous champion back (recorded like every alias move; run twice to undo)."""
+
+    prepare()
+    with errors():
+        from flows.runtime import Runtime
+        from registry.promotion import rollback as registry_rollback
+
+        move = registry_rollback(Runtime.from_env().mlflow, model, reason=reason, actor=user_actor())
+    console.print(f"rolled back: {move.describe()}", highlight=False, soft_wrap=True)
+
+
+
+ 
+def history(symbol: str = typer.Option(None, "--symbol", "-s"), interval: str = IntervalOpt,
+            model: Optional[str] = typer.Option(None, "--model", help="Registered model name (instead of --symbol).")) -> None:
+    """Every alias move (from, to, reason, time) and which version served as champion when."""
+    prepare()
+    with errors():
+        from flows.runtime import Runtime
+        from registry.client import model_name
+        from registry.history import history as alias_history, sync_external_moves
+
+        if not (symbol or model):
+            raise ValueError("give --symbol SYM or --model NAME")
+        name = model or model_name(symbol, interval)
+        client = Runtime.from_env().mlflow
+        sync_external_moves(client, name)
+        moves = alias_history(client, name)
+        if not moves:
+            raise ValueError(f"no alias moves recorded for {name}; train a model first (kairos train --symbol ...)")
+        t = Table(title=f"alias history — {name}")
+        for col in ["time (UTC)", "alias", "from", "to", "actor", "reason"]:
+            t.add_column(col)
+        for m in moves:
+            t.add_row(f"{m.time:%Y-%m-%d %H:%M:%S}", m.alias, str(m.from_version or "—"), str(m.to_version or "—"),
+                      m.actor, m.reason)
+        console.print(t)
+        from flows.review import default_predlog_dir
+        from registry.reviews import served_history
+
+        served = served_history(client, name, default_predlog_dir(Runtime.from_env()))
+        t = Table(title=f"which version served as champion when, with live metrics (h1) — {name}")
+        for col in ["version", "from (UTC)", "until (UTC)", "requests", "resolved", "accuracy [95% CI]", "IC", "P&L"]:
+            t.add_column(col)
+        for r in served.itertuples(index=False):
+            acc = (f"{r.accuracy:.2%} [{r.accuracy_ci_low:.2%}, {r.accuracy_ci_high:.2%}]"
+                   if r.accuracy == r.accuracy else "—")
+            t.add_row(str(r.version), f"{r.start:%Y-%m-%d %H:%M:%S}",
+                      f"{r.end:%Y-%m-%d %H:%M:%S}" if r.end == r.end and r.end is not None else "now",
+                      f"{int(r.requests):,}", f"{int(r.resolved):,}", acc,
+                      f"{r.ic:+.4f}" if r.ic == r.ic else "—",
+                      f"{r.pnl_total_return:+.2%}" if r.pnl_total_return == r.pnl_total_return else "—")
+        console.print(t)
+
+

@@ -1,0 +1,120 @@
+"""`kairos train`, `promote`, `retrain` and `demo`: the retraining loop from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from flows.cli._common import IntervalOpt, SymbolOpt, console, errors, prepare, progress
+from flows.cli.data import _print_ingest
+
+
+def _report_table(result, title: str) -> Table:
+    t = Table(title=title)
+    for col in ["horizon", "who", "rows", "dir. accuracy [95% CI]", "IC", "RMSE", "P&L (fees)", "Sharpe", "max DD"]:
+        t.add_column(col)
+    for h in result.horizons:
+        members = sorted(w for w in result.report if w.startswith("member_"))
+        for who in ("model", *members, "always_up", "persistence", "reversal"):
+            m = result.report[who][f"h{h}"]
+            t.add_row(
+                f"{h}" if who == "model" else "", who, f"{int(m['n']):,}",
+                f"{m['accuracy']:.2%} [{m['accuracy_lo']:.2%}, {m['accuracy_hi']:.2%}]",
+                f"{m['ic']:+.4f}" if m["ic"] == m["ic"] else "—",
+                f"{m['rmse']:.2e}", f"{m['pnl_total_return']:+.2%}", f"{m['pnl_sharpe']:+.2f}",
+                f"{m['pnl_max_drawdown']:.2%}",
+                style="bold" if who == "model" else None,
+            )
+    return t
+
+
+def _print_training(out: dict) -> None:
+    result, reg = out["result"], out["registered"]
+    label = " (SYNTHETIC data)" if result.manifest.synthetic else ""
+    console.print(_report_table(result, f"walk-forward, all test folds pooled — {reg.name}{label}"))
+    console.print(
+        f"registered {reg.name} version {reg.version} (run {reg.run_id}); ONNX parity max |Δ| = "
+        f"{result.parity_max_abs:.2e}"
+    )
+
+
+def _print_decision(out: dict) -> None:
+    d = out.get("decision")
+    if d is None:
+        console.print(f"promotion: {out.get('reason', 'nothing to decide')}")
+        return
+    verdict = "[bold green]PROMOTE[/]" if d.promote else "[bold yellow]KEEP CHAMPION[/]"
+    console.print(f"promotion decision: {verdict} — {d.reason}")
+
+
+ 
+def train(symbol: str = SymbolOpt, interval: str = IntervalOpt,
+          model: str = typer.Option("lightgbm", "--model", "-m",
+                                    help="lightgbm | lstm_attention | transformer | tft | mamba | ensemble"),
+          preset: Optional[str] = typer.Option(None, help="Deep models: preset of configs/models/<model>.yaml "
+                                                          "(small, tiny, seed000, ...).")) -> None:
+    """Walk-forward train and evaluate vs naive baselines, export ONNX, register in MLflow."""
+    prepare()
+    with errors(), progress():
+        from flows.train import train as train_flow
+
+        out = train_flow(symbol, interval, model, preset)
+    _print_training(out)
+
+
+ 
+def promote(symbol: str = SymbolOpt, interval: str = IntervalOpt) -> None:
+    """Apply configs/promotion.yaml to the current challenger."""
+    prepare()
+    with errors():
+        from flows.promote import promote as promote_flow
+
+        _print_decision(promote_flow(symbol, interval))
+
+
+ 
+def retrain(symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s"), interval: str = IntervalOpt,
+            source: str = typer.Option("synthetic", help="synthetic | ccxt | binance-files"),
+            days: float = typer.Option(1.0, help="synthetic: days to add"),
+            exchange: Optional[str] = typer.Option(None), market: Optional[str] = typer.Option(None),
+            path: list[Path] = typer.Option([], help="binance-files: files to ingest"),
+            model: str = typer.Option("lightgbm", "--model", "-m")) -> None:
+    """The daily loop once: ingest → validate → train → register → promote."""
+    prepare()
+    opts = {"days": days, "exchange": exchange, "market": market, "paths": [str(p.resolve()) for p in path]}
+    with errors(), progress():
+        from flows.retrain import daily_retrain
+
+        out = daily_retrain(symbol, interval, source, opts, model)
+    _print_ingest(out["ingest"])
+    _print_training(out)
+    _print_decision(out["promote"])
+
+
+ 
+def demo(days: float = typer.Option(30.0, help="Days of synthetic 1m candles for the first run."),
+         symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s")) -> None:
+    """The whole loop twice on synthetic data: champion, then a challenger judged by the promotion policy."""
+    prepare()
+    from flows.runtime import Runtime
+
+    with errors():
+        from flows.retrain import daily_retrain
+
+        console.rule("[bold]Kairos demo — SYNTHETIC data (seeded, not a real market)")
+        for run, d in ((1, days), (2, 2.0)):
+            console.rule(f"run {run}: ingest {d:g} day(s) → validate → train → register → promote")
+            with progress():
+                out = daily_retrain(symbol, "1m", "synthetic", {"days": d}, "lightgbm")
+            _print_ingest(out["ingest"])
+            _print_training(out)
+            _print_decision(out["promote"])
+        s = Runtime.from_env().settings
+        console.rule("look at it")
+        console.print(f"mlflow ui --backend-store-uri {s.tracking_uri} --port 5000")
+        console.print(f"kairos history --symbol {symbol}")
+
+

@@ -1,0 +1,71 @@
+"""Train flow: load candles → walk-forward train + evaluate vs baselines → export (parity-gated) → register."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, task
+
+from flows.runtime import IO, PURE, Runtime, reporter
+from pipelines.contracts.errors import KairosError
+
+@task(name="load-candles", **IO)
+def load_candles(symbol: str, interval: str) -> pd.DataFrame:
+    df = Runtime.from_env().store().load(symbol, interval)
+    if df.empty:
+        raise KairosError(
+            f"no candles stored for {symbol} {interval}; ingest some first (kairos ingest ... --symbol {symbol})"
+        )
+    return df
+
+
+@task(name="train-walk-forward", **PURE)
+def fit(candles: pd.DataFrame, symbol: str, interval: str, model_type: str, preset: str | None = None):
+    """Walk-forward training with the tuned parameters of `kairos tune`, when a study wrote some."""
+    from pipelines.sources.synthetic import is_synthetic_symbol
+    from pipelines.training.walk_forward import train_walk_forward
+    from pipelines.tuning.objective import load_best_params, provenance_tags
+
+    rt = Runtime.from_env()
+    overrides, provenance = load_best_params(rt.settings.home_abs, model_type, symbol, interval) or ({}, {})
+    cfg = rt.training_config({"lightgbm": overrides["lightgbm"]} if "lightgbm" in overrides else None)
+    if model_type != "lightgbm":
+        from pipelines.models import MODEL_FACTORIES, register_model
+        from pipelines.models.sequence import sequence_factory
+
+        if model_type in MODEL_FACTORIES:  # unknown types fall through to make_model's error
+            register_model(model_type, sequence_factory(model_type, preset, overrides.get("preset"),
+                                                        rt.settings.configs_dir))
+    result = train_walk_forward(
+        candles, symbol=symbol, interval=interval, cfg=cfg, model_type=model_type,
+        synthetic=is_synthetic_symbol(symbol), progress=reporter(),
+    )
+    result.run_tags.update(provenance_tags(provenance))
+    if preset:
+        result.run_tags["kairos.preset"] = preset
+    return result
+
+
+@task(name="register-model", **IO)
+def register(result):
+    """Log the run + bundle, create the model version; first version → champion, later → challenger."""
+    from registry.promotion import assign_new_version
+    from registry.runs import log_training
+
+    client = Runtime.from_env().mlflow
+    registered = log_training(client, result, tags=result.run_tags)
+    assign_new_version(client, registered, actor="kairos-train", gates_passed=all(result.gates.values()))
+    return registered
+
+
+@flow(name="train")
+def train(symbol: str, interval: str = "1m", model_type: str = "lightgbm", preset: str | None = None) -> dict[str, Any]:
+    """Walk-forward train + evaluate vs baselines, export ONNX (parity-gated), register in MLflow."""
+    candles = load_candles(symbol, interval)
+    result = fit(candles, symbol, interval, model_type, preset)
+    registered = register(result)
+    return {"result": result, "registered": registered}
+
+

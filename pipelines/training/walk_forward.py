@@ -1,0 +1,337 @@
+"""Walk-forward training of one model for one symbol: the pure core of `kairos train`.
+
+`train_walk_forward(candles, cfg)` → features + labels → folds (purged) → per-fold fit/predict →
+metrics beside naive baselines → final fit on the newest window → ONNX export → parity check →
+`TrainResult` (everything the registry logs, and the bundle).
+
+Row bookkeeping (all indices are candle rows of the input frame, oldest first):
+    [0, start)        warm-up (features inexact; for sequence models also the first T-1 rows)
+    [start, end)      labelled rows, end = N - max(horizons) (later rows have NaN labels)
+    [lo, end)         the newest `walk_forward.window` of them: the rows folds index into
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.contracts.bundle import FeatureSetSpec, Manifest, OutputSpec, TensorSpec
+from pipelines.config import TrainingConfig
+from pipelines.contracts.errors import KairosError
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+HASHED_COLUMNS = ["open", "high", "low", "close", "volume"]  # candle values the data hash covers
+
+
+@dataclass
+class NewestWindow:
+    """The newest test window: what the promotion policy compares champion and challenger on."""
+
+    open_times: np.ndarray  # int64 epoch ms of the rows, shape (n,)
+    predictions: np.ndarray  # float, (n, H): the model's out-of-sample predictions
+    actuals: np.ndarray  # float, (n, H): realised log returns
+
+
+@dataclass
+class TrainResult:
+    model_type: str
+    symbol: str
+    interval: str
+    feature_names: list[str]
+    horizons: list[int]
+    params: dict[str, Any]  # model hyperparameters, flat
+    fold_metrics: list[dict[str, float]]  # per fold, flat "{who}.h{h}.{metric}" (who: model|always_up|persistence|reversal)
+    summary_metrics: dict[str, float]  # overall (all test rows pooled), same flat keys
+    report: dict[str, Any]  # nested: {who: {"h1": {metric: value, ...}}} for tables
+    newest_window: NewestWindow
+    data_window: dict[str, Any]  # {"start": iso, "end": iso, "rows": int, "data_hash": sha256}
+    onnx_bytes: bytes
+    manifest: Manifest
+    parity_max_abs: float
+    gates: dict[str, bool] = field(default_factory=dict)  # {"parity": True, ...}
+    folds: list[Any] = field(default_factory=list)  # pipelines.training.splits.Fold, oldest first (rows index [lo, end))
+    model: Any = None  # the final fitted model (native), e.g. for an ensemble or an ad-hoc check
+    run_tags: dict[str, str] = field(default_factory=dict)  # extra tags for the training run (e.g. tuning provenance)
+
+
+class TrainingError(KairosError):
+    """The candles cannot be trained on (unsorted, non-finite features past warm-up, too few rows)."""
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    """Rows [lo, end) of the candle frame, ready for folds: X, Y, baseline input and times."""
+
+    X: np.ndarray  # float32 (n, F) or a (n, T, F) window view
+    Y: np.ndarray  # float64 (n, H)
+    last_return: np.ndarray  # float64 (n,): ln(close[t]/close[t-1]), the persistence baseline
+    open_time: pd.Series  # UTC timestamps of the rows
+    lo: int
+    end: int
+    start: int  # first usable row (warm-up excluded)
+
+
+def code_version() -> str:
+    """`git rev-parse HEAD` of this repository, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def data_hash(candles: pd.DataFrame) -> str:
+    """sha256 over open_time (epoch ms) and OHLCV of the candle rows, in order."""
+    times = pd.to_datetime(candles["open_time"], utc=True).astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+    values = np.ascontiguousarray(candles[HASHED_COLUMNS].to_numpy(np.float64))
+    h = hashlib.sha256(np.ascontiguousarray(times, dtype=np.int64).tobytes())
+    h.update(values.tobytes())
+    return h.hexdigest()
+
+
+def _prepare(candles: pd.DataFrame, cfg: TrainingConfig, fs: Any, seq_len: int | None) -> _Dataset:
+    """Features, labels and the usable row range [lo, end) (see the module docstring)."""
+    from pipelines.features import compute_features
+    from pipelines.labels import make_labels
+
+    times = pd.to_datetime(candles["open_time"], utc=True).reset_index(drop=True)
+    if not times.is_monotonic_increasing or times.duplicated().any():
+        raise TrainingError("candles are not strictly increasing in open_time; sort and de-duplicate them first")
+    feats = compute_features(candles, fs.name)
+    X_all = np.ascontiguousarray(feats[list(fs.names)].to_numpy(np.float64), dtype=np.float32)  # (N, F)
+    close = candles["close"].to_numpy(np.float64)
+    horizons = list(cfg.labels.horizons)
+    Y_all = np.asarray(make_labels(close, horizons), dtype=np.float64)  # (N, H)
+    last_return = np.full(close.shape, np.nan)
+    last_return[1:] = np.log(close[1:] / close[:-1])
+
+    n_rows, T = len(candles), seq_len or 1
+    start = max(int(fs.warmup), 1) + T - 1  # a window ending at `start` holds only exact rows
+    end = n_rows - max(horizons)
+    if end <= start:
+        raise TrainingError(
+            f"{n_rows} candles leave no labelled rows after {start} warm-up rows and {max(horizons)} label rows; "
+            "supply more candles"
+        )
+    first_row = start - T + 1
+    bad = ~np.isfinite(X_all[first_row:end]).all(axis=1)
+    if bad.any():
+        where = first_row + int(np.argmax(bad))
+        raise TrainingError(
+            f"{int(bad.sum())} feature rows past warm-up are not finite (first at {times[where]}); "
+            "check the candles for gaps or bad values (validation.candles) before training"
+        )
+    window = cfg.walk_forward.window
+    lo = max(start, end - window) if window else start
+    if seq_len:
+        from pipelines.training.windows import sliding_windows
+
+        X = sliding_windows(X_all[lo - T + 1 : end], T)  # (end-lo, T, F); window k ends at row lo+k
+    else:
+        X = X_all[lo:end]
+    return _Dataset(
+        X=X, Y=Y_all[lo:end], last_return=last_return[lo:end],
+        open_time=times[lo:end].reset_index(drop=True), lo=lo, end=end, start=start,
+    )
+
+
+def _fit(model: Any, ds: _Dataset, train_start: int, train_end: int, purge: int) -> Any:
+    """Fit on [train_start, train_end) minus a purged validation slice at its end (for early stopping)."""
+    from pipelines.training.splits import validation_split
+
+    fit_end, val_start = validation_split(train_start, train_end, purge)
+    return model.fit(
+        ds.X[train_start:fit_end], ds.Y[train_start:fit_end],
+        X_val=ds.X[val_start:train_end], Y_val=ds.Y[val_start:train_end],
+    )
+
+
+def _finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
+    """NaN → None so manifest.json stays strict JSON."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def train_walk_forward(
+    candles: pd.DataFrame,
+    *,
+    symbol: str,
+    interval: str,
+    cfg: TrainingConfig,
+    model_type: str = "lightgbm",
+    synthetic: bool = False,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Walk-forward train and evaluate one model, then fit on the newest rows, export and parity-check.
+
+    Args:
+        candles: candle frame (pipelines.contracts.schema contract) of one symbol/interval, oldest first.
+        symbol: e.g. "FILUSDT".
+        interval: e.g. "1m".
+        cfg: the training config (features, labels, walk-forward, evaluation, model, export).
+        model_type: a key of `pipelines.models.MODEL_FACTORIES`.
+        synthetic: the candles are synthetic (recorded in the manifest).
+        progress: optional callback (stage, done, total); stages "features", "folds", "final", "export".
+
+    Returns:
+        TrainResult with fold/summary metrics for the model and the naive baselines, the newest
+        test window, the ONNX bytes and the manifest.
+
+    Raises:
+        TrainingError: unusable candles; SplitError: too few rows; ParityError: the export disagrees.
+    """
+    from pipelines.training.evaluation import evaluate_all, nested_report
+    from pipelines.features import get_feature_set
+    from pipelines.models import make_model
+    from pipelines.training.splits import walk_forward_folds
+    from validation.parity import check_parity
+
+    report_progress: Progress = progress or (lambda stage, done, total: None)
+    horizons = list(cfg.labels.horizons)
+    fs = get_feature_set(cfg.features.feature_set)
+    n_features = len(fs.names)
+
+    def new_model() -> Any:
+        return make_model(model_type, cfg, n_features, horizons)
+
+    probe = new_model()  # __init__ only stores params: tells us the input kind and T
+    seq_len = probe.sequence_length if probe.input_kind == "sequence" else None
+    report_progress("features", 0, 1)
+    ds = _prepare(candles, cfg, fs, seq_len)
+    report_progress("features", 1, 1)
+    n = ds.end - ds.lo
+    wf, ev = cfg.walk_forward, cfg.evaluation
+    folds = walk_forward_folds(n, wf)
+
+    fold_metrics: list[dict[str, float]] = []
+    pooled: list[tuple[np.ndarray, slice]] = []
+    pooled_members: list[dict[str, np.ndarray]] = []  # ensembles: each member's predictions, same rows
+    covered = 0  # pooled rows end here; overlapping test windows (step < test_size) count once
+    report_progress("folds", 0, len(folds))
+    for fold in folds:
+        model = _fit(new_model(), ds, fold.train_start, fold.train_end, wf.purge)
+        test = slice(fold.test_start, fold.test_end)
+        pred = np.asarray(model.predict(ds.X[test]), dtype=np.float64)  # (test_rows, H)
+        fold_metrics.append(
+            evaluate_all(pred, ds.Y[test], ds.last_return[test], horizons, interval=interval, cfg=ev)
+        )
+        keep_from = max(fold.test_start, covered)
+        pooled.append((pred[keep_from - fold.test_start :], slice(keep_from, fold.test_end)))
+        if hasattr(model, "predict_members"):
+            members = model.predict_members(ds.X[test])  # {"sequence"|"tabular"|"ensemble": (test_rows, H)}
+            pooled_members.append({k: np.asarray(v)[keep_from - fold.test_start :] for k, v in members.items()})
+        covered = fold.test_end
+        report_progress("folds", fold.index + 1, len(folds))
+
+    pooled_pred = np.concatenate([p for p, _ in pooled])
+    rows = np.concatenate([np.arange(s.start, s.stop) for _, s in pooled])
+    summary = evaluate_all(
+        pooled_pred, ds.Y[rows], ds.last_return[rows], horizons, interval=interval, cfg=ev,
+        segments=[s.stop - s.start for _, s in pooled],
+    )
+    if pooled_members:  # each member beside the blend, scored on the same pooled rows as the model
+        for who in pooled_members[0]:
+            if who == "ensemble":
+                continue
+            flat = evaluate_all(np.concatenate([m[who] for m in pooled_members]), ds.Y[rows], ds.last_return[rows],
+                                horizons, interval=interval, cfg=ev, segments=[s.stop - s.start for _, s in pooled])
+            summary.update({f"member_{who}.{k.split('.', 1)[1]}": v for k, v in flat.items() if k.startswith("model.")})
+    newest_fold, newest_pred = folds[-1], pred
+    newest_times = ds.open_time[newest_fold.test_start : newest_fold.test_end]
+    newest = NewestWindow(
+        open_times=newest_times.astype("datetime64[ms, UTC]").astype("int64").to_numpy(),
+        predictions=newest_pred,
+        actuals=ds.Y[newest_fold.test_start : newest_fold.test_end].copy(),
+    )
+
+    # Final model: the newest train_size labelled rows (its labels reach max(h) candles past `end`).
+    report_progress("final", 0, 1)
+    final_start = max(0, n - wf.train_size)
+    final = _fit(new_model(), ds, final_start, n, wf.purge)
+    report_progress("final", 1, 1)
+
+    report_progress("export", 0, 2)
+    onnx_bytes = final.to_onnx()
+    report_progress("export", 1, 2)
+    parity_X = ds.X[max(0, n - cfg.export.parity_rows) : n]
+    # The config sets a floor; a model family may declare a looser bound (deep models: float32 kernels).
+    tolerance = max(cfg.export.parity_tolerance, float(getattr(final, "parity_tolerance", 0.0)))
+    parity = check_parity(onnx_bytes, final.predict, parity_X, tolerance)
+    report_progress("export", 2, 2)
+
+    used = candles.iloc[ds.lo - ds.start : len(candles)]  # every candle the features/labels read
+    data_window = {
+        "start": ds.open_time[final_start].isoformat(),
+        "end": ds.open_time[n - 1].isoformat(),
+        "rows": n - final_start,
+        "data_hash": data_hash(used),
+        "label_end": pd.Timestamp(pd.to_datetime(candles["open_time"].iloc[-1], utc=True)).isoformat(),
+        "evaluation_start": ds.open_time[0].isoformat(),
+        "evaluation_rows": n,
+        "candles": len(used),
+    }
+    manifest = _manifest(
+        onnx_bytes, fs=fs, model_type=model_type, symbol=symbol, interval=interval, horizons=horizons,
+        seq_len=seq_len, training=data_window, metrics=summary, synthetic=synthetic,
+        extra={"parity_max_abs": parity, "parity_tolerance": tolerance, "n_folds": len(folds),
+               "fold_test_starts": [ds.open_time[f.test_start].isoformat() for f in folds]},
+    )
+    return TrainResult(
+        model_type=model_type, symbol=symbol, interval=interval, feature_names=list(fs.names),
+        horizons=horizons, params=final.get_params(), fold_metrics=fold_metrics, summary_metrics=summary,
+        report=nested_report(summary), newest_window=newest, data_window=data_window,
+        onnx_bytes=onnx_bytes, manifest=manifest, parity_max_abs=parity, gates={"parity": True},
+        folds=folds, model=final,
+    )
+
+
+CONFIDENCE_MEANING = {
+    "tft": "sign confidence 2*Phi(|mu|/sigma)-1 in [0, 1], sigma from the p10-p90 quantile interval",
+    "ensemble": "member agreement |w_s*a + w_t*b| / (w_s*|a| + w_t*|b|) in [0, 1]",
+    "default": "sign confidence 2*Phi(|mu|/sigma)-1 in [0, 1], sigma from 16 frozen MC-dropout masks",
+}
+
+
+def _manifest(
+    onnx_bytes: bytes, *, fs: Any, model_type: str, symbol: str, interval: str, horizons: list[int],
+    seq_len: int | None, training: dict[str, Any], metrics: dict[str, float], synthetic: bool,
+    extra: dict[str, Any],
+) -> Manifest:
+    """The bundle manifest; outputs are read from the graph so an optional "confidence" is declared."""
+    import onnx
+
+    from pipelines.models.base import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_MEANING, OUTPUT_NAME
+
+    graph_outputs = {o.name for o in onnx.load_model_from_string(onnx_bytes).graph.output}
+    n_f, n_h = len(fs.names), len(horizons)
+    outputs = [OutputSpec(OUTPUT_NAME, [None, n_h], horizons=horizons, meaning=OUTPUT_MEANING)]
+    if CONFIDENCE_NAME in graph_outputs:
+        outputs.append(OutputSpec(CONFIDENCE_NAME, [None, n_h], horizons=horizons,
+                                  meaning=CONFIDENCE_MEANING.get(model_type, CONFIDENCE_MEANING["default"])))
+    return Manifest(
+        task="returns",
+        model_name=f"returns-{symbol}-{interval}",
+        model_type=model_type,
+        symbol=symbol,
+        interval=interval,
+        feature_set=FeatureSetSpec(name=fs.name, version=int(fs.version), names=list(fs.names), warmup=int(fs.warmup)),
+        input=TensorSpec(INPUT_NAME, [None, seq_len, n_f] if seq_len else [None, n_f]),
+        outputs=outputs,
+        training=training,
+        metrics=_finite_or_none(metrics),
+        code_version=code_version(),
+        created_at=datetime.now(UTC).isoformat(),
+        synthetic=synthetic,
+        extra=extra,
+    )

@@ -1,0 +1,64 @@
+"""pipelines.labels: future log returns per horizon, NaN past the end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipelines.contracts.errors import KairosError
+from pipelines.labels import LabelError, label_names, make_labels
+from tests.conftest import FIL_FILES
+
+
+def test_hand_checked_values():
+    close = np.array([1.0, 2.0, 4.0, 2.0, 1.0])
+    y = make_labels(close, [1, 2])
+    assert y.shape == (5, 2) and y.dtype == np.float64
+    ln2 = math.log(2)
+    np.testing.assert_allclose(y[:4, 0], [ln2, ln2, -ln2, -ln2], rtol=1e-15)
+    np.testing.assert_allclose(y[:3, 1], [math.log(4), 0.0, -math.log(4)], rtol=1e-15, atol=1e-300)
+    assert np.isnan(y[4, 0]) and np.isnan(y[3:, 1]).all()
+
+
+def test_horizon_longer_than_series_is_all_nan():
+    y = make_labels(np.array([1.0, 1.1, 1.2]), [1, 5])
+    assert np.isnan(y[:, 1]).all() and np.isfinite(y[:2, 0]).all()
+
+
+def test_names():
+    assert label_names([1, 2, 3, 4, 5]) == ["ret_h1", "ret_h2", "ret_h3", "ret_h4", "ret_h5"]
+    assert label_names((15, 60)) == ["ret_h15", "ret_h60"]
+
+
+@pytest.mark.parametrize("horizons", [[], [0], [-1, 2], [1, 1], [1.5]])
+def test_bad_horizons(horizons):
+    with pytest.raises(LabelError, match="horizon"):
+        make_labels(np.ones(10), horizons)
+    with pytest.raises(KairosError):
+        label_names(horizons)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, np.nan, np.inf])
+def test_bad_prices_named(bad):
+    close = np.array([1.0, 2.0, bad, 3.0])
+    with pytest.raises(LabelError, match=r"close\[2\]"):
+        make_labels(close, [1])
+
+
+def test_not_1d():
+    with pytest.raises(LabelError, match="1-D"):
+        make_labels(np.ones((3, 2)), [1])
+
+
+def test_real_data_sum_of_one_step_returns(shared_data):
+    """ret_h5[t] = sum of the five one-candle returns after t (telescoping), on real FILUSDT closes."""
+    from pipelines.sources.binance_files import read_klines
+
+    close = read_klines(FIL_FILES[0], "FILUSDT")["close"].to_numpy()[:20000]
+    y = make_labels(close, [1, 5])
+    n = close.size
+    tele = sum(y[k : n - 5 + k, 0] for k in range(5))
+    np.testing.assert_allclose(y[: n - 5, 1], tele, rtol=0, atol=1e-13)
+    assert np.isnan(y[n - 5 :, 1]).all() and np.isfinite(y[: n - 5]).all()

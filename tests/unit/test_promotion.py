@@ -1,0 +1,223 @@
+"""Promotion policy (pure) and alias moves / history / rollback against a real MLflow (SQLite in tmp_path).
+
+Versions are registered from hand-made linear ONNX graphs (no training needed to test aliases).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.helper
+import onnx.numpy_helper
+import pytest
+
+from pipelines.contracts.bundle import FeatureSetSpec, Manifest, OutputSpec, TensorSpec
+from pipelines.config import PromotionPolicy
+from pipelines.training.walk_forward import NewestWindow, TrainResult
+from registry.client import CHALLENGER, CHAMPION, RegistryError
+from registry.history import EXTERNAL_REASON, history, served_intervals, sync_external_moves
+from registry.promotion import (
+    apply_decision,
+    assign_new_version,
+    current_aliases,
+    decide,
+    direction_accuracy,
+    rollback,
+    set_alias,
+)
+from registry.runs import log_training
+
+POLICY = PromotionPolicy(min_lift_pp=0.5, min_samples=500)
+
+
+# ---------------------------------------------------------------- pure policy
+
+
+def test_direction_accuracy_excludes_flat_and_unrealised_rows():
+    pred = np.array([0.1, -0.2, 0.3, 0.4, -0.1, 0.0, 0.2])
+    actual = np.array([0.5, -0.1, -0.2, 0.0, np.nan, 0.3, 0.1])
+    # counted rows: 0 (hit), 1 (hit), 2 (miss), 5 (pred 0 = no call: miss), 6 (hit); rows 3, 4 excluded
+    acc, n = direction_accuracy(pred, actual)
+    assert n == 5 and acc == pytest.approx(3 / 5)
+    assert direction_accuracy(np.array([1.0]), np.array([0.0])) == (pytest.approx(np.nan, nan_ok=True), 0)
+    with pytest.raises(ValueError, match="same length"):
+        direction_accuracy(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        direction_accuracy(np.array([np.nan]), np.array([1.0]))
+
+
+def test_decide_promotes_on_enough_lift_and_says_the_numbers():
+    d = decide(POLICY, challenger_acc=0.5231, champion_acc=0.5170, n_rows=2880, gates={"parity": True})
+    assert d.promote and d.lift_pp == pytest.approx(0.61)
+    assert d.reason == (
+        "challenger 52.31% vs champion 51.70% on 2,880 rows of the newest window: +0.61 pp ≥ 0.50 pp"
+    )
+    exact = decide(POLICY, challenger_acc=0.5150, champion_acc=0.5100, n_rows=2880, gates={"parity": True})
+    assert exact.promote  # a lift equal to the threshold passes despite float rounding
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "promote", "fragment"),
+    [
+        (dict(challenger_acc=0.5190, champion_acc=0.5170), False, "+0.20 pp < 0.50 pp"),
+        (
+            dict(challenger_acc=0.60, champion_acc=0.50, gates={"parity": False, "validation": True}),
+            False,
+            "gate(s) failed: parity",
+        ),
+        (dict(challenger_acc=0.60, champion_acc=0.50, gates={}), False, "no gate results"),
+        (dict(challenger_acc=0.60, champion_acc=0.50, n_rows=499), False, "only 499 comparable rows"),
+        (dict(challenger_acc=0.51, champion_acc=None), True, "no champion yet (challenger 51.00%"),
+        (dict(challenger_acc=0.51, champion_acc=None, gates={"parity": False}), False, "gate(s) failed"),
+        (dict(challenger_acc=float("nan"), champion_acc=0.5), False, "accuracy is nan"),
+    ],
+)
+def test_decide_cases(kwargs, promote, fragment):
+    args = dict(n_rows=2880, gates={"parity": True}) | kwargs
+    d = decide(POLICY, **args)
+    assert d.promote is promote and fragment in d.reason
+
+
+def test_decide_baseline_requirement():
+    strict = PromotionPolicy(require_beats_baselines=True)
+    common = dict(champion_acc=0.50, n_rows=2880, gates={"parity": True})
+    assert not decide(strict, challenger_acc=0.52, baseline_acc=0.525, **common).promote
+    assert "no baseline accuracy" in decide(strict, challenger_acc=0.52, **common).reason
+    ok = decide(strict, challenger_acc=0.53, baseline_acc=0.52, **common)
+    assert ok.promote and ok.reason.endswith("; beats best baseline 52.00%")
+    assert decide(POLICY, challenger_acc=0.52, baseline_acc=0.60, **common).promote  # not required by default
+
+
+# ---------------------------------------------------------------- MLflow aliases and history
+
+
+def _result(scale: float) -> TrainResult:
+    """A registrable TrainResult whose ONNX graph is `returns = features @ [scale, 0]`."""
+    w = onnx.numpy_helper.from_array(np.array([[scale], [0.0]], dtype=np.float32), name="w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["features", "w"], ["returns"])],
+        "linear",
+        [onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [None, 2])],
+        [onnx.helper.make_tensor_value_info("returns", onnx.TensorProto.FLOAT, [None, 1])],
+        initializer=[w],
+    )
+    opset = [onnx.helper.make_opsetid("", 15)]
+    onnx_bytes = onnx.helper.make_model(graph, opset_imports=opset).SerializeToString()
+    window = {
+        "start": "2023-08-01T00:00:00+00:00",
+        "end": "2023-08-02T00:00:00+00:00",
+        "rows": 10,
+        "data_hash": f"h{scale}",
+    }
+    manifest = Manifest(
+        task="returns", model_name="returns-FILUSDT-1m", model_type="linear", symbol="FILUSDT", interval="1m",
+        feature_set=FeatureSetSpec("two", 1, ["a", "b"], 0), input=TensorSpec("features", [None, 2]),
+        outputs=[OutputSpec("returns", [None, 1], horizons=[1])], training=window, metrics={},
+        code_version="test", created_at="2023-08-02T00:00:00+00:00", synthetic=True,
+    )  # fmt: skip
+    rng = np.random.default_rng(int(scale * 10))
+    actual = rng.normal(size=(50, 1))
+    return TrainResult(
+        model_type="linear", symbol="FILUSDT", interval="1m", feature_names=["a", "b"], horizons=[1],
+        params={"scale": scale}, fold_metrics=[], summary_metrics={}, report={},
+        newest_window=NewestWindow(np.arange(50, dtype=np.int64), actual * scale, actual),
+        data_window=window, onnx_bytes=onnx_bytes, manifest=manifest, parity_max_abs=0.0,
+        gates={"parity": True},
+    )  # fmt: skip
+
+
+
+
+def _moves(client, name):
+    return [(m.alias, m.from_version, m.to_version, m.actor) for m in history(client, name)]
+
+
+def test_champion_challenger_promote_history_rollback(client):
+    first = log_training(client, _result(1.0))
+    name = first.name
+    m1 = assign_new_version(client, first, actor="retrain-flow")
+    assert (m1.alias, m1.to_version) == (CHAMPION, "1") and current_aliases(client, name) == {CHAMPION: "1"}
+
+    second = log_training(client, _result(2.0))
+    m2 = assign_new_version(client, second, actor="retrain-flow")
+    assert (m2.alias, m2.to_version) == (CHALLENGER, "2")
+    assert current_aliases(client, name) == {CHAMPION: "1", CHALLENGER: "2"}
+
+    decision = decide(POLICY, challenger_acc=0.5231, champion_acc=0.5170, n_rows=2880, gates={"parity": True})
+    moves = apply_decision(client, second, decision, actor="retrain-flow")
+    made = [(m.alias, m.from_version, m.to_version) for m in moves]
+    assert made == [(CHAMPION, "1", "2"), (CHALLENGER, "2", None)]
+    assert current_aliases(client, name) == {CHAMPION: "2"}  # challenger slot cleared after promotion
+    assert client.get_model_version(name, "2").tags["promotion.decision"] == "promote"
+
+    hist = history(client, name)
+    assert _moves(client, name) == [
+        (CHAMPION, None, "1", "retrain-flow"),
+        (CHALLENGER, None, "2", "retrain-flow"),
+        (CHAMPION, "1", "2", "retrain-flow"),
+        (CHALLENGER, "2", None, "retrain-flow"),
+    ]
+    assert hist[0].reason == "first version of returns-FILUSDT-1m: no champion yet"
+    assert hist[2].reason == decision.reason
+    assert [m.time for m in hist] == sorted(m.time for m in hist) and len({m.time for m in hist}) == 4
+    assert all(m.time.tzinfo is not None and m.time.utcoffset().total_seconds() == 0 for m in hist)
+
+    back = rollback(client, name, reason="v2 misbehaves in production", actor="alice")
+    assert (back.alias, back.from_version, back.to_version, back.actor) == (CHAMPION, "2", "1", "alice")
+    assert current_aliases(client, name)[CHAMPION] == "1"
+    assert history(client, name)[-1].reason == "v2 misbehaves in production"
+
+    spans = served_intervals(client, name)
+    assert [(s.version, s.end is None) for s in spans] == [("1", False), ("2", False), ("1", True)]
+    assert spans[0].end == spans[1].start and spans[1].end == spans[2].start
+
+
+def test_keep_decision_leaves_version_as_challenger(client):
+    first = log_training(client, _result(1.0))
+    assign_new_version(client, first, actor="flow")
+    second = log_training(client, _result(2.0))
+    assign_new_version(client, second, actor="flow")
+    keep = decide(POLICY, challenger_acc=0.5190, champion_acc=0.5170, n_rows=2880, gates={"parity": True})
+    assert apply_decision(client, second, keep, actor="flow") == []  # already challenger: nothing to record
+    assert current_aliases(client, first.name) == {CHAMPION: "1", CHALLENGER: "2"}
+    tags = client.get_model_version(first.name, "2").tags
+    assert tags["promotion.decision"] == "keep" and "+0.20 pp < 0.50 pp" in tags["promotion.reason"]
+    with pytest.raises(RegistryError, match="no previous champion"):
+        rollback(client, first.name, actor="bob")
+
+
+def test_moves_made_in_the_mlflow_ui_are_synced(client):
+    regs = [log_training(client, _result(s)) for s in (1.0, 2.0, 3.0)]
+    name = regs[0].name
+    assign_new_version(client, regs[0], actor="flow")
+    client.set_registered_model_alias(name, CHAMPION, "3")  # a person, in the MLflow UI
+    client.set_registered_model_alias(name, CHALLENGER, "2")
+
+    synced = sync_external_moves(client, name)
+    assert sorted((m.alias, m.from_version, m.to_version, m.actor, m.reason) for m in synced) == [
+        (CHALLENGER, None, "2", "mlflow-ui", EXTERNAL_REASON),
+        (CHAMPION, "1", "3", "mlflow-ui", EXTERNAL_REASON),
+    ]
+    assert sync_external_moves(client, name) == []  # idempotent
+
+    client.delete_registered_model_alias(name, CHALLENGER)
+    client.set_registered_model_alias(name, CHAMPION, "2")
+    # set_alias syncs first, so its from_version is the true previous holder (2, not 3).
+    move = set_alias(client, name, CHAMPION, "1", reason="manual fix", actor="carol")
+    assert (move.from_version, move.to_version) == ("2", "1")
+    assert _moves(client, name)[-3:] == [
+        (CHALLENGER, "2", None, "mlflow-ui"),
+        (CHAMPION, "3", "2", "mlflow-ui"),
+        (CHAMPION, "2", "1", "carol"),
+    ]
+    assert rollback(client, name, actor="carol").to_version == "2"  # the holder before the current one
+
+
+def test_alias_errors(client):
+    reg = log_training(client, _result(1.0))
+    with pytest.raises(RegistryError, match="no version 7"):
+        set_alias(client, reg.name, CHAMPION, "7", reason="x", actor="me")
+    with pytest.raises(RegistryError, match="needs an actor"):
+        set_alias(client, reg.name, CHAMPION, "1", reason="x", actor="")
+    with pytest.raises(RegistryError, match="does not exist"):
+        current_aliases(client, "returns-NOPE-1m")
