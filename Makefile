@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,15 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# ruff (lint + format check) and import-linter (the dependency rules of docs/architecture.md).
+# All three run even when one fails, so one pass shows every problem; the target fails if any did.
+lint: setup
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/lint-imports || status=1; \
+	exit $$status
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

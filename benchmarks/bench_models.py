@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from pipelines.config import TrainingConfig, load_model_preset
+from pipelines.contracts.settings import get_settings
 from pipelines.models.sequence import SequenceRegressor
 from pipelines.models.sequence.onnx_io import export_onnx, session
-from pipelines.contracts.settings import get_settings
 from pipelines.training.windows import window_dataset
 
 REPO = Path(__file__).resolve().parents[1]

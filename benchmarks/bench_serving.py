@@ -38,7 +38,7 @@ DATA = REPO.parent / "shared" / "data"
 def pct(xs_ns: list[int] | np.ndarray) -> dict[str, float]:
     a = np.asarray(xs_ns, dtype=np.float64) / 1e3  # µs
     return {"p50_us": round(float(np.percentile(a, 50)), 1), "p99_us": round(float(np.percentile(a, 99)), 1),
-            "mean_us": round(float(a.mean()), 1), "n": int(a.size)}  # fmt: skip
+            "mean_us": round(float(a.mean()), 1), "n": int(a.size)}
 
 
 def candles(n: int, month: int = 0):
@@ -135,7 +135,7 @@ def bench_predictor(d: Path, n: int) -> dict:
         log = PredictionLog(RESULTS / "tmp" / subdir).start()
         try:
             return timed(Predictor(model, load_model(d, RuntimeConfig()), RoutingConfig(mode="shadow"), log,
-                                   observer=metrics.observe))  # fmt: skip
+                                   observer=metrics.observe))
         finally:
             log.close()
 
@@ -209,7 +209,7 @@ def _rss(pid: int) -> dict:
         "rss_mb": round(get("VmRSS:") / 1024, 1), "hwm_mb": round(get("VmHWM:") / 1024, 1),
         "rss_anon_mb": round(get("RssAnon:") / 1024, 1), "rss_file_mb": round(get("RssFile:") / 1024, 1),
         "heavy_libraries_mapped": [h for h in HEAVY if f"/site-packages/{h}/" in maps],
-    }  # fmt: skip
+    }
 
 
 CLIENT = r"""
@@ -273,14 +273,14 @@ def _raw_client(base: str, n: int, feed: Path) -> dict:
     """One keep-alive connection from a minimal socket client with the bodies built up front: the
     server's latency plus loopback, without httpx's own per-request cost (~1.5 ms on the shared box)."""
     out = subprocess.run([sys.executable, "-c", RAW_CLIENT, base, str(n), str(feed)],
-                         capture_output=True, text=True, check=True, cwd=REPO)  # fmt: skip
+                         capture_output=True, text=True, check=True, cwd=REPO)
     res = json.loads(out.stdout)
     return {**pct(res["lat_ns"]), "req_per_s": round(len(res["lat_ns"]) / res["wall_s"], 1)}
 
 
 def _client(base: str, n: int, conns: int, feed: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", CLIENT, base, str(n), str(conns), str(feed)],
-                         capture_output=True, text=True, check=True, cwd=REPO)  # fmt: skip
+                         capture_output=True, text=True, check=True, cwd=REPO)
     res = json.loads(out.stdout)
     return {**pct(res["lat_ns"]), "wall_s": round(res["wall_s"], 2), "req_per_s": round(len(res["lat_ns"]) / res["wall_s"], 1)}
 
@@ -364,17 +364,17 @@ def main() -> None:
           "   goal p99 <= 100 µs")
     print(f"Predictor.update, shadow + log + metrics: p50 {p['update_shadow_logged']['p50_us']} µs, "
           f"p99 {p['update_shadow_logged']['p99_us']} µs (log writer not yielding: "
-          f"p99 {p['update_shadow_logged_writer_not_yielding']['p99_us']} µs)")  # fmt: skip
+          f"p99 {p['update_shadow_logged_writer_not_yielding']['p99_us']} µs)")
     h = res["http"]
     print(f"HTTP POST /v1/candles, 1 connection: p50 {h['one_connection']['p50_us'] / 1e3:.2f} ms, "
-          f"p99 {h['one_connection']['p99_us'] / 1e3:.2f} ms   goal p50 <= 0.5 ms")  # fmt: skip
+          f"p99 {h['one_connection']['p99_us'] / 1e3:.2f} ms   goal p50 <= 0.5 ms")
     print(f"HTTP POST /v1/candles, 1 connection, minimal socket client: p50 "
           f"{h['one_connection_raw_client']['p50_us'] / 1e3:.2f} ms, p99 {h['one_connection_raw_client']['p99_us'] / 1e3:.2f} ms")
     print(f"HTTP 16 connections: {h['sixteen_connections']['req_per_s']} req/s "
-          f"(p50 {h['sixteen_connections']['p50_us'] / 1e3:.2f} ms)")  # fmt: skip
+          f"(p50 {h['sixteen_connections']['p50_us'] / 1e3:.2f} ms)")
     print(f"memory, champion + challenger loaded: RSS {h['memory_loaded']['rss_mb']} MB, after requests "
           f"{h['memory_after_requests']['rss_mb']} MB (peak {h['memory_after_requests']['hwm_mb']} MB)   goal <= 100 MB; "
-          f"heavy libraries mapped: {h['memory_loaded']['heavy_libraries_mapped']}")  # fmt: skip
+          f"heavy libraries mapped: {h['memory_loaded']['heavy_libraries_mapped']}")
     print(f"written {RESULTS / 'serving.json'}")
 
 

@@ -8,8 +8,9 @@ from typing import Any
 import pandas as pd
 from prefect import flow, task
 
-from flows.runtime import IO, PURE, Runtime, reporter
+from flows.runtime import IO, PURE, Runtime
 from pipelines.contracts.errors import KairosError
+
 
 @task(name="fetch-candles", **IO)
 def fetch_candles(source: str, symbol: str, interval: str, options: dict[str, Any], last_open_time) -> pd.DataFrame:

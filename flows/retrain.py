@@ -14,6 +14,7 @@ from flows.ingest import ingest
 from flows.promote import promote
 from flows.train import train
 
+
 @flow(name="daily_retrain")
 def daily_retrain(
     symbol: str = "SYNTHUSDT",
@@ -21,9 +22,10 @@ def daily_retrain(
     source: str = "synthetic",
     options: dict[str, Any] | None = None,
     model_type: str = "lightgbm",
+    task: str = "returns",
 ) -> dict[str, Any]:
-    """ingest → validate → train → register → promote, for one symbol (the 03:00 UTC deployment)."""
+    """ingest → validate → train → register → promote, for one symbol and task (the 03:00 UTC deployment)."""
     ingested = ingest(source, symbol, interval, options or {"days": 1})
-    trained = train(symbol, interval, model_type)
-    promoted = promote(symbol, interval)
+    trained = train(symbol, interval, model_type, None, task)
+    promoted = promote(symbol, interval, task)
     return {"ingest": ingested, **trained, "promote": promoted}

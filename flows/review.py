@@ -16,10 +16,8 @@ from typing import Any
 import pandas as pd
 from prefect import flow, task
 
-from flows.runtime import IO, PURE
-from flows.runtime import Runtime
-
-CHAMPION, CHALLENGER = "champion", "challenger"
+from flows.runtime import IO, PURE, Runtime
+from pipelines.contracts.aliases import CHALLENGER, CHAMPION
 
 
 @dataclass
@@ -33,15 +31,14 @@ class Statistics:
 
 def default_predlog_dir(rt: Runtime) -> Path:
     """Where `kairos serve` writes the prediction log: configs/serving.yaml, else $KAIROS_HOME/predictions."""
-    from serving.config import load_serving_config
+    from pipelines.contracts.predlog import default_log_dir
 
-    cfg = load_serving_config(configs_dir=rt.settings.configs_dir)
-    return Path(cfg.prediction_log.directory or rt.settings.home_abs / "predictions")
+    return default_log_dir(rt.settings.configs_dir, rt.settings.home_abs)
 
 
 @task(name="read-prediction-log", **IO)
 def read_log(predlog_dir: str, name: str) -> pd.DataFrame:
-    from serving.predlog import read_prediction_log
+    from pipelines.contracts.predlog import read_prediction_log
 
     return read_prediction_log(Path(predlog_dir), name)
 
@@ -70,18 +67,21 @@ def load_candles(symbol: str, interval: str, start: pd.Timestamp, end: pd.Timest
 
 
 @task(name="join-outcomes", **PURE)
-def outcomes(log: pd.DataFrame, candles: pd.DataFrame, interval: str, now, store_last):
+def outcomes(log: pd.DataFrame, candles: pd.DataFrame, interval: str, now, store_last, task_name: str = "returns"):
     from pipelines.review.outcomes import join_outcomes
 
-    return join_outcomes(log, candles, interval=interval, now=now, store_last=store_last)
+    return join_outcomes(log, candles, interval=interval, now=now, store_last=store_last,
+                         task=Runtime.from_env().task(task_name))
 
 
 @task(name="ab-statistics", **PURE)
 def statistics(resolved: pd.DataFrame, champion: str, challenger: str, horizons: list[int],
-               looks: list[int], fee_bps: float, alpha: float, min_samples: int) -> Statistics:  # fmt: skip
+               looks: list[int], fee_bps: float, alpha: float, min_samples: int,
+               task_name: str = "returns") -> Statistics:
     from pipelines.review.abstats import ABDataError, compare_arms
     from pipelines.review.outcomes import experiment_arms
 
+    task_ = Runtime.from_env().task(task_name)
     out = Statistics()
     for h in horizons:
         exp = experiment_arms(resolved, champion, challenger, h)
@@ -89,8 +89,8 @@ def statistics(resolved: pd.DataFrame, champion: str, challenger: str, horizons:
         try:
             out.results[h] = compare_arms(
                 exp.champion, exp.challenger, paired=exp.paired, fee_bps=fee_bps, alpha=alpha,
-                looks=looks or None, loss="direction", min_samples=min_samples,
-            )  # fmt: skip
+                looks=looks or None, loss=task_.row_loss, loss_name=task_.review_loss, min_samples=min_samples,
+            )
         except ABDataError as e:
             out.skipped[h] = str(e)
     out.arms = {h: a for h, a in out.arms.items() if h in out.results}  # plot only what was tested
@@ -99,26 +99,29 @@ def statistics(resolved: pd.DataFrame, champion: str, challenger: str, horizons:
 
 @task(name="write-review-report", **PURE)
 def report(out_dir: str, name: str, champion: str, challenger: str, stats: Statistics, decision: str,
-           counts: dict[str, int], fee_bps: float, missing_note: str):  # fmt: skip
+           counts: dict[str, int], fee_bps: float, missing_note: str, task_name: str = "returns"):
     from pipelines.review.report import write_review_report
 
+    task_ = Runtime.from_env().task(task_name)
     return write_review_report(
         Path(out_dir), model=name, champion_version=champion, challenger_version=challenger, arms=stats.arms,
         results=stats.results, decision=decision, counts=counts, fee_bps=fee_bps, missing_note=missing_note,
-    )  # fmt: skip
+        loss=task_.row_loss, directional=task_.directional,
+    )
 
 
 @task(name="log-review", **IO)
 def log_to_mlflow(name: str, champion: str, challenger: str, review_ms: int, report_dir: str,
-                  stats: Statistics, decision, counts: dict[str, int]) -> str:  # fmt: skip
+                  stats: Statistics, decision, counts: dict[str, int]) -> str:
+    from pipelines.tasks import task_of_model
     from registry.reviews import log_review
 
     rt = Runtime.from_env()
     return log_review(
         rt.mlflow, name=name, champion_version=champion, challenger_version=challenger, review_time_ms=review_ms,
-        report_dir=Path(report_dir), results=stats.results, decision=decision, policy=rt.promotion_policy,
+        report_dir=Path(report_dir), results=stats.results, decision=decision, policy=rt.policy(task_of_model(name)),
         counts=counts,
-    )  # fmt: skip
+    )
 
 
 @task(name="apply-review-decision", **IO)
@@ -142,7 +145,7 @@ def _missing_note(missing: pd.DataFrame) -> str:
 
 @flow(name="ab_review")
 def ab_review(model: str, predlog_dir: str | None = None, apply_decision: bool = True,
-              actor: str = "kairos-review", now: str | None = None) -> dict[str, Any]:  # fmt: skip
+              actor: str = "kairos-review", now: str | None = None) -> dict[str, Any]:
     """Review champion vs challenger of `model` and apply configs/promotion.yaml.
 
     Args:
@@ -156,43 +159,94 @@ def ab_review(model: str, predlog_dir: str | None = None, apply_decision: bool =
         {"champion", "challenger", "decision" (ReviewDecision), "report" (path), "run_id",
          "verdicts" (horizon → summary), "skipped", "counts", "moves" (descriptions)}.
     """
+    from pipelines.review.decision import decide_review
     from pipelines.review.outcomes import log_time_range
-    from registry.reviews import decide_review
+    from pipelines.tasks import task_of_model
 
     rt = Runtime.from_env()
-    policy, fee_bps = rt.promotion_policy, rt.training_config().evaluation.fee_bps
+    task_name = task_of_model(model)
+    loss = rt.task(task_name).review_loss
+    policy, fee_bps = rt.policy(task_name), rt.training_config(task=task_name).evaluation.fee_bps
     clock = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
     clock = clock.tz_localize("UTC") if clock.tzinfo is None else clock
     review_ms = int(clock.value // 1_000_000)
     aliases = registry_state(model)
     champ, chall = aliases.get(CHAMPION), aliases.get(CHALLENGER)
     base = {"champion": champ, "challenger": chall, "report": None, "run_id": None, "verdicts": {},
-            "skipped": {}, "counts": {}, "moves": []}  # fmt: skip
+            "skipped": {}, "counts": {}, "moves": []}
     if champ is None or chall is None or champ == chall:
-        decision = decide_review(policy, None)
+        decision = decide_review(policy, None, loss=loss)
         why = f"{model} has no challenger next to its champion (aliases {aliases or 'none'}): nothing to review"
         return {**base, "decision": replace(decision, reason=why)}
     log = read_log(str(predlog_dir or default_predlog_dir(rt)), model)
     pair = log[((log["arm"] == CHAMPION) & (log["version"].astype(str) == champ))
-               | ((log["arm"] == CHALLENGER) & (log["version"].astype(str) == chall))] if len(log) else log  # fmt: skip
+               | ((log["arm"] == CHALLENGER) & (log["version"].astype(str) == chall))] if len(log) else log
     span = log_time_range(pair, str(pair["interval"].iloc[0])) if len(pair) else None
     if span is None:
-        decision = decide_review(policy, None)
+        decision = decide_review(policy, None, loss=loss)
         why = f"no predictions of champion v{champ} / challenger v{chall} in the log yet; nothing to review"
         return {**base, "decision": replace(decision, reason=why)}
     symbol, interval = str(pair["symbol"].iloc[0]), str(pair["interval"].iloc[0])
     candles, store_last = load_candles(symbol, interval, *span)
-    oc = outcomes(pair, candles, interval, clock, store_last)
+    oc = outcomes(pair, candles, interval, clock, store_last, task_name)
     horizons = sorted(set(int(h) for hs in pair["horizons"] for h in hs))
     looks = past_looks(model, champ, chall)
-    stats = statistics(oc.resolved, champ, chall, horizons, looks, fee_bps, policy.alpha, policy.min_samples)
-    decision = decide_review(policy, stats.results.get(policy.horizon))
+    stats = statistics(oc.resolved, champ, chall, horizons, looks, fee_bps, policy.alpha, policy.min_samples,
+                       task_name)
+    decision = decide_review(policy, stats.results.get(policy.horizon), loss=loss)
     out_dir = rt.settings.home_abs / "reviews" / model / clock.strftime("%Y%m%dT%H%M%SZ")
     rep = report(str(out_dir), model, champ, chall, stats, decision.reason, oc.counts(), fee_bps,
-                 _missing_note(oc.missing))  # fmt: skip
+                 _missing_note(oc.missing), task_name)
     run_id = log_to_mlflow(model, champ, chall, review_ms, str(out_dir), stats, decision, oc.counts())
     moves = apply(model, chall, decision, run_id, actor) if (decision.promote and apply_decision) else []
     return {
         **base, "decision": decision, "report": str(rep.html), "run_id": run_id, "counts": oc.counts(),
         "verdicts": {h: r.summary() for h, r in stats.results.items()}, "skipped": stats.skipped, "moves": moves,
-    }  # fmt: skip
+    }
+
+
+def served_history(
+    client,
+    name: str,
+    predlog_dir: Path,
+    store=None,
+    *,
+    horizon: int = 1,
+    fee_bps: float = 1.0,
+    now: pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """Which version served as champion when, with its live metrics from the prediction log.
+
+    Wires the alias history (`registry.history.served_intervals`; call `sync_external_moves` first to
+    include moves made in the MLflow UI), the prediction log, the outcomes from the candle store and
+    the table (`pipelines.review.served.served_table`). A plain function, not a flow: `kairos history`
+    is a read-only look-up.
+
+    Args:
+        client: MLflow client.
+        name: registered model name.
+        predlog_dir: the serving prediction-log directory.
+        store: a `CandleStore` for the outcomes; default the store of `KAIROS_HOME`.
+        horizon: horizon of the live metrics.
+        fee_bps: fee for the P&L.
+        now: the clock for pending outcomes (default now).
+
+    Returns:
+        One row per champion interval (columns `pipelines.review.served.COLUMNS`).
+    """
+    from pipelines.contracts.predlog import read_prediction_log
+    from pipelines.review.outcomes import join_outcomes, log_time_range
+    from pipelines.review.served import served_table
+    from registry.history import served_intervals
+
+    intervals = served_intervals(client, name, CHAMPION)
+    log = read_prediction_log(Path(predlog_dir), name)
+    log = log[log["arm"] == CHAMPION] if len(log) else log
+    resolved = None
+    if len(log):
+        interval = str(log["interval"].iloc[0])
+        store = store if store is not None else Runtime.from_env().store()
+        start, end = log_time_range(log, interval)
+        candles = store.load(str(log["symbol"].iloc[0]), interval, start=start, end=end)
+        resolved = join_outcomes(log, candles, interval=interval, now=now).resolved
+    return served_table(intervals, log, resolved, horizon=horizon, fee_bps=fee_bps)

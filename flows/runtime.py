@@ -8,8 +8,8 @@ from functools import cached_property
 
 from prefect.cache_policies import NO_CACHE
 
-from pipelines.contracts.errors import KairosError
 from pipelines.config import PromotionPolicy, TrainingConfig, load_promotion_policy, load_training_config
+from pipelines.contracts.errors import KairosError
 from pipelines.contracts.settings import Settings, get_settings
 
 
@@ -28,13 +28,25 @@ class Runtime:
     settings: Settings
 
     @classmethod
-    def from_env(cls) -> "Runtime":
+    def from_env(cls) -> Runtime:
         settings = get_settings()
         settings.ensure_dirs()
         return cls(settings)
 
-    def training_config(self, overrides: dict | None = None) -> TrainingConfig:
-        return load_training_config(self.settings.configs_dir, overrides)
+    def training_config(self, overrides: dict | None = None, task: str | None = None) -> TrainingConfig:
+        return load_training_config(self.settings.configs_dir, overrides, task)
+
+    def task(self, name: str, horizons=None):
+        """The task `name` as configured, at `horizons` (default: its training config's)."""
+        from pipelines.tasks import load_task
+
+        if horizons is None:
+            horizons = self.training_config(task=name).labels.horizons
+        return load_task(self.settings.configs_dir, name, tuple(horizons))
+
+    def policy(self, task: str | None = None) -> PromotionPolicy:
+        """configs/promotion.yaml with the task's `promotion:` overrides."""
+        return load_promotion_policy(self.settings.configs_dir, task)
 
     @cached_property
     def promotion_policy(self) -> PromotionPolicy:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -10,6 +9,7 @@ from prefect import flow, task
 
 from flows.runtime import IO, PURE, Runtime, reporter
 from pipelines.contracts.errors import KairosError
+
 
 @task(name="load-candles", **IO)
 def load_candles(symbol: str, interval: str) -> pd.DataFrame:
@@ -22,24 +22,19 @@ def load_candles(symbol: str, interval: str) -> pd.DataFrame:
 
 
 @task(name="train-walk-forward", **PURE)
-def fit(candles: pd.DataFrame, symbol: str, interval: str, model_type: str, preset: str | None = None):
-    """Walk-forward training with the tuned parameters of `kairos tune`, when a study wrote some."""
+def fit(candles: pd.DataFrame, symbol: str, interval: str, model_type: str, preset: str | None = None,
+        task: str = "returns"):
+    """Walk-forward training of `task` with the tuned parameters of `kairos tune`, when a study wrote some."""
     from pipelines.sources.synthetic import is_synthetic_symbol
     from pipelines.training.walk_forward import train_walk_forward
-    from pipelines.tuning.objective import load_best_params, provenance_tags
+    from pipelines.tuning.objective import load_best_params, provenance_tags, tuned_params
 
     rt = Runtime.from_env()
     overrides, provenance = load_best_params(rt.settings.home_abs, model_type, symbol, interval) or ({}, {})
-    cfg = rt.training_config({"lightgbm": overrides["lightgbm"]} if "lightgbm" in overrides else None)
-    if model_type != "lightgbm":
-        from pipelines.models import MODEL_FACTORIES, register_model
-        from pipelines.models.sequence import sequence_factory
-
-        if model_type in MODEL_FACTORIES:  # unknown types fall through to make_model's error
-            register_model(model_type, sequence_factory(model_type, preset, overrides.get("preset"),
-                                                        rt.settings.configs_dir))
+    cfg = rt.training_config(None, task)
     result = train_walk_forward(
-        candles, symbol=symbol, interval=interval, cfg=cfg, model_type=model_type,
+        candles, symbol=symbol, interval=interval, cfg=cfg, task=rt.task(task, cfg.labels.horizons),
+        model_type=model_type, preset=preset, model_overrides=tuned_params(overrides),
         synthetic=is_synthetic_symbol(symbol), progress=reporter(),
     )
     result.run_tags.update(provenance_tags(provenance))
@@ -61,10 +56,11 @@ def register(result):
 
 
 @flow(name="train")
-def train(symbol: str, interval: str = "1m", model_type: str = "lightgbm", preset: str | None = None) -> dict[str, Any]:
-    """Walk-forward train + evaluate vs baselines, export ONNX (parity-gated), register in MLflow."""
+def train(symbol: str, interval: str = "1m", model_type: str = "lightgbm", preset: str | None = None,
+          task: str = "returns") -> dict[str, Any]:
+    """Walk-forward train + evaluate `task` vs its baselines, export ONNX (parity-gated), register in MLflow."""
     candles = load_candles(symbol, interval)
-    result = fit(candles, symbol, interval, model_type, preset)
+    result = fit(candles, symbol, interval, model_type, preset, task)
     registered = register(result)
     return {"result": result, "registered": registered}
 

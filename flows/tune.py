@@ -12,9 +12,8 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.runtime import IO, PURE
+from flows.runtime import IO, PURE, Runtime
 from flows.train import load_candles
-from flows.runtime import Runtime
 
 
 @task(name="tuning-rows", **PURE)
@@ -30,7 +29,14 @@ def run_workers(*, study_name: str, storage: str, model_type: str, symbol: str, 
                 workers: int, data: Path) -> int:
     """One worker in this process, or K worker processes sharing the study; returns trials run."""
     from pipelines.tuning.objective import Objective, TuningData, load_search_space
-    from pipelines.tuning.study import launch_workers, make_storage, open_study, run_budget, trial_counts, wait_workers
+    from pipelines.tuning.study import (
+        launch_workers,
+        make_storage,
+        open_study,
+        run_budget,
+        trial_counts,
+        wait_workers,
+    )
 
     rt = Runtime.from_env()
     tuning = load_search_space(rt.settings.configs_dir, model_type)
@@ -58,7 +64,13 @@ def save_best(*, study_name: str, storage: str, model_type: str, symbol: str, in
     """Counts per state, the best trial, and the tuned-parameters file `kairos train` reads."""
     import optuna
 
-    from pipelines.tuning.objective import TuningError, load_search_space, overrides_for, provenance_of, write_best_params
+    from pipelines.tuning.objective import (
+        TuningError,
+        load_search_space,
+        overrides_for,
+        provenance_of,
+        write_best_params,
+    )
     from pipelines.tuning.study import make_storage, trial_counts
 
     rt = Runtime.from_env()

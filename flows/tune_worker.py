@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from pipelines.tuning.study import make_storage, open_study, run_budget
 from pipelines.tuning.objective import TuningError
+from pipelines.tuning.study import make_storage, open_study, run_budget
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.contracts.errors import ConfigError
+from pipelines.contracts.yamlio import parse_config, read_yaml
 
 
 class _Frozen(BaseModel):
@@ -26,7 +25,7 @@ class LabelConfig(_Frozen):
     horizons: tuple[int, ...] = (1, 2, 3, 4, 5)
 
     @model_validator(mode="after")
-    def _check(self) -> "LabelConfig":
+    def _check(self) -> LabelConfig:
         if not self.horizons or any(h < 1 for h in self.horizons):
             raise ValueError(f"horizons must be positive candle counts, got {self.horizons}")
         if list(self.horizons) != sorted(set(self.horizons)):
@@ -79,7 +78,7 @@ class TrainingConfig(_Frozen):
     export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
-    def _purge_covers_horizon(self) -> "TrainingConfig":
+    def _purge_covers_horizon(self) -> TrainingConfig:
         if self.walk_forward.purge < max(self.labels.horizons):
             raise ValueError(
                 f"walk_forward.purge={self.walk_forward.purge} is shorter than the longest horizon "
@@ -90,46 +89,48 @@ class TrainingConfig(_Frozen):
 
 
 class PromotionPolicy(_Frozen):
-    min_lift_pp: float = Field(0.5, ge=0)
+    min_lift_pp: float = Field(0.5, ge=0, description="accuracy tasks: lift in percentage points")
+    min_lift: float | None = Field(
+        None, ge=0, description="lift in the task's promotion-metric units (None: min_lift_pp / 100)")
     horizon: int = Field(1, ge=1)
     require_beats_baselines: bool = False
     min_samples: int = Field(500, ge=1)
     alpha: float = Field(0.05, gt=0, lt=1)
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
+# The loader lives in the contracts (serving parses configs/serving.yaml with it too); the old private
+# names stay importable for the modules that used them.
+_read_yaml = read_yaml
+_parse = parse_config
 
 
-def _parse(model: type[BaseModel], data: dict, source: Path):
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"{source}: {where}: {first['msg']}") from None
-
-
-def load_training_config(configs_dir: Path, overrides: dict | None = None) -> TrainingConfig:
-    """Parse `defaults.yaml` (plus nested `overrides`, e.g. tuned LightGBM params) into TrainingConfig."""
+def load_training_config(configs_dir: Path, overrides: dict | None = None, task: str | None = None) -> TrainingConfig:
+    """Parse `defaults.yaml`, then the task's `training:` overrides (`configs/tasks/<task>.yaml`, e.g. its
+    horizons), then nested `overrides` (e.g. tuned LightGBM params), into TrainingConfig."""
     path = configs_dir / "defaults.yaml"
     data = _read_yaml(path)
-    for key, val in (overrides or {}).items():
-        data[key] = {**data.get(key, {}), **val}
+    layers = []
+    if task is not None:
+        from pipelines.tasks import read_task_file
+
+        layers.append(read_task_file(configs_dir, task).training)
+        path = configs_dir / "tasks" / f"{task}.yaml"  # errors name the file that set the value last
+    layers.append(overrides or {})
+    for layer in layers:
+        for key, val in layer.items():
+            data[key] = {**data.get(key, {}), **val}
     return _parse(TrainingConfig, data, path)
 
 
-def load_promotion_policy(configs_dir: Path) -> PromotionPolicy:
+def load_promotion_policy(configs_dir: Path, task: str | None = None) -> PromotionPolicy:
+    """`promotion.yaml`, with the task's `promotion:` overrides when `task` is given."""
     path = configs_dir / "promotion.yaml"
-    return _parse(PromotionPolicy, _read_yaml(path), path)
+    data = _read_yaml(path)
+    if task is not None:
+        from pipelines.tasks import read_task_file
+
+        data = {**data, **read_task_file(configs_dir, task).promotion}
+    return _parse(PromotionPolicy, data, path)
 
 
 # --- Deep sequence models and ensembles (issue 5) ------------------------------------------------
@@ -175,7 +176,7 @@ class SequenceModelConfig(_Frozen):
     parity_tolerance: float = Field(1e-4, gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "SequenceModelConfig":
+    def _check(self) -> SequenceModelConfig:
         if self.architecture != "mamba" and self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if (self.architecture == "tft") != (self.loss == "quantile"):
@@ -203,7 +204,7 @@ class EnsembleConfig(_Frozen):
     opset: int = Field(15, ge=14, le=15, description="= LightGBM's: onnxmltools converts at <= 15")
 
     @model_validator(mode="after")
-    def _check(self) -> "EnsembleConfig":
+    def _check(self) -> EnsembleConfig:
         if self.sequence_weight + self.tabular_weight <= 0:
             raise ValueError("sequence_weight + tabular_weight must be > 0")
         return self
@@ -211,28 +212,20 @@ class EnsembleConfig(_Frozen):
 
 def load_model_preset(
     configs_dir: Path, model_type: str, preset: str | None = None, overrides: dict | None = None
-) -> SequenceModelConfig | EnsembleConfig:
-    """Parse one preset of `configs/models/<model_type>.yaml` (plus flat `overrides`).
+) -> BaseModel:
+    """Parse one preset of `configs/models/<model_type>.yaml` (plus flat `overrides`) into the family's config.
+
+    A shorthand for `pipelines.models.get_spec(model_type).config(...)` with a default training config.
 
     Args:
         configs_dir: the configs directory (Settings.configs_dir).
-        model_type: one of SEQUENCE_ARCHITECTURES or "ensemble".
+        model_type: a model family with a preset file, e.g. one of SEQUENCE_ARCHITECTURES or "ensemble".
         preset: preset name; None = the file's `default`.
         overrides: flat field overrides, e.g. {"max_epochs": 2}.
     """
-    if model_type not in (*SEQUENCE_ARCHITECTURES, "ensemble"):
-        raise ConfigError(
-            f"no model presets for {model_type!r}; expected one of {[*SEQUENCE_ARCHITECTURES, 'ensemble']}"
-        )
-    path = configs_dir / "models" / f"{model_type}.yaml"
-    data = _read_yaml(path)
-    presets = data.get("presets") or {}
-    name = preset or data.get("default")
-    if name not in presets:
-        raise ConfigError(f"{path}: no preset {name!r}; available: {sorted(presets)}")
-    fields = {**presets[name], **(overrides or {})}
-    model = EnsembleConfig if model_type == "ensemble" else SequenceModelConfig
-    return _parse(model, fields, path)
+    from pipelines.models import ModelContext, get_spec
+
+    return get_spec(model_type, configs_dir).config(ModelContext(TrainingConfig(), Path(configs_dir)), preset, overrides)
 
 
 # --- Hyperparameter tuning (issue 6) -------------------------------------------------------------
@@ -252,7 +245,7 @@ class ParamSpec(_Frozen):
     choices: tuple[str | int | float | bool, ...] | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "ParamSpec":
+    def _check(self) -> ParamSpec:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical parameter needs a non-empty `choices` list")
@@ -287,10 +280,11 @@ class TuningConfig(_Frozen):
     """A search space plus how trials are scored (parsed from configs/search_spaces/<model>.yaml)."""
 
     model_type: str
-    section: Literal["lightgbm", "preset"] = Field(
-        "lightgbm", description="what the params override: the TrainingConfig `lightgbm` block, or the "
-        "deep model's preset (configs/models/<model_type>.yaml)")
-    preset: str | None = Field(None, description="section=preset: the preset tuned (None = the file's default)")
+    section: Literal["lightgbm", "preset"] | None = Field(
+        None, description="ignored, kept so older search spaces parse: every family's tuned params override "
+        "its config (pipelines.models.spec.ModelSpec.config)")
+    preset: str | None = Field(None, description="the preset of configs/models/<model_type>.yaml the params "
+                               "override (None = the file's default; LightGBM: the defaults.yaml block)")
     metric: Literal["accuracy", "ic", "sharpe"] = "accuracy"
     horizon: int = Field(1, ge=1, description="the label horizon (candles) the metric is taken at")
     inner_folds: int = Field(3, ge=1, description="newest inner walk-forward folds scored per trial")
@@ -305,7 +299,7 @@ class TuningConfig(_Frozen):
     params: dict[str, ParamSpec]
 
     @model_validator(mode="after")
-    def _check(self) -> "TuningConfig":
+    def _check(self) -> TuningConfig:
         if not self.params:
             raise ValueError("`params` is empty: name at least one parameter to tune")
         if self.grace_period <= self.heartbeat_interval:

@@ -28,7 +28,13 @@ import numpy as np
 import pandas as pd
 
 from pipelines.contracts.errors import StoreError
-from pipelines.contracts.schema import CANDLE_COLUMNS, INTERVALS, KEY_COLUMNS, empty_candles, normalize_candles
+from pipelines.contracts.schema import (
+    CANDLE_COLUMNS,
+    INTERVALS,
+    KEY_COLUMNS,
+    empty_candles,
+    normalize_candles,
+)
 
 STORED_COLUMNS = [c for c in CANDLE_COLUMNS if c != "taker_buy_ratio"]
 VALUE_COLUMNS = [c for c in STORED_COLUMNS if c not in KEY_COLUMNS]

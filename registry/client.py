@@ -1,7 +1,7 @@
 """Building the MLflow client (at the entry point, never at import) and naming registered models.
 
 The embedded default is MLflow on SQLite with local artifacts under `$KAIROS_HOME/mlartifacts`
-(DESIGN.md "Embedded default vs scale"). MLflow's SQLite store would otherwise put artifacts in
+(docs/architecture.md, "Embedded default, and scale"). MLflow's SQLite store would otherwise put artifacts in
 `./mlruns` relative to whatever directory the process started in, so the client remembers
 `artifacts_dir` and every Kairos experiment is created with an artifact location under it. For an
 http(s) tracking server the server's `--artifacts-destination` / default root decides.
@@ -18,10 +18,13 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from pipelines.contracts.aliases import CHALLENGER, CHAMPION
 from pipelines.contracts.errors import KairosError
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+__all__ = [  # CHAMPION/CHALLENGER: re-exported for the registry modules, defined in the contracts
+    "CHALLENGER", "CHAMPION", "KairosMlflowClient", "RegisteredVersion", "RegistryError",
+    "ensure_experiment", "is_not_found", "make_client", "model_name",
+]
 
 _SERVER_SCHEMES = ("http://", "https://", "databricks")
 # Loggers that print one INFO line per store on every fresh process ("Creating initial MLflow

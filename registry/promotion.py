@@ -12,15 +12,12 @@ Alias lifecycle:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipelines.config import PromotionPolicy
 from registry.client import CHALLENGER, CHAMPION, RegisteredVersion, RegistryError, is_not_found
 from registry.history import (
     AliasMove,
@@ -31,137 +28,18 @@ from registry.history import (
     sync_external_moves,
 )
 
+if TYPE_CHECKING:  # the policy is applied in pipelines.review.decision; registry only moves aliases
+    from pipelines.review.decision import Decision
+
 __all__ = [
-    "Decision",
     "apply_decision",
     "assign_new_version",
     "clear_alias",
     "current_aliases",
-    "decide",
-    "direction_accuracy",
     "promote",
     "rollback",
     "set_alias",
 ]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Outcome of the promotion policy; `reason` states the numbers in one line."""
-
-    promote: bool
-    reason: str
-    challenger_acc: float
-    champion_acc: float | None
-    n_rows: int
-    lift_pp: float | None = None  # challenger − champion, percentage points
-    baseline_acc: float | None = None
-    failed_gates: tuple[str, ...] = field(default_factory=tuple)
-
-
-def direction_accuracy(pred: np.ndarray, actual: np.ndarray) -> tuple[float, int]:
-    """Share of rows where sign(pred) == sign(actual), for one horizon.
-
-    Rows with actual == 0 (no move: neither call is right) or a non-finite actual (not realised
-    yet) are excluded; a prediction of exactly 0 counts as wrong (no call made).
-
-    Args:
-        pred: predicted returns, shape (n,).
-        actual: realised returns, shape (n,).
-
-    Returns:
-        (accuracy in [0, 1], rows counted); (nan, 0) when no row counts.
-    """
-    pred, actual = np.asarray(pred, dtype=float), np.asarray(actual, dtype=float)
-    if pred.shape != actual.shape or pred.ndim != 1:
-        raise ValueError(
-            f"pred and actual must be 1-D of the same length, got {pred.shape} and {actual.shape}"
-        )
-    keep = np.isfinite(actual) & (actual != 0)
-    if not np.all(np.isfinite(pred[keep])):
-        raise ValueError(
-            "pred has NaN/inf on rows with a realised return; fix the model output before comparing"
-        )
-    n = int(keep.sum())
-    if n == 0:
-        return float("nan"), 0
-    return float(np.mean(np.sign(pred[keep]) == np.sign(actual[keep]))), n
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def decide(
-    policy: PromotionPolicy,
-    *,
-    challenger_acc: float,
-    champion_acc: float | None,
-    n_rows: int,
-    gates: dict[str, bool],
-    baseline_acc: float | None = None,
-) -> Decision:
-    """Apply the promotion policy (pure; no MLflow).
-
-    Promote when every gate passed (at least one gate must have been checked), the challenger
-    beats the best naive baseline if `policy.require_beats_baselines`, and either there is no
-    champion (first version) or, on at least `policy.min_samples` shared rows,
-    challenger_acc − champion_acc ≥ `policy.min_lift_pp` / 100.
-
-    Args:
-        policy: from configs/promotion.yaml.
-        challenger_acc: challenger direction accuracy at `policy.horizon`, in [0, 1].
-        champion_acc: champion accuracy on the same rows; None when there is no champion.
-        n_rows: rows both accuracies were computed on.
-        gates: gate name → passed (e.g. {"parity": True, "validation": True}).
-        baseline_acc: best naive baseline's accuracy on the same rows.
-    """
-    base = dict(
-        challenger_acc=challenger_acc, champion_acc=champion_acc, n_rows=n_rows, baseline_acc=baseline_acc
-    )
-    failed = tuple(sorted(g for g, ok in gates.items() if not ok))
-    if not gates:
-        why = "no gate results given (expected at least 'parity'); refusing to promote an unchecked model"
-        return Decision(False, why, **base)
-    if failed:
-        why = f"gate(s) failed: {', '.join(failed)}; not promoted"
-        return Decision(False, why, failed_gates=failed, **base)
-    if not math.isfinite(challenger_acc):
-        why = f"challenger accuracy is {challenger_acc} (no comparable rows?); not promoted"
-        return Decision(False, why, **base)
-    rows = f"{n_rows:,} rows of the newest window"
-    beats = ""
-    if policy.require_beats_baselines:
-        if baseline_acc is None:
-            why = "policy requires beating the naive baselines but no baseline accuracy was given"
-            return Decision(False, why, **base)
-        if challenger_acc <= baseline_acc:
-            return Decision(
-                False,
-                f"challenger {_pct(challenger_acc)} does not beat the best naive baseline "
-                f"{_pct(baseline_acc)} on {rows}",
-                **base,
-            )
-        beats = f"; beats best baseline {_pct(baseline_acc)}"
-    if champion_acc is None:
-        why = f"first version: no champion yet (challenger {_pct(challenger_acc)} on {rows}{beats})"
-        return Decision(True, why, **base)
-    if n_rows < policy.min_samples:
-        return Decision(
-            False,
-            f"only {n_rows:,} comparable rows < min_samples {policy.min_samples:,}; "
-            "champion kept until more rows exist",
-            **base,
-        )
-    lift = 100 * (challenger_acc - champion_acc)
-    # Tolerance: accuracies are ratios of counts; a lift equal to the threshold must not fail on rounding.
-    ok = lift >= policy.min_lift_pp - 1e-9
-    sign = "≥" if ok else "<"
-    reason = (
-        f"challenger {_pct(challenger_acc)} vs champion {_pct(champion_acc)} on {rows}: "
-        f"{lift:+.2f} pp {sign} {policy.min_lift_pp:.2f} pp{beats}"
-    )
-    return Decision(ok, reason, lift_pp=lift, **base)
 
 
 def _check_version(client: MlflowClient, name: str, version: str) -> None:

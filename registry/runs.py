@@ -18,7 +18,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -29,9 +29,11 @@ from onnx.external_data_helper import uses_external_data
 from pydantic import BaseModel
 
 from pipelines.contracts.bundle import BundleError, write_bundle
-from pipelines.training.walk_forward import NewestWindow, TrainResult
+from pipelines.contracts.newest_window import NewestWindow
 from registry.client import RegisteredVersion, RegistryError, ensure_experiment, model_name
-from registry.promotion import direction_accuracy
+
+if TYPE_CHECKING:  # annotation only: the registry reads the result's fields, it imports no training code
+    from pipelines.training.walk_forward import TrainResult
 
 __all__ = ["RegisteredVersion", "log_training", "BUNDLE_PATH"]
 
@@ -60,15 +62,6 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = text[:_MAX_PARAM]
 
 
-def _newest_accuracy(result: TrainResult) -> dict[int, tuple[float, int]]:
-    """Horizon → (direction accuracy, rows) of the model on the newest window."""
-    nw = result.newest_window
-    preds, acts = np.asarray(nw.predictions, dtype=float), np.asarray(nw.actuals, dtype=float)
-    if preds.ndim == 1:
-        preds, acts = preds[:, None], acts[:, None]
-    return {h: direction_accuracy(preds[:, i], acts[:, i]) for i, h in enumerate(result.horizons)}
-
-
 def _fmt_acc(acc: float) -> str:
     return "nan" if not np.isfinite(acc) else f"{acc:.6f}"
 
@@ -81,7 +74,7 @@ def _log_batches(client: MlflowClient, run_id: str, params: dict[str, str], metr
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
-def _write_extras(directory: Path, result: TrainResult, newest: dict[int, tuple[float, int]]) -> None:
+def _write_extras(directory: Path, result: TrainResult, metric: str, newest: dict[int, tuple[float, int]]) -> None:
     nw = result.newest_window
     np.savez(
         directory / "newest_window.npz",
@@ -99,7 +92,8 @@ def _write_extras(directory: Path, result: TrainResult, newest: dict[int, tuple[
         "parity_max_abs": result.parity_max_abs,
         "summary_metrics": result.summary_metrics,
         "fold_metrics": result.fold_metrics,
-        "newest_window_accuracy": {f"h{h}": {"accuracy": a, "rows": n} for h, (a, n) in newest.items()},
+        "task": result.task,
+        f"newest_window_{metric}": {f"h{h}": {metric: a, "rows": n} for h, (a, n) in newest.items()},
         "report": result.report,
         "synthetic": result.manifest.synthetic,
     }
@@ -123,7 +117,7 @@ def log_training(
     experiment: str = "kairos-training",
     tags: dict[str, str] | None = None,
     config: BaseModel | dict | None = None,
-    task: str = "returns",
+    task: str | None = None,
 ) -> RegisteredVersion:
     """Log `result` as one run and register its bundle as a new version of `<task>-<SYMBOL>-<interval>`.
 
@@ -133,20 +127,21 @@ def log_training(
         experiment: MLflow experiment name (created under the artifacts root if missing).
         tags: extra run tags (e.g. {"trigger": "schedule"}).
         config: the training config, logged flat as `cfg.*` params.
-        task: registered-model task prefix.
+        task: registered-model task prefix (default: the result's task).
 
     Returns:
         The new version (name, version, run_id).
     """
     _check_self_contained(result.onnx_bytes)
-    name = model_name(result.symbol, result.interval, task)
+    name = model_name(result.symbol, result.interval, task or result.task)
     synthetic = bool(result.manifest.synthetic)
-    newest = _newest_accuracy(result)
+    metric, newest = result.newest_metric, result.newest_scores  # {h: (promotion metric, rows)}
     data = result.data_window
     exp_id = ensure_experiment(client, experiment)
     run_name = f"{result.model_type}-{result.symbol}-{result.interval}-{str(data.get('end', ''))[:16]}"
     run_tags = {
         "kairos.kind": "training",
+        "task": result.task,
         "model_type": result.model_type,
         "symbol": result.symbol,
         "interval": result.interval,
@@ -181,7 +176,7 @@ def log_training(
     metrics += [Metric(k, float(v), now, 0) for k, v in result.summary_metrics.items()]
     metrics.append(Metric("parity_max_abs", float(result.parity_max_abs), now, 0))
     for h, (acc, n) in newest.items():
-        metrics.append(Metric(f"newest.h{h}.accuracy", acc, now, 0))
+        metrics.append(Metric(f"newest.h{h}.{metric}", acc, now, 0))
         metrics.append(Metric(f"newest.h{h}.rows", float(n), now, 0))
 
     run = client.create_run(exp_id, run_name=run_name, tags=run_tags)
@@ -193,7 +188,7 @@ def log_training(
             client.log_artifacts(run_id, str(bundle_dir), BUNDLE_PATH)
             extras = Path(tmp) / "extras"
             extras.mkdir()
-            _write_extras(extras, result, newest)
+            _write_extras(extras, result, metric, newest)
             client.log_artifacts(run_id, str(extras))
     except BaseException:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
@@ -209,7 +204,8 @@ def log_training(
         "synthetic": str(synthetic).lower(),
         "code_version": result.manifest.code_version,
         "parity_max_abs": f"{result.parity_max_abs:.3g}",
-        **{f"newest_window.h{h}.accuracy": _fmt_acc(acc) for h, (acc, _) in newest.items()},
+        "task": result.task,
+        **{f"newest_window.h{h}.{metric}": _fmt_acc(acc) for h, (acc, _) in newest.items()},
         "newest_window.rows": str(next(iter(newest.values()))[1] if newest else 0),
     }
     try:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -30,13 +29,12 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.contracts.errors import KairosError, StreamError
+from pipelines.contracts.schema import INTERVAL_MS
 from serving.predictor import InputError, Prediction, Predictor
 from serving.schemas import CandlesIn, CandlesOut, ErrorOut, PredictIn, PredictionOut, StreamIn
 from serving.state import ServingState
 
 log = logging.getLogger("kairos.serving")
-INTERVAL_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
-               "1h": 3_600_000, "4h": 14_400_000, "1d": 86_400_000}  # fmt: skip
 
 
 class ApiError(Exception):
@@ -52,11 +50,13 @@ def prediction_out(p: Prediction) -> dict[str, Any]:
     return {
         "request_id": p.request_id, "symbol": p.symbol, "interval": p.interval, "open_time": p.open_time,
         "model": p.model, "version": p.version, "arm": p.arm, "latency_us": round(p.latency_us, 2),
+        # `value` is the task's output; signed (returns) outputs also carry `log_return` (the key that
+        # predates tasks) and the `direction` called.
         "horizons": [
-            {"horizon": h, "log_return": r, "direction": d, "confidence": c}
-            for h, r, d, c in zip(p.horizons, p.log_returns, p.directions, conf)
+            {"horizon": h, "value": v, "confidence": c, **({"log_return": v, "direction": d} if p.signed else {})}
+            for h, v, d, c in zip(p.horizons, p.values, p.directions, conf)
         ],
-    }  # fmt: skip
+    }
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> str:
@@ -95,8 +95,8 @@ class BodyLimit:
 
     async def _reject(self, send: Any) -> None:
         body = json.dumps({"error": f"request body exceeds {self.limit} bytes; send fewer candles per request"})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body.encode()})
 
 
@@ -117,7 +117,7 @@ def create_app(state: ServingState) -> FastAPI:
             state.close()
 
     app = FastAPI(title="Kairos serving", version="1", lifespan=lifespan,
-                  responses={422: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}})  # fmt: skip
+                  responses={422: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}})
     app.add_middleware(BodyLimit, limit=api.max_body_bytes)
     app.state.serving = state
 
@@ -167,7 +167,9 @@ def create_app(state: ServingState) -> FastAPI:
             if i and r["open_time"] <= recs[i - 1]["open_time"]:
                 raise ApiError(422, f"candles.{i}.open_time is not after candles.{i - 1}: times must strictly increase")
             if contiguous and i and step and r["open_time"] - recs[i - 1]["open_time"] != step:
-                raise ApiError(422, f"candles.{i}: gap after candles.{i - 1}; a window must be consecutive {pred.interval} candles")
+                raise ApiError(
+                    422, f"candles.{i}: gap after candles.{i - 1}; a window must be consecutive {pred.interval} candles"
+                )
         return recs
 
     def routing_key(request: Request | WebSocket, symbol: str) -> str:
@@ -200,11 +202,12 @@ def create_app(state: ServingState) -> FastAPI:
                 p = pred.update(r, key, rid)
                 accepted += 1
         except StreamError as e:
-            raise ApiError(409, f"{e} (accepted {accepted} of {len(recs)}; DELETE /v1/streams/{pred.symbol} to re-sync)") from None
+            why = f"{e} (accepted {accepted} of {len(recs)}; DELETE /v1/streams/{pred.symbol} to re-sync)"
+            raise ApiError(409, why) from None
         except InputError as e:
             raise ApiError(422, f"{e} (accepted {accepted} of {len(recs)})") from None
         return JSONResponse({"symbol": pred.symbol, "accepted": accepted, "warmup_remaining": pred.warmup_remaining,
-                             "prediction": None if p is None else prediction_out(p)})  # fmt: skip
+                             "prediction": None if p is None else prediction_out(p)})
 
     @app.delete("/v1/streams/{symbol}")
     async def reset_stream(
@@ -264,7 +267,7 @@ def create_app(state: ServingState) -> FastAPI:
     async def readyz() -> JSONResponse:
         ok = state.ready
         return JSONResponse({"ready": ok, "models": {s.name: s.predictor is not None for s in state.slots.values()}},
-                            status_code=200 if ok else 503)  # fmt: skip
+                            status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.config import _parse, _read_yaml
+from pipelines.contracts.aliases import ALIASES
+from pipelines.contracts.yamlio import parse_config, read_yaml
 
 Provider = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -49,7 +50,7 @@ class WatcherConfig(_Frozen):
     tracking_uri: str | None = None  # http(s)://host:port of `mlflow server`; None = MLFLOW_TRACKING_URI
     poll_interval_s: float = Field(2.0, gt=0)
     timeout_s: float = Field(10.0, gt=0)
-    aliases: tuple[str, ...] = ("champion", "challenger")
+    aliases: tuple[str, ...] = ALIASES
 
 
 class PredLogConfig(_Frozen):
@@ -76,7 +77,7 @@ class ServingConfig(_Frozen):
     api: ApiConfig = ApiConfig()
 
     @model_validator(mode="after")
-    def _cpu_last(self) -> "ServingConfig":
+    def _cpu_last(self) -> ServingConfig:
         if "CPUExecutionProvider" not in self.runtime.providers:
             raise ValueError("runtime.providers must include CPUExecutionProvider as the last fallback")
         return self
@@ -92,4 +93,4 @@ def load_serving_config(path: Path | None = None, configs_dir: Path | None = Non
         path = configs_dir / "serving.yaml"
         if not path.exists():
             return ServingConfig()
-    return _parse(ServingConfig, _read_yaml(path), path)
+    return parse_config(ServingConfig, read_yaml(path), path)

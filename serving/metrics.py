@@ -31,7 +31,7 @@ class ServingMetrics:
         self.latency = Histogram(
             "kairos_prediction_latency_seconds", "Features + model time per prediction",
             ["model", "version", "arm"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+        )
         self.predictions = Counter(
             "kairos_predictions", "Predictions made", ["model", "version", "arm", "served"], registry=r
         )
@@ -45,11 +45,11 @@ class ServingMetrics:
         self._log_dropped = Gauge("kairos_prediction_log_dropped", "Prediction records dropped (queue full)", registry=r)
         self._children: dict[tuple, tuple] = {}  # (model, version, arm, served) → (latency, counter) children
 
-    def watch_log(self, log: "PredictionLog") -> None:
+    def watch_log(self, log: PredictionLog) -> None:
         self._log_written.set_function(lambda: log.written)
         self._log_dropped.set_function(lambda: log.dropped)
 
-    def observe(self, p: "Prediction", served: bool = True) -> None:
+    def observe(self, p: Prediction, served: bool = True) -> None:
         key = (p.model, p.version, p.arm, served)
         children = self._children.get(key)
         if children is None:  # labels() validates and hashes its arguments: ~5 µs a call, so once per key

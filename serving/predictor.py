@@ -42,7 +42,7 @@ class InputError(KairosError):
 
 @dataclass(frozen=True)
 class Prediction:
-    """One arm's answer at candle `open_time`: per-horizon log return, direction and confidence."""
+    """One arm's answer at candle `open_time`: per-horizon value of the task's output (and confidence)."""
 
     request_id: str
     symbol: str
@@ -52,10 +52,20 @@ class Prediction:
     version: str
     arm: str  # "champion" | "challenger"
     horizons: tuple[int, ...]
-    log_returns: tuple[float, ...]  # predicted ln(close[t+h]/close[t])
-    directions: tuple[int, ...]  # sign of log_returns: +1, -1, 0
+    values: tuple[float, ...]  # the task's output per horizon (returns: ln(close[t+h]/close[t]))
     confidence: tuple[float, ...] | None  # from the model's "confidence" output, if it has one
     latency_us: float  # features + model, microseconds
+    signed: bool = True  # the sign of a value is a direction call (returns-like tasks)
+
+    @property
+    def log_returns(self) -> tuple[float, ...]:
+        """The values of a returns model (the name predating tasks)."""
+        return self.values
+
+    @property
+    def directions(self) -> tuple[int, ...]:
+        """Sign of each value: +1, -1, 0 (meaningful only when `signed`)."""
+        return tuple((v > 0) - (v < 0) for v in self.values)
 
 
 class FeatureState:
@@ -67,7 +77,7 @@ class FeatureState:
     """
 
     def __init__(self, name: str, n_features: int, seq_len: int, interval_ms: int | None,
-                 history: Sequence[Mapping[str, Any]] = ()):  # fmt: skip
+                 history: Sequence[Mapping[str, Any]] = ()):
         from pipelines import features
 
         self.name = name
@@ -292,9 +302,9 @@ class Predictor:
         latency = (time.perf_counter_ns() - t0) / 1e3
         return Prediction(
             request_id or new_request_id(), self.symbol, self.interval, int(open_time), model.name, model.version,
-            arm, model.horizons_tuple, tuple(r), tuple([(v > 0) - (v < 0) for v in r]),
-            None if conf is None else tuple(conf[0].tolist()), latency,
-        )  # fmt: skip
+            arm, model.horizons_tuple, tuple(r), None if conf is None else tuple(conf[0].tolist()), latency,
+            model.signed,
+        )
 
     def _log(self, p: Prediction, served: bool, routing_key: str) -> None:
         if self.observer is not None:
@@ -309,9 +319,9 @@ def _record(p: Prediction, served: bool, mode: str, routing_key: str, at: float)
         "v": SCHEMA_VERSION, "request_id": p.request_id, "time": iso_from_epoch(at), "symbol": p.symbol,
         "interval": p.interval, "open_time": p.open_time, "arm": p.arm, "served": served,
         "mode": mode, "routing_key": routing_key, "model": p.model, "version": p.version,
-        "horizons": list(p.horizons), "predictions": list(p.log_returns),
+        "horizons": list(p.horizons), "predictions": list(p.values),
         "confidence": None if p.confidence is None else list(p.confidence), "latency_us": p.latency_us,
-    }  # fmt: skip
+    }
 
 
 __all__ = ["FeatureState", "InputError", "Prediction", "Predictor", "StreamError"]

@@ -17,29 +17,11 @@ log). So the writer sleeps `YIELD_S` after every `YIELD_EVERY` records it encode
 Durability: a record is durable once its batch is fsynced. After `kill -9` of the serving process at
 most the records not yet fsynced are lost: at most `flush_every` (default 256) records, or the records
 received in the last `flush_interval_ms` (default 50 ms) plus the batch's write time (~12 ms for a full
-batch) if fewer; a torn last line is skipped by the reader. When the queue is full (`queue_size`) records are dropped and counted (`dropped`), never
-blocking a request.
+batch) if fewer; a torn last line is skipped by the reader. When the queue is full (`queue_size`)
+records are dropped and counted (`dropped`), never blocking a request.
 
-Record schema (version 1; the A/B review reads it with `read_prediction_log`):
-
-| field        | type            | meaning                                                             |
-|--------------|-----------------|---------------------------------------------------------------------|
-| `v`          | int             | schema version (1)                                                  |
-| `request_id` | str             | id of the request (shared by both arms of one shadow request)      |
-| `time`       | str             | ISO-8601 UTC time the prediction was made (microseconds)            |
-| `symbol`     | str             | e.g. "FILUSDT"                                                      |
-| `interval`   | str             | e.g. "1m"                                                           |
-| `open_time`  | int             | epoch ms of the candle the prediction was made at (its last input) |
-| `arm`        | str             | "champion" or "challenger"                                          |
-| `served`     | bool            | true if this answer was returned to the client (false: shadow)      |
-| `mode`       | str             | routing mode: "split", "shadow" or "champion_only"                  |
-| `routing_key`| str             | the key hashed for the split (client id header or symbol)           |
-| `model`      | str             | registered model name, e.g. "returns-FILUSDT-1m"                    |
-| `version`    | str             | registered model version (or "local" for a bundle directory)       |
-| `horizons`   | list[int]       | candles ahead, e.g. [1, 2, 3, 4, 5]                                 |
-| `predictions`| list[float]     | predicted log return ln(close[t+h]/close[t]) per horizon           |
-| `confidence` | list[float]/null| per-horizon confidence if the model outputs one                     |
-| `latency_us` | float           | features + model time of this arm, microseconds                    |
+Record schema and layout: `pipelines.contracts.predlog` (the A/B review reads the log with its
+`read_prediction_log`; this module only writes).
 """
 
 from __future__ import annotations
@@ -53,29 +35,15 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
-if TYPE_CHECKING:  # pandas is for the reader only; the serving process never imports it for the log
-    import pandas as pd
+from pipelines.contracts.predlog import FIELDS, SCHEMA_VERSION, iso_from_epoch, now_iso
 
-SCHEMA_VERSION = 1
-YIELD_EVERY, YIELD_S = 8, 200e-6  # the writer sleeps 200 µs after every 8 records it encodes  # the writer sleeps 200 µs after every 8 records it encodes
-FIELDS = [
-    "v", "request_id", "time", "symbol", "interval", "open_time", "arm", "served", "mode",
-    "routing_key", "model", "version", "horizons", "predictions", "confidence", "latency_us",
-]  # fmt: skip
+__all__ = ["FIELDS", "SCHEMA_VERSION", "PredictionLog", "Record", "iso_from_epoch", "now_iso"]
 
+YIELD_EVERY, YIELD_S = 8, 200e-6  # the writer sleeps 200 µs after every 8 records it encodes
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def iso_from_epoch(t: float) -> str:
-    """`time.time()` seconds → the record's ISO-8601 UTC `time` (microseconds), as `now_iso` writes it."""
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
-
-
-Record = Union[dict[str, Any], Callable[[], dict[str, Any]]]  # a record, or a builder run on the writer
+Record = dict[str, Any] | Callable[[], dict[str, Any]]  # a record, or a builder run on the writer
 
 
 class PredictionLog:
@@ -95,7 +63,7 @@ class PredictionLog:
         self.dropped = 0  # records refused because the queue was full
         self.errors = 0  # write errors (disk full...): counted and logged, never raised into requests
 
-    def start(self) -> "PredictionLog":
+    def start(self) -> PredictionLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="kairos-predlog", daemon=True)
@@ -193,23 +161,3 @@ class PredictionLog:
             f.close()
         self._files.clear()
 
-
-def read_prediction_log(directory: Path, model: str) -> "pd.DataFrame":
-    """All records of `model` under `directory`, oldest file first, as a DataFrame with `FIELDS`.
-
-    `time` becomes datetime64[ns, UTC]; `open_time` stays int epoch ms; a torn last line (kill -9
-    mid-write) is skipped. Returns an empty frame with `FIELDS` when there is no log.
-    """
-    import pandas as pd
-
-    rows = []
-    for path in sorted((Path(directory) / model).glob("*.jsonl")):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # torn tail of a killed writer
-    df = pd.DataFrame(rows, columns=FIELDS) if rows else pd.DataFrame({c: [] for c in FIELDS})
-    df["time"] = pd.to_datetime(df["time"], utc=True, format="ISO8601")
-    return df

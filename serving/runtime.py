@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from pipelines.contracts.bundle import BundleError, Manifest, read_bundle, sha256_bytes
 from pipelines.contracts.errors import KairosError
+from pipelines.contracts.onnx import make_session
 from serving.config import RuntimeConfig
 
 log = logging.getLogger("kairos.serving")
@@ -95,9 +96,11 @@ class LoadedModel:
     _input: str = ""
     _outputs: list[str] = field(default_factory=list)
     horizons_tuple: tuple[int, ...] = ()  # manifest horizons, built once (every Prediction carries them)
+    signed: bool = True  # manifest.signed, built once
 
     def __post_init__(self) -> None:
         self.horizons_tuple = tuple(self.manifest.horizons)
+        self.signed = self.manifest.signed
 
     @property
     def name(self) -> str:
@@ -172,7 +175,7 @@ def load_model(
     providers = choose_providers(cfg.providers)
     cache = Path(bundle_dir).parent / f".{Path(bundle_dir).name}.optimized.onnx"
     try:
-        session = ort.InferenceSession(onnx_bytes, sess_options=session_options(cfg, cache), providers=providers)
+        session = make_session(onnx_bytes, providers=providers, options=session_options(cfg, cache))
     except Exception as e:  # onnxruntime raises its own exception zoo for corrupt graphs
         raise ModelLoadError(f"onnxruntime cannot load {bundle_dir}/model.onnx: {str(e).splitlines()[0][:300]}") from None
     input_name, output_names = _check_graph(session, manifest)

@@ -63,7 +63,7 @@ class Candle(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _ohlc(self) -> "Candle":
+    def _ohlc(self) -> Candle:
         if self.high < max(self.open, self.close, self.low) or self.low > min(self.open, self.close):
             raise ValueError(
                 f"inconsistent OHLC: high={self.high} low={self.low} must bracket open={self.open} close={self.close}"
@@ -105,8 +105,9 @@ class StreamIn(BaseModel):
 
 class HorizonOut(BaseModel):
     horizon: int
-    log_return: float
-    direction: int  # +1 up, -1 down, 0 flat
+    value: float = Field(description="the task's output at this horizon (manifest outputs[0].meaning)")
+    log_return: float | None = Field(None, description="returns models: the predicted log return (= value)")
+    direction: int | None = Field(None, description="returns models: +1 up, -1 down, 0 flat")
     confidence: float | None
 
 

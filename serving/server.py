@@ -3,7 +3,8 @@
     kairos serve --model returns-FILUSDT-1m [--tracking-uri http://127.0.0.1:5000] [--host] [--port] [--config]
     kairos serve --bundle DIR [--challenger-bundle DIR]          # no registry: serve local bundles
 
-`flows/cli/serve.py` mounts it as `kairos serve`; also runnable as `python -m serving.server ...`. This module imports neither mlflow, torch nor great_expectations.
+`flows/cli/serve.py` mounts it as `kairos serve`; also runnable as `python -m serving.server ...`.
+This module imports neither mlflow, torch nor great_expectations.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def serve(
         raise typer.Exit(2) from None
     uvicorn.run(
         create_app(state), host=host, port=port, log_level=log_level, access_log=False, **uvicorn_impl(),
-    )  # fmt: skip
+    )
 
 
 def uvicorn_impl() -> dict[str, str]:

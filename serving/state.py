@@ -48,16 +48,17 @@ class ServingState:
         if cfg.prediction_log.enabled:
             d = predlog_dir or cfg.prediction_log.directory
             if d is None:
+                from pipelines.contracts.predlog import DEFAULT_SUBDIR
                 from pipelines.contracts.settings import get_settings
 
-                d = get_settings().home_abs / "predictions"
+                d = get_settings().home_abs / DEFAULT_SUBDIR
             p = cfg.prediction_log
             self.log = PredictionLog(d, p.flush_every, p.flush_interval_ms, p.queue_size)
             self.metrics.watch_log(self.log)
         self._lock = threading.Lock()  # serialises installs (watcher vs start-up)
         self.watchers: list[Any] = []
 
-    def start(self) -> "ServingState":
+    def start(self) -> ServingState:
         if self.log is not None and self.log._thread is None:
             self.log.start()
         for w in self.watchers:
@@ -138,7 +139,7 @@ class ServingState:
                         "feature_set": m.manifest.feature_set.name, "horizons": m.horizons,
                         "model_type": m.manifest.model_type, "providers": m.providers,
                         "loaded_at": m.loaded_at, "warmup_us": round(m.warmup_us, 1),
-                    }  # fmt: skip
+                    }
             out.append(
                 {
                     "name": s.name,

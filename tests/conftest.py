@@ -14,8 +14,8 @@ FIL_FILES = sorted(SHARED_DATA.glob("FILUSDT-1m-2023-*.zip"))
 def fil_core27_windows(path: Path, rows: int, length: int = 60):
     """Real FILUSDT windows for model tests: core27 windows (M, length, 27) and their labels (M, 5)."""
     from pipelines.features import feature_matrix
-    from pipelines.labels import make_labels
     from pipelines.sources.binance_files import read_klines
+    from pipelines.tasks.returns import make_labels
     from pipelines.training.windows import window_dataset
 
     candles = read_klines(path, "FILUSDT", "1m").iloc[:rows].reset_index(drop=True)

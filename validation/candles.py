@@ -21,7 +21,7 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,7 +137,7 @@ class CandleReport:
         return "\n".join(lines) + "\n"
 
 
-def candle_expectations() -> list["Expectation"]:
+def candle_expectations() -> list[Expectation]:
     """The expectations of the `kairos_candles` suite, in evaluation order.
 
     Column-map expectations skip nulls in GX, so each number is checked once for presence
@@ -327,7 +327,7 @@ def quarantine(df: pd.DataFrame, report: CandleReport, quarantine_dir: Path) -> 
     Returns:
         The folder written; also set as `report.quarantined_to`.
     """
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     folder = Path(quarantine_dir).expanduser().resolve() / f"{stamp}-{_safe_name(report.batch_name)}"
     folder.mkdir(parents=True, exist_ok=False)
     stringified: list[str] = []

@@ -15,7 +15,7 @@ side effects (GX takes seconds to import), and serving must never import it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +90,7 @@ class SuiteRun:
     validation_page: Path | None  # this validation's HTML page
 
 
-def build_context(data_docs_dir: Path) -> "AbstractDataContext":
+def build_context(data_docs_dir: Path) -> AbstractDataContext:
     """An ephemeral GX context whose Data Docs and validation results live in `data_docs_dir`.
 
     Progress bars and analytics are off so that a daily flow's log stays readable.
@@ -141,7 +141,7 @@ def build_context(data_docs_dir: Path) -> "AbstractDataContext":
     return gx.get_context(project_config=config, mode="ephemeral")
 
 
-def validation_page(context: "AbstractDataContext", result_identifier: Any) -> Path | None:
+def validation_page(context: AbstractDataContext, result_identifier: Any) -> Path | None:
     """The local HTML page Data Docs wrote for one validation result, or None if it is not there."""
     for site in context.get_docs_sites_urls(resource_identifier=result_identifier, site_names=[SITE_NAME]):
         url = site.get("site_url") or ""
@@ -153,10 +153,10 @@ def validation_page(context: "AbstractDataContext", result_identifier: Any) -> P
 
 
 def run_suite(
-    frame: "pd.DataFrame",
+    frame: pd.DataFrame,
     *,
     suite_name: str,
-    expectations: list["Expectation"],
+    expectations: list[Expectation],
     data_docs_dir: Path,
     run_name: str,
 ) -> SuiteRun:
@@ -192,7 +192,7 @@ def run_suite(
         actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[SITE_NAME])],
         result_format="SUMMARY",  # counts + a few example rows; COMPLETE would list every bad row
     ))
-    run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(timezone.utc))
+    run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
     result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
     (identifier, suite_result), = result.run_results.items()
 

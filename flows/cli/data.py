@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -60,9 +59,9 @@ def ingest_ccxt(
     market: str = typer.Option(..., help="Exchange market symbol, e.g. FIL/USDT."),
     symbol: str = SymbolOpt,
     interval: str = IntervalOpt,
-    since: Optional[str] = typer.Option(None, help="Backfill start (ISO, UTC); default: after the last stored candle."),
-    until: Optional[str] = typer.Option(None, help="Backfill end (ISO, UTC); default: now."),
-    exchange_config: Optional[str] = typer.Option(
+    since: str | None = typer.Option(None, help="Backfill start (ISO, UTC); default: after the last stored candle."),
+    until: str | None = typer.Option(None, help="Backfill end (ISO, UTC); default: now."),
+    exchange_config: str | None = typer.Option(
         None, help='ccxt exchange constructor options as JSON, e.g. \'{"options": {"defaultType": "spot"}}\'.'),
 ) -> None:
     """Backfill or incrementally fetch candles from an exchange through ccxt."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -15,7 +14,7 @@ ModelOpt = typer.Option(..., "--model", "-m", help="Registered model name, e.g. 
 
 def review(
     model: str = ModelOpt,
-    predlog_dir: Optional[Path] = typer.Option(
+    predlog_dir: Path | None = typer.Option(
         None, "--predlog-dir", help="Prediction log directory (default: serving's)."
     ),
     apply: bool = typer.Option(True, "--apply/--no-apply", help="Apply the policy's decision to the aliases."),
@@ -35,7 +34,7 @@ def review(
         return
     c = out["counts"]
     console.print(f"{model}: champion v{out['champion']} vs challenger v{out['challenger']} — outcomes "
-                  f"{c['resolved']:,} resolved, {c['pending']:,} pending, {c['missing']:,} missing candles")  # fmt: skip
+                  f"{c['resolved']:,} resolved, {c['pending']:,} pending, {c['missing']:,} missing candles")
     t = Table(title="verdict per horizon (always-valid sequential test)")
     t.add_column("horizon")
     t.add_column("verdict")
@@ -71,15 +70,16 @@ def rollback(
 
 
 
- 
+
 def history(symbol: str = typer.Option(None, "--symbol", "-s"), interval: str = IntervalOpt,
-            model: Optional[str] = typer.Option(None, "--model", help="Registered model name (instead of --symbol).")) -> None:
+            model: str | None = typer.Option(None, "--model", help="Registered model name (instead of --symbol).")) -> None:
     """Every alias move (from, to, reason, time) and which version served as champion when."""
     prepare()
     with errors():
         from flows.runtime import Runtime
         from registry.client import model_name
-        from registry.history import history as alias_history, sync_external_moves
+        from registry.history import history as alias_history
+        from registry.history import sync_external_moves
 
         if not (symbol or model):
             raise ValueError("give --symbol SYM or --model NAME")
@@ -96,8 +96,7 @@ def history(symbol: str = typer.Option(None, "--symbol", "-s"), interval: str = 
             t.add_row(f"{m.time:%Y-%m-%d %H:%M:%S}", m.alias, str(m.from_version or "—"), str(m.to_version or "—"),
                       m.actor, m.reason)
         console.print(t)
-        from flows.review import default_predlog_dir
-        from registry.reviews import served_history
+        from flows.review import default_predlog_dir, served_history
 
         served = served_history(client, name, default_predlog_dir(Runtime.from_env()))
         t = Table(title=f"which version served as champion when, with live metrics (h1) — {name}")

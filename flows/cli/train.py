@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -11,23 +10,24 @@ from rich.table import Table
 from flows.cli._common import IntervalOpt, SymbolOpt, console, errors, prepare, progress
 from flows.cli.data import _print_ingest
 
+TaskOpt = typer.Option("returns", "--task", "-t", help="What to predict: a task of configs/tasks/ "
+                                                      "(returns, volatility, ...).")
+
 
 def _report_table(result, title: str) -> Table:
+    """The task's columns for the model (and ensemble members) beside its baselines, per horizon."""
+    from pipelines.tasks import task_class
+
+    task = task_class(result.task)
     t = Table(title=title)
-    for col in ["horizon", "who", "rows", "dir. accuracy [95% CI]", "IC", "RMSE", "P&L (fees)", "Sharpe", "max DD"]:
+    for col in ["horizon", "who", *(c.title for c in task.columns)]:
         t.add_column(col)
+    members = sorted(w for w in result.report if w.startswith("member_"))
     for h in result.horizons:
-        members = sorted(w for w in result.report if w.startswith("member_"))
-        for who in ("model", *members, "always_up", "persistence", "reversal"):
+        for who in ("model", *members, *task.baselines):
             m = result.report[who][f"h{h}"]
-            t.add_row(
-                f"{h}" if who == "model" else "", who, f"{int(m['n']):,}",
-                f"{m['accuracy']:.2%} [{m['accuracy_lo']:.2%}, {m['accuracy_hi']:.2%}]",
-                f"{m['ic']:+.4f}" if m["ic"] == m["ic"] else "—",
-                f"{m['rmse']:.2e}", f"{m['pnl_total_return']:+.2%}", f"{m['pnl_sharpe']:+.2f}",
-                f"{m['pnl_max_drawdown']:.2%}",
-                style="bold" if who == "model" else None,
-            )
+            t.add_row(f"{h}" if who == "model" else "", who, *(c.render(m) for c in task.columns),
+                      style="bold" if who == "model" else None)
     return t
 
 
@@ -50,51 +50,52 @@ def _print_decision(out: dict) -> None:
     console.print(f"promotion decision: {verdict} — {d.reason}")
 
 
- 
+
 def train(symbol: str = SymbolOpt, interval: str = IntervalOpt,
           model: str = typer.Option("lightgbm", "--model", "-m",
                                     help="lightgbm | lstm_attention | transformer | tft | mamba | ensemble"),
-          preset: Optional[str] = typer.Option(None, help="Deep models: preset of configs/models/<model>.yaml "
-                                                          "(small, tiny, seed000, ...).")) -> None:
-    """Walk-forward train and evaluate vs naive baselines, export ONNX, register in MLflow."""
+          preset: str | None = typer.Option(None, help="Deep models: preset of configs/models/<model>.yaml "
+                                                          "(small, tiny, seed000, ...)."),
+          task: str = TaskOpt) -> None:
+    """Walk-forward train and evaluate vs the task's naive baselines, export ONNX, register in MLflow."""
     prepare()
     with errors(), progress():
         from flows.train import train as train_flow
 
-        out = train_flow(symbol, interval, model, preset)
+        out = train_flow(symbol, interval, model, preset, task)
     _print_training(out)
 
 
- 
-def promote(symbol: str = SymbolOpt, interval: str = IntervalOpt) -> None:
-    """Apply configs/promotion.yaml to the current challenger."""
+
+def promote(symbol: str = SymbolOpt, interval: str = IntervalOpt, task: str = TaskOpt) -> None:
+    """Apply configs/promotion.yaml (+ the task's overrides) to the current challenger."""
     prepare()
     with errors():
         from flows.promote import promote as promote_flow
 
-        _print_decision(promote_flow(symbol, interval))
+        _print_decision(promote_flow(symbol, interval, task))
 
 
- 
+
 def retrain(symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s"), interval: str = IntervalOpt,
             source: str = typer.Option("synthetic", help="synthetic | ccxt | binance-files"),
             days: float = typer.Option(1.0, help="synthetic: days to add"),
-            exchange: Optional[str] = typer.Option(None), market: Optional[str] = typer.Option(None),
+            exchange: str | None = typer.Option(None), market: str | None = typer.Option(None),
             path: list[Path] = typer.Option([], help="binance-files: files to ingest"),
-            model: str = typer.Option("lightgbm", "--model", "-m")) -> None:
+            model: str = typer.Option("lightgbm", "--model", "-m"), task: str = TaskOpt) -> None:
     """The daily loop once: ingest → validate → train → register → promote."""
     prepare()
     opts = {"days": days, "exchange": exchange, "market": market, "paths": [str(p.resolve()) for p in path]}
     with errors(), progress():
         from flows.retrain import daily_retrain
 
-        out = daily_retrain(symbol, interval, source, opts, model)
+        out = daily_retrain(symbol, interval, source, opts, model, task)
     _print_ingest(out["ingest"])
     _print_training(out)
     _print_decision(out["promote"])
 
 
- 
+
 def demo(days: float = typer.Option(30.0, help="Days of synthetic 1m candles for the first run."),
          symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s")) -> None:
     """The whole loop twice on synthetic data: champion, then a challenger judged by the promotion policy."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.table import Table
 
@@ -15,10 +13,10 @@ def tune(
     model: str = typer.Option("lightgbm", "--model", "-m", help="Model with configs/search_spaces/<model>.yaml."),
     trials: int = typer.Option(20, "--trials", "-n", help="Total finished trials of the study (all workers)."),
     workers: int = typer.Option(1, "--workers", "-k", help="Worker processes sharing the study."),
-    storage: Optional[str] = typer.Option(None, help="Optuna RDB URL (default sqlite:///$KAIROS_HOME/optuna.db; "
+    storage: str | None = typer.Option(None, help="Optuna RDB URL (default sqlite:///$KAIROS_HOME/optuna.db; "
                                                      "postgresql://... for many machines)."),
     interval: str = typer.Option("1m", "--interval", "-i", help="Candle interval, e.g. 1m, 1h."),
-    study: Optional[str] = typer.Option(None, help="Study name (default <model>-<SYMBOL>-<interval>)."),
+    study: str | None = typer.Option(None, help="Study name (default <model>-<SYMBOL>-<interval>)."),
 ) -> None:
     """Tune hyperparameters with Optuna on inner walk-forward folds (resumes the study if it exists)."""
 

@@ -1,4 +1,4 @@
-"""The serving bundle contract (DESIGN.md): `model.onnx` (self-contained) + `manifest.json`.
+"""The serving bundle contract (docs/architecture.md): `model.onnx` (self-contained) + `manifest.json`.
 
 Pure stdlib + json: the serving runtime reads bundles with this module and nothing else from
 training. A bundle directory holds exactly these two files.
@@ -34,6 +34,9 @@ class TensorSpec:
 class OutputSpec(TensorSpec):
     horizons: list[int] = field(default_factory=list)
     meaning: str = ""
+    # The value's sign is a direction call (returns). None = not recorded: bundles written before tasks
+    # existed are all returns models, so `Manifest.signed` falls back to task == "returns".
+    signed: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,14 @@ class FeatureSetSpec:
 class Manifest:
     """Everything serving needs to know about a model, and what review needs to trace it."""
 
-    task: str  # "returns"
+    task: str  # "returns", "volatility", ... (pipelines.tasks)
     model_name: str  # registered model name, e.g. "returns-FILUSDT-1m"
     model_type: str  # "lightgbm", "lstm_attention", "ensemble", ...
     symbol: str
     interval: str
     feature_set: FeatureSetSpec
     input: TensorSpec  # "features" float32 [N, F] or [N, T, F]
-    outputs: list[OutputSpec]  # first is "returns" float32 [N, H]; optional "confidence"
+    outputs: list[OutputSpec]  # first is the task's output float32 [N, H] ("returns", "log_variance"); optional "confidence"
     training: dict[str, Any]  # {"start", "end", "rows", "data_hash"}
     metrics: dict[str, Any]  # walk-forward summary metrics
     code_version: str
@@ -69,6 +72,12 @@ class Manifest:
         return list(self.outputs[0].horizons)
 
     @property
+    def signed(self) -> bool:
+        """The first output's sign is a direction call (returns-like), so serving reports a direction."""
+        s = self.outputs[0].signed
+        return self.task == "returns" if s is None else bool(s)
+
+    @property
     def sequence_length(self) -> int | None:
         return self.input.shape[1] if len(self.input.shape) == 3 else None
 
@@ -76,7 +85,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
         try:
             if d.get("schema_version") != SCHEMA_VERSION:
                 raise BundleError(

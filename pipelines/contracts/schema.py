@@ -1,4 +1,4 @@
-"""The candle contract (DESIGN.md): the 11 raw Binance kline fields plus symbol/interval keys.
+"""The candle contract (docs/architecture.md): the 11 raw Binance kline fields plus symbol/interval keys.
 
 A candle frame has exactly `CANDLE_COLUMNS`, one row per (symbol, interval, open_time), with
 `open_time` a tz-aware UTC `datetime64[ns, UTC]`. `spread_bps` is nullable (only a book feed
@@ -74,7 +74,7 @@ def interval_ms(interval: str) -> int:
         raise ValueError(f"unknown interval {interval!r}; expected one of {sorted(INTERVAL_MS)}") from None
 
 
-def interval_delta(interval: str) -> "pd.Timedelta":
+def interval_delta(interval: str) -> pd.Timedelta:
     """The candle length of `interval` as a pd.Timedelta; raises ValueError naming the allowed values."""
     import pandas as pd
 
@@ -88,13 +88,13 @@ def taker_buy_ratio(taker_buy_base: np.ndarray, volume: np.ndarray) -> np.ndarra
     return r
 
 
-def empty_candles() -> "pd.DataFrame":
+def empty_candles() -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in DTYPES.items()})[CANDLE_COLUMNS]
 
 
-def normalize_candles(df: "pd.DataFrame") -> "pd.DataFrame":
+def normalize_candles(df: pd.DataFrame) -> pd.DataFrame:
     """Cast a frame to the candle contract (column order, dtypes, derived taker_buy_ratio).
 
     Does not validate values (that is `validation.candles`); raises KeyError naming missing columns.

@@ -30,4 +30,4 @@ from pipelines.features.streaming import StreamingFeatures
 __all__ = [
     "FeatureError", "FeatureSet", "StreamingFeatures", "UnknownFeatureSet", "arrays_from_records", "compute_features",
     "feature_matrix", "get_feature_set", "known_feature_sets",
-]  # fmt: skip
+]

@@ -62,7 +62,7 @@ class Ewm:
         self.Y = Y
         self.PY = self.P * Y  # the same products every path would form: caching keeps bits
 
-    def copy(self) -> "Ewm":
+    def copy(self) -> Ewm:
         new = object.__new__(Ewm)
         new.__dict__.update(self.__dict__)
         new.c = self.c.copy()

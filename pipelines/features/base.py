@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -244,7 +244,7 @@ def _batch(candles: Candles, impl: _Impl) -> np.ndarray:
     return out
 
 
-def compute_features(candles: Candles, feature_set: str = "core27") -> "pd.DataFrame":
+def compute_features(candles: Candles, feature_set: str = "core27") -> pd.DataFrame:
     """Features of every candle of one symbol, using candles <= t only.
 
     Args:

@@ -36,6 +36,8 @@ from pipelines.features._ewm import Ewm
 NAME = "core27"
 VERSION = 1
 
+# fmt: skip on RAW, DERIVED, INPUTS, _SUMS: packed, the 27 names read in the seed's table order and
+# the X rows / window sums line up by position; one item per line (the formatter's choice) hides both.
 RAW = (
     "open", "high", "low", "close", "volume", "quote_asset_volume", "taker_buy_base_asset_volume",
     "taker_buy_quote_asset_volume", "number_of_trades", "spread_bps", "taker_buy_ratio",
@@ -122,7 +124,7 @@ def lag_view(X: np.ndarray, row: int, n_series: int, lo: int, hi: int, lags: int
     return np.ndarray(
         shape=(lags, n_series, hi - lo), dtype=np.float64, buffer=X,
         offset=(row * X.shape[1] + lo) * X.itemsize, strides=(-X.itemsize, X.strides[0], X.itemsize),
-    )  # fmt: skip
+    )
 
 
 def cumsum_lags(T: np.ndarray, inplace: bool = False) -> np.ndarray:

@@ -20,13 +20,23 @@ from __future__ import annotations
 
 import math
 import sys
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.contracts.errors import StreamError
-from pipelines.features.base import Candles, FeatureError, _check_frame, _column, _impl, _run, _work_matrix, n_candles
+from pipelines.features.base import (
+    Candles,
+    FeatureError,
+    _check_frame,
+    _column,
+    _impl,
+    _run,
+    _work_matrix,
+    n_candles,
+)
 
 if TYPE_CHECKING:
     import pandas as pd  # noqa: F401  (the serving process never imports pandas: see to_epoch_ms)
@@ -35,10 +45,10 @@ CAPACITY = 4096  # ring columns after the context; the context is moved to the f
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
@@ -52,7 +62,7 @@ def to_epoch_ms(t: Any) -> int:
     if pd is not None and isinstance(t, pd.Timestamp):
         return int(t.value // 1_000_000)  # .value: epoch ns whatever the unit
     if isinstance(t, datetime):
-        aware = t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+        aware = t if t.tzinfo is not None else t.replace(tzinfo=UTC)
         return (aware - _EPOCH) // _MS  # integer arithmetic: exact, floor like the ns path
     if isinstance(t, np.datetime64):
         return int(t.astype("datetime64[ms]").astype(np.int64))
@@ -99,7 +109,7 @@ class StreamingFeatures:
     @classmethod
     def from_history(
         cls, candles: Candles, feature_set: str = "core27", interval_ms: int | None = None
-    ) -> "StreamingFeatures":
+    ) -> StreamingFeatures:
         """A stream warmed on `candles` (oldest first), as if each had been passed to `update`.
 
         `candles` is a candle frame or a mapping column → (N,) numpy array (open_time int64 epoch

@@ -7,16 +7,36 @@ Prediction on few rows (the serving-like path) uses one thread: thread start-up 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Self
 
 import lightgbm as lgb
 import numpy as np
 
 from pipelines.config import LightGBMConfig
-from pipelines.models.base import check_fitted, check_X, check_Y
+from pipelines.models.base import ModelError, check_fitted, check_X, check_Y
+from pipelines.models.spec import ModelContext, ModelSpec, PruningRequest
 
 SMALL_BATCH = 1024  # rows at or below which predict runs single-threaded
+# The task's training objective → LightGBM's (`quantile` at alpha 0.5: the conditional median).
+OBJECTIVES: dict[str, dict[str, Any]] = {
+    "l2": {"objective": "regression"},
+    "huber": {"objective": "huber"},
+    "quantile": {"objective": "quantile", "alpha": 0.5},
+}
+
+
+@dataclass(frozen=True)
+class ValidationCallback:
+    """A LightGBM callback that reads scores of the validation slice computed by `feval`.
+
+    `fit` adds the purged validation slice as valid set "val" and scores it with `feval` (LightGBM's
+    custom-metric signature `(preds, dataset) -> (name, value, higher_is_better)`) at every iteration.
+    """
+
+    callback: Callable[..., Any]
+    feval: Callable[[np.ndarray, Any], tuple[str, float, bool]]
 
 
 class LightGBMReturns:
@@ -26,6 +46,7 @@ class LightGBMReturns:
         cfg: LightGBM hyperparameters (and thread count, seed).
         horizons: the horizons, in candles; output column j predicts ln(close[t+h_j]/close[t]).
         target_opset: ONNX opset for export (onnxmltools converts LightGBM only at <= 15).
+        objective: the task's training objective, a key of `OBJECTIVES`.
     """
 
     model_type = "lightgbm"
@@ -33,10 +54,14 @@ class LightGBMReturns:
     sequence_length: int | None = None
     parity_tolerance = 1e-5
 
-    def __init__(self, cfg: LightGBMConfig, horizons: Sequence[int], target_opset: int = 15) -> None:
+    def __init__(self, cfg: LightGBMConfig, horizons: Sequence[int], target_opset: int = 15,
+                 objective: str = "l2") -> None:
+        if objective not in OBJECTIVES:
+            raise ModelError(f"LightGBM cannot train with objective {objective!r}; it supports {list(OBJECTIVES)}")
         self.cfg = cfg
         self.horizons = list(horizons)
         self.target_opset = target_opset
+        self.objective = objective
         self.boosters_: list[lgb.Booster] | None = None
         self.n_features_: int | None = None
 
@@ -44,7 +69,7 @@ class LightGBMReturns:
         """Native LightGBM parameters derived from the config (sklearn-style names mapped)."""
         c = self.cfg
         return {
-            "objective": "regression",
+            **OBJECTIVES[self.objective],
             "num_leaves": c.num_leaves,
             "learning_rate": c.learning_rate,
             "min_data_in_leaf": c.min_child_samples,
@@ -60,23 +85,40 @@ class LightGBMReturns:
         }
 
     def fit(
-        self, X: np.ndarray, Y: np.ndarray, *, X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None
+        self, X: np.ndarray, Y: np.ndarray, *, X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None,
+        callbacks: Sequence[Any] = (),
     ) -> Self:
         """Fit one booster per horizon on X float32 [N, F], Y float64 [N, H].
 
-        `X_val`/`Y_val` are accepted for the protocol but unused: the tree count is a fixed
-        hyperparameter (tuned by Optuna), so early stopping would only add variance.
+        The tree count is a fixed hyperparameter (tuned by Optuna), so `X_val`/`Y_val` do not stop
+        training early; they are scored only for `callbacks` (LightGBM callbacks, e.g. Optuna's pruning
+        callback as a `ValidationCallback`), which every horizon's booster receives.
         """
         X = check_X(X, n_dims=2, who="LightGBMReturns.fit")
         Y = check_Y(Y, X.shape[0], len(self.horizons), who="LightGBMReturns.fit")
         params = self.booster_params()
+        fevals = [cb.feval for cb in callbacks if isinstance(cb, ValidationCallback)]
+        plain = [cb.callback if isinstance(cb, ValidationCallback) else cb for cb in callbacks]
+        if fevals:
+            params["metric"] = "None"  # only the custom metric is computed on the validation slice
         # One Dataset (bins computed once) reused for every horizon; only the label changes.
         # Binning params (min_data_in_leaf, feature_pre_filter) must match the boosters' params.
         data = lgb.Dataset(X, label=Y[:, 0], params=params, free_raw_data=False).construct()
+        valid = None
+        if plain and X_val is not None and Y_val is not None:
+            Xv = check_X(X_val, n_dims=2, n_features=X.shape[1], who="LightGBMReturns.fit(validation)")
+            Yv = check_Y(Y_val, Xv.shape[0], len(self.horizons), who="LightGBMReturns.fit(validation)")
+            valid = (lgb.Dataset(Xv, label=Yv[:, 0], reference=data, free_raw_data=False).construct(), Yv)
         boosters = []
         for j in range(Y.shape[1]):
             data.set_label(Y[:, j])
-            boosters.append(lgb.train(params, data, num_boost_round=self.cfg.n_estimators))
+            kwargs: dict[str, Any] = {}
+            if plain:
+                kwargs["callbacks"] = plain
+                if valid is not None:
+                    valid[0].set_label(valid[1][:, j])
+                    kwargs.update(valid_sets=[valid[0]], valid_names=["val"], feval=fevals or None)
+            boosters.append(lgb.train(params, data, num_boost_round=self.cfg.n_estimators, **kwargs))
         self.boosters_ = boosters
         self.n_features_ = X.shape[1]
         return self
@@ -98,9 +140,39 @@ class LightGBMReturns:
 
     def get_params(self) -> dict[str, Any]:
         """Flat hyperparameters (config fields + horizons), for MLflow."""
-        return {**self.cfg.model_dump(), "horizons": ",".join(map(str, self.horizons)), "model_type": self.model_type}
+        params = {**self.cfg.model_dump(), "horizons": ",".join(map(str, self.horizons)), "model_type": self.model_type}
+        if self.objective != "l2":  # l2 runs stay exactly as they were logged before objectives existed
+            params["objective"] = self.objective
+        return params
 
 
-def build(cfg: Any, n_features: int, horizons: Sequence[int]) -> LightGBMReturns:
-    """`make_model` factory: `cfg` is the whole TrainingConfig."""
-    return LightGBMReturns(cfg.lightgbm, horizons, target_opset=cfg.export.target_opset)
+def _build(cfg: LightGBMConfig, n_features: int, horizons: Sequence[int], *, objective: str,
+           context: ModelContext) -> LightGBMReturns:
+    return LightGBMReturns(cfg, horizons, target_opset=context.training.export.target_opset, objective=objective)
+
+
+def _pruning(req: PruningRequest) -> list[Any]:
+    """Optuna's LightGBM callback on the validation slice, scored with the tuning metric every
+    `report_interval` boosting iterations."""
+    from optuna_integration import LightGBMPruningCallback
+
+    def feval(preds: np.ndarray, dataset: Any) -> tuple[str, float, bool]:
+        return req.metric, req.score(preds, dataset.get_label()), True
+
+    cb = LightGBMPruningCallback(req.trial, req.metric, valid_name="val", report_interval=req.report_interval)
+    return [ValidationCallback(cb, feval)]
+
+
+SPEC = ModelSpec(
+    name="lightgbm",
+    factory=_build,
+    config_class=LightGBMConfig,
+    input_kind="tabular",
+    tasks=("returns", "volatility"),
+    objectives=tuple(OBJECTIVES),
+    # No flags: the `lightgbm:` block of defaults.yaml (a preset of configs/models/lightgbm.yaml goes on top).
+    base_config=lambda ctx: ctx.training.lightgbm.model_dump(),
+    threads_field="num_threads",
+    untunable=frozenset({"seed"}),
+    pruning=_pruning,
+)

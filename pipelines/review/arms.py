@@ -6,13 +6,15 @@ the requests whose outcome is already known. Everything here is pure numpy/scipy
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
-from pipelines.review.hac import effective_sample_size
 from pipelines.contracts.errors import KairosError
+from pipelines.review.hac import effective_sample_size
+from pipelines.training.metrics import direction_hits, fee_aware_pnl, trade_rows, wilson_interval
 
 
 class ABDataError(KairosError):
@@ -63,7 +65,7 @@ class ArmData:
     def __len__(self) -> int:
         return int(self.prediction.size)
 
-    def upto(self, cutoff_ms: int) -> "ArmData":
+    def upto(self, cutoff_ms: int) -> ArmData:
         """The rows with time <= cutoff_ms (what a review at that time could see)."""
         k = int(np.searchsorted(self.time, cutoff_ms, side="right"))
         return ArmData(self.name, self.prediction[:k], self.realised[:k], self.time[:k], self.horizon)
@@ -81,7 +83,7 @@ class ArmMetrics:
     ic: float  # Spearman rank correlation of prediction vs realised
     mse: float  # mean squared error, (log return)^2
     pnl_total: float  # sum of net per-trade log P&L (every h-th request is a trade)
-    pnl_total_return: float  # exp(pnl_total) - 1, as `pipelines.training.evaluation` reports it
+    pnl_total_return: float  # exp(pnl_total) - 1, as `pipelines.training.metrics.sign_pnl` reports it
     pnl_mean_bps: float  # mean net P&L per trade, basis points
     turnover: float  # sum of |position change| over trades, positions in {-1, 0, 1}
 
@@ -102,58 +104,9 @@ class ArmMetrics:
         }
 
 
-def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion.
-
-    Args:
-        successes: number of successes (may be fractional when n is an effective sample size).
-        n: number of trials (> 0), or an effective sample size.
-        confidence: two-sided coverage, e.g. 0.95.
-
-    Returns:
-        (low, high) in [0, 1]; (nan, nan) when n == 0.
-    """
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    z = stats.norm.ppf(0.5 + confidence / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
-
-
-def direction_hits(prediction: np.ndarray, realised: np.ndarray) -> np.ndarray:
-    """1.0 where sign(prediction) == sign(realised), else 0.0, for rows with realised != 0.
-
-    A zero prediction (no call) counts as a miss; rows with realised == 0 are dropped because
-    neither direction is right there. Returns float (m,), m <= n.
-    """
-    keep = realised != 0
-    return (np.sign(prediction[keep]) == np.sign(realised[keep])).astype(np.float64)
-
-
 def sign_positions(prediction: np.ndarray) -> np.ndarray:
     """The traded position per request: sign of the prediction, in {-1, 0, +1}, float (n,)."""
     return np.sign(prediction).astype(np.float64)
-
-
-def fee_aware_pnl(prediction: np.ndarray, realised: np.ndarray, fee_bps: float) -> np.ndarray:
-    """Net P&L per request of the sign strategy, log-return units, float (n,).
-
-    Same definition as `pipelines.training.evaluation.sign_pnl`: hold sign(prediction) over the horizon, earn
-    position * realised, pay fee_bps (1 bp = 1e-4) per unit of turnover |pos_t - pos_{t-1}|,
-    starting flat. A flip from +1 to -1 is 2 units of turnover. Pass only the traded rows
-    (`trade_rows`) for horizons > 1 so holding periods do not overlap.
-    """
-    pos = sign_positions(prediction)
-    turnover = np.abs(np.diff(pos, prepend=0.0))
-    return pos * realised - fee_bps * 1e-4 * turnover
-
-
-def trade_rows(n: int, horizon: int) -> np.ndarray:
-    """Rows traded at `horizon`: every h-th request (as the training evaluation), int (ceil(n/h),)."""
-    return np.arange(0, n, horizon, dtype=np.int64)
 
 
 def arm_metrics(arm: ArmData, *, fee_bps: float, confidence: float = 0.95) -> ArmMetrics:
@@ -191,18 +144,22 @@ def arm_metrics(arm: ArmData, *, fee_bps: float, confidence: float = 0.95) -> Ar
     )
 
 
-def per_request_loss(arm: ArmData, loss: str, fee_bps: float) -> tuple[np.ndarray, np.ndarray]:
+def per_request_loss(arm: ArmData, loss: str | Callable, fee_bps: float) -> tuple[np.ndarray, np.ndarray]:
     """The per-request loss the tests compare, and the row mask it was computed on.
 
     Args:
         arm: the arm.
-        loss: "direction" (1 - hit; rows with realised == 0 dropped), "squared" (squared error)
-            or "pnl" (minus the net fee-aware P&L per trade, in basis points; every h-th row).
+        loss: "direction" (1 - hit; rows with realised == 0 dropped), "squared" (squared error),
+            "pnl" (minus the net fee-aware P&L per trade, in basis points; every h-th row), or a task's
+            `row_loss(prediction, realised) -> (loss, keep)`.
         fee_bps: fee per unit turnover, for "pnl".
 
     Returns:
         (loss (m,), keep mask (n,)): lower loss is better.
     """
+    if callable(loss):
+        values, keep = loss(arm.prediction, arm.realised)
+        return np.asarray(values, np.float64), np.asarray(keep, bool)
     if loss == "direction":
         keep = arm.realised != 0
         return 1.0 - direction_hits(arm.prediction, arm.realised), keep

@@ -8,8 +8,9 @@ it for the humans reading the report; they are valid for one look only.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -155,7 +156,8 @@ def compare_arms(
     fee_bps: float,
     alpha: float = 0.05,
     looks: int | Sequence[int] | None = None,
-    loss: LossName = "direction",
+    loss: LossName | Callable = "direction",
+    loss_name: str | None = None,
     min_samples: int = 100,
     plan_n: int = 10_000,
     bootstrap_reps: int = 2000,
@@ -171,7 +173,7 @@ def compare_arms(
         alpha: family-wise level over all looks (PromotionPolicy.alpha).
         looks: the reviews so far (see `look_times`); the verdict is valid however many there are.
         loss: per-request loss compared: "direction" (0/1 miss; the promotion metric), "squared"
-            or "pnl" (minus net P&L).
+            or "pnl" (minus net P&L), or a task's `row_loss` (then name it with `loss_name`).
         min_samples: per-arm burn-in rows before any look is evaluated (PromotionPolicy.min_samples).
         plan_n: per-arm rows at which the sequential test is tuned to be most powerful.
         bootstrap_reps: block-bootstrap replications (split only).
@@ -188,11 +190,12 @@ def compare_arms(
         raise ABDataError(f"alpha must be in (0, 1), got {alpha}")
     m_a = arm_metrics(champion, fee_bps=fee_bps, confidence=1 - alpha)
     m_b = arm_metrics(challenger, fee_bps=fee_bps, confidence=1 - alpha)
+    name = loss_name or (loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"))
     la, keep_a = per_request_loss(champion, loss, fee_bps)
     lb, keep_b = per_request_loss(challenger, loss, fee_bps)
     ta, tb = champion.time[keep_a], challenger.time[keep_b]
     if min(la.size, lb.size) < 2:
-        raise ABDataError(f"fewer than 2 rows with a usable {loss!r} loss per arm; wait for more traffic")
+        raise ABDataError(f"fewer than 2 rows with a usable {name!r} loss per arm; wait for more traffic")
     times = look_times(np.concatenate([ta, tb]), looks)
     ca = np.searchsorted(ta, times, side="right")
     cb = np.searchsorted(tb, times, side="right")
@@ -209,7 +212,7 @@ def compare_arms(
     return ABResult(
         verdict=_verdict(seq, min_samples),
         paired=paired,
-        loss=loss,
+        loss=name,
         horizon=h,
         alpha=alpha,
         champion=m_a,

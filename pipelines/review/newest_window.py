@@ -2,33 +2,31 @@
 
 The challenger's predictions on its newest test window are out-of-sample (walk-forward). The champion
 was trained earlier; its predictions are out-of-sample only on rows after its training window ended, so
-both are compared on exactly those rows.
+both are compared on exactly those rows, with the task's promotion metric.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipelines.tasks import Task
 from pipelines.training.walk_forward import NewestWindow
 
 
 @dataclass(frozen=True)
 class WindowComparison:
     horizon: int
-    rows: int  # rows compared (both out-of-sample, realised return != 0)
-    challenger_accuracy: float
-    champion_accuracy: float | None
+    metric: str  # the task's promotion metric, e.g. "accuracy" (returns) or "qlike" (volatility)
+    higher_is_better: bool
+    rows: int  # rows compared (both out-of-sample, realised label finite)
+    challenger_score: float
+    champion_score: float | None
     start: pd.Timestamp | None
     end: pd.Timestamp | None
-
-
-def direction_hits(pred: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    """Boolean hits on rows with a non-zero realised return (flat candles have no direction)."""
-    keep = np.isfinite(pred) & np.isfinite(actual) & (actual != 0)
-    return (np.sign(pred[keep]) == np.sign(actual[keep]))
 
 
 def compare_on_newest_window(
@@ -37,8 +35,13 @@ def compare_on_newest_window(
     horizon: int,
     champion_predictions: pd.DataFrame | None,
     champion_train_end: pd.Timestamp | None,
+    *,
+    task: Task,
+    interval: str = "1m",
+    cfg: Any = None,
 ) -> WindowComparison:
-    """Accuracy of challenger and champion at `horizon` on the newest-window rows both saw out-of-sample.
+    """The task's promotion metric for challenger and champion at `horizon`, on the newest-window rows
+    both saw out-of-sample.
 
     Args:
         newest: the challenger's newest test window (open_times epoch ms, predictions/actuals [n, H]).
@@ -47,30 +50,54 @@ def compare_on_newest_window(
         champion_predictions: frame with `open_time` (UTC) and `h{horizon}` columns from the champion bundle,
             or None when there is no champion yet.
         champion_train_end: last open_time of the champion's training window (rows after it are fresh).
+        task: the registered model's task (its `promotion_metric` and `score`).
+        interval, cfg: candle interval and `EvaluationConfig`, for metrics that need them.
     """
     if horizon not in horizons:
         raise ValueError(f"policy horizon {horizon} is not among the model's horizons {horizons}")
     j = horizons.index(horizon)
     times = pd.to_datetime(np.asarray(newest.open_times, dtype="int64"), unit="ms", utc=True)
-    mask = np.ones(len(times), dtype=bool)
+    mask = np.isfinite(newest.actuals[:, j])
     if champion_train_end is not None:
         mask &= np.asarray(times > champion_train_end)
     pred_c, actual = newest.predictions[mask, j], newest.actuals[mask, j]
-    champ_acc = None
+    sel = times[mask]
+
+    def score(pred: np.ndarray) -> float:
+        return float(task.score(pred, actual, task.promotion_metric, horizon, interval=interval, cfg=cfg)) \
+            if actual.size else float("nan")
+
+    champ_score = None
     if champion_predictions is not None:
         champ = champion_predictions.set_index("open_time")[f"h{horizon}"]
-        pred_champ = champ.reindex(times[mask]).to_numpy(dtype=float)
+        pred_champ = champ.reindex(sel).to_numpy(dtype=float)
         both = np.isfinite(pred_champ)
-        pred_c, actual, pred_champ = pred_c[both], actual[both], pred_champ[both]
-        hits_champ = direction_hits(pred_champ, actual)
-        champ_acc = float(hits_champ.mean()) if hits_champ.size else float("nan")
-    hits = direction_hits(pred_c, actual)
-    sel = times[mask]
+        pred_c, actual, pred_champ, sel = pred_c[both], actual[both], pred_champ[both], sel[both]
+        champ_score = score(pred_champ)
+    rows = int(task.score(pred_c, actual, "n", horizon, interval=interval, cfg=cfg)) if actual.size else 0
     return WindowComparison(
         horizon=horizon,
-        rows=int(hits.size),
-        challenger_accuracy=float(hits.mean()) if hits.size else float("nan"),
-        champion_accuracy=champ_acc,
+        metric=task.promotion_metric,
+        higher_is_better=task.higher_is_better,
+        rows=rows,
+        challenger_score=score(pred_c),
+        champion_score=champ_score,
         start=sel.min() if len(sel) else None,
         end=sel.max() if len(sel) else None,
     )
+
+
+def training_end(manifest: Any) -> pd.Timestamp:
+    """The last open_time (UTC) of a bundle's training window: its predictions after it are out-of-sample."""
+    end = pd.Timestamp(manifest.training["end"])
+    return end.tz_localize("UTC") if end.tzinfo is None else end
+
+
+def champion_candle_range(newest: NewestWindow, manifest: Any, interval: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Candles a bundle needs to predict every newest-window row: its warm-up (+ window length) before the
+    first row, through the last row."""
+    from pipelines.contracts.schema import interval_delta
+
+    times = pd.to_datetime(np.asarray(newest.open_times, dtype="int64"), unit="ms", utc=True)
+    history = interval_delta(interval) * (manifest.feature_set.warmup + (manifest.sequence_length or 1) + 5)
+    return times.min() - history, times.max()

@@ -1,8 +1,8 @@
-"""Outcomes: join the prediction log with the realised log returns from the candle store.
+"""Outcomes: join the prediction log with the realised outcomes from the candle store.
 
-A log record made at candle t (its `open_time`) predicts, per horizon h, ln(close[t+h] / close[t])
-(the `pipelines.labels` definition). Its outcome is known once candle t+h has closed and is in the
-store. Each (record, horizon) lands in exactly one of three frames:
+A log record made at candle t (its `open_time`) predicts, per horizon h, the task's label (for
+returns ln(close[t+h] / close[t]); `pipelines.tasks.<task>.realised`). Its outcome is known once
+candle t+h has closed and is in the store. Each (record, horizon) lands in exactly one of three frames:
 
 - `resolved`: the realised return is known;
 - `pending`: candle t+h has not closed yet, or the store has not caught up with it: the row is kept
@@ -21,18 +21,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipelines.review.arms import ArmData
 from pipelines.contracts.errors import KairosError
 from pipelines.contracts.schema import interval_delta
+from pipelines.review.arms import ArmData
+from pipelines.tasks import DEFAULT_TASK, Task, get_task
 
 # Columns of the long (record x horizon) frames.
 LONG_COLUMNS = [
     "request_id", "time", "time_ms", "open_time", "arm", "version", "served", "mode",
     "horizon", "prediction", "target_time", "realised",
-]  # fmt: skip
+]
 _LOG_REQUIRED = [
     "request_id", "time", "symbol", "interval", "open_time", "arm", "version", "horizons", "predictions",
-]  # fmt: skip
+]
 
 
 class OutcomeError(KairosError):
@@ -69,7 +70,8 @@ def _check_log(log: pd.DataFrame) -> None:
     missing = [c for c in _LOG_REQUIRED if c not in log.columns]
     if missing:
         raise OutcomeError(
-            f"prediction log frame lacks columns {missing}; read it with serving.predlog.read_prediction_log"
+            f"prediction log frame lacks columns {missing}; "
+            "read it with pipelines.contracts.predlog.read_prediction_log"
         )
     for col in ("symbol", "interval"):
         values = sorted(set(log[col].astype(str)))
@@ -119,11 +121,13 @@ def join_outcomes(
     interval: str,
     now: pd.Timestamp | None = None,
     store_last: pd.Timestamp | None = None,
+    task: Task | None = None,
 ) -> Outcomes:
-    """Attach the realised log return ln(close[t+h]/close[t]) to every (record, horizon) it is known for.
+    """Attach the realised outcome (the task's label, e.g. ln(close[t+h]/close[t])) to every (record,
+    horizon) it is known for.
 
     Args:
-        log: the prediction log (`serving.predlog.read_prediction_log`), one model.
+        log: the prediction log (`pipelines.contracts.predlog.read_prediction_log`), one model.
         candles: candle frame of that symbol/interval covering [min open_time, max open_time + max h]
             (extra rows are fine); `open_time` tz-aware UTC.
         interval: candle interval, e.g. "1m" (sets the candle length Δ: target = t + h·Δ).
@@ -131,6 +135,7 @@ def join_outcomes(
             once now >= s + Δ.
         store_last: open_time of the store's newest candle of the series; default the newest in
             `candles`. Targets after it are pending (the store has not caught up), not missing.
+        task: the model's task (`Task.realised` reads the candle grid); default returns.
 
     Returns:
         Outcomes with resolved / pending / missing long frames (`LONG_COLUMNS`).
@@ -156,10 +161,7 @@ def join_outcomes(
     known_ms = int((known_until - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(milliseconds=1))
 
     rows["target_time"] = rows["open_time"].to_numpy(np.int64) + rows["horizon"].to_numpy(np.int64) * delta_ms
-    base = close.reindex(rows["open_time"].to_numpy()).to_numpy()
-    target = close.reindex(rows["target_time"].to_numpy()).to_numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        realised = np.log(target / base)
+    realised = _realise(task or get_task(DEFAULT_TASK, (1,)), close, rows, delta_ms)
     rows["realised"] = realised
     if store_last is None:  # an empty store: nothing can be known yet
         elapsed = np.zeros(len(rows), dtype=bool)
@@ -170,6 +172,30 @@ def join_outcomes(
     pending = rows[~elapsed].assign(realised=np.nan).reset_index(drop=True)
     missing = rows[elapsed & ~have].assign(realised=np.nan).reset_index(drop=True)
     return Outcomes(resolved[LONG_COLUMNS], pending[LONG_COLUMNS], missing[LONG_COLUMNS], known_until)
+
+
+def _realise(task: Task, close: pd.Series, rows: pd.DataFrame, delta_ms: int) -> np.ndarray:
+    """The task's realised value per (record, horizon), NaN where a candle it reads is absent.
+
+    `close` (epoch ms → close) is laid on a regular grid of step Δ (NaN where a candle is missing), so a
+    task reads any candles between t and t + h (volatility needs every one of them, returns two).
+    """
+    out = np.full(len(rows), np.nan)
+    if close.empty or rows.empty:
+        return out
+    t0 = int(close.index.min())
+    offsets = close.index.to_numpy(np.int64) - t0
+    on_grid = offsets % delta_ms == 0
+    grid = np.full(int(offsets.max() // delta_ms) + 1, np.nan)
+    grid[offsets[on_grid] // delta_ms] = close.to_numpy(np.float64)[on_grid]
+    rel = rows["open_time"].to_numpy(np.int64) - t0
+    base = np.where((rel >= 0) & (rel % delta_ms == 0), rel // delta_ms, -1)
+    horizons = rows["horizon"].to_numpy(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for h in np.unique(horizons):
+            m = horizons == h
+            out[m] = task.realised(grid, base[m], int(h))
+    return out
 
 
 @dataclass(frozen=True)
@@ -221,7 +247,7 @@ def experiment_arms(
         return ArmData(
             name, df["prediction"].to_numpy(np.float64), df["realised"].to_numpy(np.float64),
             df["time_ms"].to_numpy(np.int64), horizon,
-        )  # fmt: skip
+        )
 
     return Experiment(
         horizon, arm(a, f"champion v{champion_version}"), arm(b, f"challenger v{challenger_version}"), False

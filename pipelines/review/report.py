@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from pipelines.review.arms import ArmData, direction_hits, fee_aware_pnl, trade_rows, wilson_interval
+from pipelines.review.arms import ArmData
 from pipelines.review.compare import ABResult
+from pipelines.training.metrics import direction_hits, fee_aware_pnl, trade_rows, wilson_interval
 
 FIGURES = ("cumulative_loss_difference.png", "accuracy_over_time.png", "pnl_curves.png")
 _COLORS = {"champion": "#1f77b4", "challenger": "#d62728"}
@@ -45,18 +47,28 @@ def _direction_rows(arm: ArmData) -> tuple[np.ndarray, np.ndarray]:
     return arm.time[keep], direction_hits(arm.prediction, arm.realised)
 
 
-def cumulative_loss_difference(champion: ArmData, challenger: ArmData) -> tuple[np.ndarray, np.ndarray]:
-    """(time ms (k,), D (k,)) with D(t) = n_a(t) · (mean loss_a(t) − mean loss_b(t)), direction loss.
+def _loss_rows(arm: ArmData, loss: Callable | None) -> tuple[np.ndarray, np.ndarray]:
+    """(time ms (m,), loss (m,)): the task's per-request loss, or the direction loss 1 - hit."""
+    if loss is None:
+        t, hits = _direction_rows(arm)
+        return t, 1.0 - hits
+    values, keep = loss(arm.prediction, arm.realised)
+    return arm.time[keep], np.asarray(values, np.float64)
 
-    Evaluated at every champion row time once both arms have a row; equals cumsum(loss_a − loss_b)
-    for paired arms.
+
+def cumulative_loss_difference(champion: ArmData, challenger: ArmData,
+                               loss: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(time ms (k,), D (k,)) with D(t) = n_a(t) · (mean loss_a(t) − mean loss_b(t)).
+
+    `loss` is the task's `row_loss` (default: the direction loss). Evaluated at every champion row time
+    once both arms have a row; equals cumsum(loss_a − loss_b) for paired arms.
     """
-    ta, ha = _direction_rows(champion)
-    tb, hb = _direction_rows(challenger)
+    ta, la = _loss_rows(champion, loss)
+    tb, lb = _loss_rows(challenger, loss)
     if not ta.size or not tb.size:
         return np.array([], dtype=np.int64), np.array([])
-    la_cum = np.cumsum(1.0 - ha)  # champion losses so far
-    lb_cum = np.cumsum(1.0 - hb)
+    la_cum = np.cumsum(la)  # champion losses so far
+    lb_cum = np.cumsum(lb)
     nb = np.searchsorted(tb, ta, side="right")  # challenger rows up to each champion row
     ok = nb > 0
     na = np.arange(1, ta.size + 1)[ok]
@@ -104,7 +116,7 @@ def _time_axis(ax) -> None:
 
 
 def _plot_all(out_dir: Path, arms: dict[int, tuple[ArmData, ArmData]], results: dict[int, ABResult],
-              fee_bps: float) -> tuple[Path, ...]:  # fmt: skip
+              fee_bps: float, loss: Callable | None = None, directional: bool = True) -> tuple[Path, ...]:
     hs = sorted(arms)
     fig_d, ax_d = _figure(len(hs))
     fig_a, ax_a = _figure(len(hs))
@@ -112,7 +124,7 @@ def _plot_all(out_dir: Path, arms: dict[int, tuple[ArmData, ArmData]], results: 
     for i, h in enumerate(hs):
         champ, chall = arms[h]
         res = results.get(h)
-        t, d = cumulative_loss_difference(champ, chall)
+        t, d = cumulative_loss_difference(champ, chall, loss)
         ax_d[i].plot(_dt(t), d, color="k", lw=1)
         ax_d[i].axhline(0, color="grey", lw=0.6)
         ax_d[i].set_ylabel(f"h{h}: cum. loss diff")
@@ -131,11 +143,13 @@ def _plot_all(out_dir: Path, arms: dict[int, tuple[ArmData, ArmData]], results: 
         _time_axis(axes[-1])
     ax_a[0].legend(loc="best", fontsize=8)
     ax_p[0].legend(loc="best", fontsize=8)
-    fig_d.suptitle("Cumulative direction-loss difference (champion − challenger; up = challenger wins)")
+    loss_name = "direction" if loss is None else getattr(loss, "__name__", "task")
+    fig_d.suptitle(f"Cumulative {loss_name}-loss difference (champion − challenger; up = challenger wins)")
     fig_a.suptitle("Cumulative direction accuracy with HAC-adjusted Wilson bands")
     fig_p.suptitle(f"Cumulative fee-aware P&L of the sign strategy ({fee_bps:g} bp per unit turnover)")
     paths = []
-    for fig, name in zip((fig_d, fig_a, fig_p), FIGURES):
+    figs = (fig_d, fig_a, fig_p) if directional else (fig_d,)  # accuracy and sign P&L only mean something
+    for fig, name in zip(figs, FIGURES):                          # for signed-return predictions
         fig.savefig(out_dir / name, format="png")
         paths.append(out_dir / name)
     return tuple(paths)
@@ -151,26 +165,26 @@ def _num(x: float | None, fmt: str = "{:+.4g}") -> str:
 
 def _table(results: dict[int, ABResult]) -> str:
     head = ("horizon", "arm", "n", "accuracy [CI]", "IC", "MSE", "P&L (fees)", "verdict (always-valid)",
-            "p (always-valid)", "DM p / bootstrap CI", "naive Welch p (1 look)")  # fmt: skip
+            "p (always-valid)", "DM p / bootstrap CI", "naive Welch p (1 look)")
     rows = []
     for h, r in sorted(results.items()):
         fixed = (f"DM {r.dm.dm_hln:+.2f}, p={r.dm.p_value:.3g}" if r.dm else
-                 f"[{_num(r.bootstrap.low)}, {_num(r.bootstrap.high)}]" if r.bootstrap else "—")  # fmt: skip
+                 f"[{_num(r.bootstrap.low)}, {_num(r.bootstrap.high)}]" if r.bootstrap else "—")
         welch = f"{r.welch.p_value:.3g} (d={r.welch.cohens_d:+.3f})" if r.welch else "—"
         for k, (who, m) in enumerate((("champion", r.champion), ("challenger", r.challenger))):
             cells = [str(h) if k == 0 else "", who, f"{m.n:,}",
                      f"{_pct(m.accuracy)} [{_pct(m.accuracy_ci[0])}, {_pct(m.accuracy_ci[1])}]",
-                     _num(m.ic), _num(m.mse, "{:.3e}"), _num(m.pnl_total_return * 100, "{:+.3f}%")]  # fmt: skip
+                     _num(m.ic), _num(m.mse, "{:.3e}"), _num(m.pnl_total_return * 100, "{:+.3f}%")]
             cells += [r.verdict, f"{r.p_value:.3g}", fixed, welch] if k == 0 else [""] * 4
             rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")  # fmt: skip
+            + "".join(rows) + "</tbody></table>")
 
 
 _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
         ".verdict{font-size:1.2em;padding:.6em;border-left:5px solid #555;background:#f5f5f5}"
-        "img{max-width:100%}")  # fmt: skip
+        "img{max-width:100%}")
 
 
 def write_review_report(
@@ -186,6 +200,8 @@ def write_review_report(
     fee_bps: float,
     missing_note: str = "",
     generated_at: datetime | None = None,
+    loss: Callable | None = None,
+    directional: bool = True,
 ) -> ReviewReport:
     """Write `report.html` and the three PNGs into `out_dir` (created).
 
@@ -200,13 +216,15 @@ def write_review_report(
         fee_bps: fee of the P&L curves.
         missing_note: extra line on missing candles (e.g. the first few gaps).
         generated_at: report time (default now, UTC).
+        loss: the task's per-request loss (`Task.row_loss`; default the direction loss).
+        directional: the task predicts signed returns (accuracy and P&L figures are drawn).
 
     Returns:
         ReviewReport with the paths written.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = _plot_all(out_dir, arms, results, fee_bps) if arms else ()
+    figures = _plot_all(out_dir, arms, results, fee_bps, loss, directional) if arms else ()
     when = (generated_at or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")
     any_r = next(iter(results.values()), None)
     mode = "—" if any_r is None else ("shadow (paired)" if any_r.paired else "split")

@@ -100,7 +100,7 @@ def _raw_rows(exchange: ccxt.Exchange) -> dict[int, list]:
 def _to_frame(rows: list[list], raw: dict[int, list], symbol: str, interval: str) -> pd.DataFrame:
     """Unified OHLCV rows (+ matching raw rows) → candle frame; see the module doc for fills."""
     a = np.array([[np.nan if v is None else v for v in r[:6]] for r in rows], dtype=np.float64)  # (n, 6)
-    ts, o, h, l, c, v = a.T
+    ts, o, h, l, c, v = a.T  # noqa: E741  (o, h, l, c: the OHLC columns)
     quote = v * (h + l + c) / 3.0
     trades = np.zeros(len(rows), dtype=np.int64)
     tbb, tbq = v / 2.0, quote / 2.0

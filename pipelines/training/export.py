@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import onnx
 import numpy as np
+import onnx
 from onnx import TensorProto, helper
 
 from pipelines.contracts.errors import KairosError
@@ -193,4 +193,26 @@ def lightgbm_to_onnx(boosters: Sequence[Any], n_features: int, *, target_opset: 
         round_thresholds_down(part, booster)
     model = merge_column_models(parts, n_features)
     check_self_contained(model)
+    return model.SerializeToString()
+
+
+def rename_output(onnx_bytes: bytes, old: str, new: str) -> bytes:
+    """The graph with its output `old` (and every reference to it) named `new`; unchanged when equal.
+
+    Model families export their prediction as `returns` (`pipelines.models.base.OUTPUT_NAME`); the task
+    names it in the bundle (e.g. `log_variance`), so a family never needs to know the task.
+    """
+    if old == new:
+        return onnx_bytes
+    model = onnx.load_model_from_string(onnx_bytes)
+    names = {o.name for o in model.graph.output}
+    if old not in names or new in names:
+        raise ExportError(f"cannot rename graph output {old!r} to {new!r}: graph outputs are {sorted(names)}")
+    for node in model.graph.node:
+        node.output[:] = [new if n == old else n for n in node.output]
+        node.input[:] = [new if n == old else n for n in node.input]
+    for o in model.graph.output:
+        if o.name == old:
+            o.name = new
+    onnx.checker.check_model(model)
     return model.SerializeToString()

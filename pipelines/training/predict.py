@@ -34,8 +34,8 @@ def predict_bundle(onnx_bytes: bytes, manifest: Manifest, candles: pd.DataFrame,
     Raises:
         BundleError: the features do not match the manifest's input.
     """
+    from pipelines.contracts.onnx import run_onnx
     from pipelines.features import compute_features
-    from validation.parity import run_onnx
 
     fs = manifest.feature_set
     shape = manifest.input.shape
@@ -43,7 +43,10 @@ def predict_bundle(onnx_bytes: bytes, manifest: Manifest, candles: pd.DataFrame,
     feats = compute_features(candles, fs.name)
     missing = [c for c in fs.names if c not in feats.columns]
     if missing:
-        raise BundleError(f"feature set {fs.name!r} lacks {missing} named by the manifest; the bundle needs a newer pipelines.features")
+        raise BundleError(
+            f"feature set {fs.name!r} lacks {missing} named by the manifest; "
+            "the bundle needs a newer pipelines.features"
+        )
     if shape[-1] != len(fs.names):
         raise BundleError(f"manifest input shape {shape} does not match {len(fs.names)} feature names")
     X_all = np.ascontiguousarray(feats[list(fs.names)].to_numpy(np.float64), dtype=np.float32)  # (N, F)
@@ -63,7 +66,11 @@ def predict_bundle(onnx_bytes: bytes, manifest: Manifest, candles: pd.DataFrame,
         X = X_all[end_rows]
     else:
         raise BundleError(f"manifest input shape {shape} is neither [N, F] nor [N, T, F]")
-    pred = run_onnx(onnx_bytes, X, threads=threads) if len(end_rows) else np.empty((0, len(cols)))
+    output = manifest.outputs[0].name if manifest.outputs else None  # the task's prediction
+    if len(end_rows):
+        pred = run_onnx(onnx_bytes, X, output=output, threads=threads)
+    else:
+        pred = np.empty((0, len(cols)))
     out = pd.DataFrame(pred, columns=cols)
     out.insert(0, "open_time", times.iloc[end_rows].reset_index(drop=True))
     return out

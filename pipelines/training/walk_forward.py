@@ -1,12 +1,13 @@
 """Walk-forward training of one model for one symbol: the pure core of `kairos train`.
 
-`train_walk_forward(candles, cfg)` → features + labels → folds (purged) → per-fold fit/predict →
-metrics beside naive baselines → final fit on the newest window → ONNX export → parity check →
-`TrainResult` (everything the registry logs, and the bundle).
+`train_walk_forward(candles, cfg, task=...)` → features + the task's labels → folds (purged) → per-fold
+fit/predict → the task's metrics beside its naive baselines (fitted on the training fold only) → final
+fit on the newest window → ONNX export → parity check → `TrainResult` (everything the registry logs,
+and the bundle). Nothing here knows which task it trains: `pipelines.tasks` does.
 
 Row bookkeeping (all indices are candle rows of the input frame, oldest first):
-    [0, start)        warm-up (features inexact; for sequence models also the first T-1 rows)
-    [start, end)      labelled rows, end = N - max(horizons) (later rows have NaN labels)
+    [0, start)        warm-up (features or baseline inputs inexact; for sequence models also the first T-1 rows)
+    [start, end)      labelled rows, end = N - task.lookahead (later rows have NaN labels)
     [lo, end)         the newest `walk_forward.window` of them: the rows folds index into
 """
 
@@ -24,35 +25,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.contracts.bundle import FeatureSetSpec, Manifest, OutputSpec, TensorSpec
 from pipelines.config import TrainingConfig
+from pipelines.contracts.bundle import FeatureSetSpec, Manifest, OutputSpec, TensorSpec
 from pipelines.contracts.errors import KairosError
+from pipelines.contracts.newest_window import NewestWindow  # re-exported: tests and callers import it here
+from pipelines.models.base import OUTPUT_NAME
+from pipelines.tasks import DEFAULT_TASK, Task, get_task, nested_report
+from pipelines.training.export import rename_output
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 HASHED_COLUMNS = ["open", "high", "low", "close", "volume"]  # candle values the data hash covers
 
 
 @dataclass
-class NewestWindow:
-    """The newest test window: what the promotion policy compares champion and challenger on."""
-
-    open_times: np.ndarray  # int64 epoch ms of the rows, shape (n,)
-    predictions: np.ndarray  # float, (n, H): the model's out-of-sample predictions
-    actuals: np.ndarray  # float, (n, H): realised log returns
-
-
-@dataclass
 class TrainResult:
+    task: str  # "returns", "volatility", ...
     model_type: str
     symbol: str
     interval: str
     feature_names: list[str]
     horizons: list[int]
     params: dict[str, Any]  # model hyperparameters, flat
-    fold_metrics: list[dict[str, float]]  # per fold, flat "{who}.h{h}.{metric}" (who: model|always_up|persistence|reversal)
+    fold_metrics: list[dict[str, float]]  # per fold, flat "{who}.h{h}.{metric}" (who: model | the task's baselines)
     summary_metrics: dict[str, float]  # overall (all test rows pooled), same flat keys
     report: dict[str, Any]  # nested: {who: {"h1": {metric: value, ...}}} for tables
     newest_window: NewestWindow
+    newest_metric: str  # the task's promotion metric, scored per horizon on the newest window
+    newest_scores: dict[int, tuple[float, int]]  # horizon → (promotion metric, rows judged)
     data_window: dict[str, Any]  # {"start": iso, "end": iso, "rows": int, "data_hash": sha256}
     onnx_bytes: bytes
     manifest: Manifest
@@ -69,11 +68,11 @@ class TrainingError(KairosError):
 
 @dataclass(frozen=True)
 class _Dataset:
-    """Rows [lo, end) of the candle frame, ready for folds: X, Y, baseline input and times."""
+    """Rows [lo, end) of the candle frame, ready for folds: X, Y, baseline inputs and times."""
 
     X: np.ndarray  # float32 (n, F) or a (n, T, F) window view
-    Y: np.ndarray  # float64 (n, H)
-    last_return: np.ndarray  # float64 (n,): ln(close[t]/close[t-1]), the persistence baseline
+    Y: np.ndarray  # float64 (n, H): the task's labels
+    A: np.ndarray  # float64 (n, K): the task's baseline inputs (candles <= t)
     open_time: pd.Series  # UTC timestamps of the rows
     lo: int
     end: int
@@ -101,10 +100,9 @@ def data_hash(candles: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def _prepare(candles: pd.DataFrame, cfg: TrainingConfig, fs: Any, seq_len: int | None) -> _Dataset:
-    """Features, labels and the usable row range [lo, end) (see the module docstring)."""
+def _prepare(candles: pd.DataFrame, cfg: TrainingConfig, fs: Any, seq_len: int | None, task: Task) -> _Dataset:
+    """Features, the task's labels and baseline inputs, and the usable row range [lo, end) (module docstring)."""
     from pipelines.features import compute_features
-    from pipelines.labels import make_labels
 
     times = pd.to_datetime(candles["open_time"], utc=True).reset_index(drop=True)
     if not times.is_monotonic_increasing or times.duplicated().any():
@@ -112,19 +110,20 @@ def _prepare(candles: pd.DataFrame, cfg: TrainingConfig, fs: Any, seq_len: int |
     feats = compute_features(candles, fs.name)
     X_all = np.ascontiguousarray(feats[list(fs.names)].to_numpy(np.float64), dtype=np.float32)  # (N, F)
     close = candles["close"].to_numpy(np.float64)
-    horizons = list(cfg.labels.horizons)
-    Y_all = np.asarray(make_labels(close, horizons), dtype=np.float64)  # (N, H)
-    last_return = np.full(close.shape, np.nan)
-    last_return[1:] = np.log(close[1:] / close[:-1])
+    Y_all = np.asarray(task.labels(close), dtype=np.float64)  # (N, H)
+    A_all = np.asarray(task.baseline_inputs(close), dtype=np.float64)  # (N, K)
 
     n_rows, T = len(candles), seq_len or 1
-    start = max(int(fs.warmup), 1) + T - 1  # a window ending at `start` holds only exact rows
-    end = n_rows - max(horizons)
+    start = max(int(fs.warmup), int(task.warmup), 1) + T - 1  # a window ending at `start` holds only exact rows
+    end = n_rows - task.lookahead
     if end <= start:
         raise TrainingError(
-            f"{n_rows} candles leave no labelled rows after {start} warm-up rows and {max(horizons)} label rows; "
+            f"{n_rows} candles leave no labelled rows after {start} warm-up rows and {task.lookahead} label rows; "
             "supply more candles"
         )
+    if not np.isfinite(A_all[start:end]).all() or not np.isfinite(Y_all[start:end]).all():
+        raise TrainingError(f"task {task.name}: labels or baseline inputs are not finite past warm-up row {start}; "
+                            "check the candles for gaps or bad values (validation.candles)")
     first_row = start - T + 1
     bad = ~np.isfinite(X_all[first_row:end]).all(axis=1)
     if bad.any():
@@ -142,20 +141,17 @@ def _prepare(candles: pd.DataFrame, cfg: TrainingConfig, fs: Any, seq_len: int |
     else:
         X = X_all[lo:end]
     return _Dataset(
-        X=X, Y=Y_all[lo:end], last_return=last_return[lo:end],
+        X=X, Y=Y_all[lo:end], A=A_all[lo:end],
         open_time=times[lo:end].reset_index(drop=True), lo=lo, end=end, start=start,
     )
 
 
 def _fit(model: Any, ds: _Dataset, train_start: int, train_end: int, purge: int) -> Any:
-    """Fit on [train_start, train_end) minus a purged validation slice at its end (for early stopping)."""
-    from pipelines.training.splits import validation_split
+    """Fit on [train_start, train_end) minus a purged validation slice at its end (`training.fit.fit_fold`,
+    the fit path the tuner uses too)."""
+    from pipelines.training.fit import fit_fold
 
-    fit_end, val_start = validation_split(train_start, train_end, purge)
-    return model.fit(
-        ds.X[train_start:fit_end], ds.Y[train_start:fit_end],
-        X_val=ds.X[val_start:train_end], Y_val=ds.Y[val_start:train_end],
-    )
+    return fit_fold(model, ds.X, ds.Y, train_start, train_end, purge)
 
 
 def _finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -169,7 +165,10 @@ def train_walk_forward(
     symbol: str,
     interval: str,
     cfg: TrainingConfig,
+    task: Task | None = None,
     model_type: str = "lightgbm",
+    preset: str | None = None,
+    model_overrides: dict[str, Any] | None = None,
     synthetic: bool = False,
     progress: Progress | None = None,
 ) -> TrainResult:
@@ -180,35 +179,43 @@ def train_walk_forward(
         symbol: e.g. "FILUSDT".
         interval: e.g. "1m".
         cfg: the training config (features, labels, walk-forward, evaluation, model, export).
-        model_type: a key of `pipelines.models.MODEL_FACTORIES`.
+        task: what is predicted and how it is judged (`pipelines.tasks`); default returns at
+            `cfg.labels.horizons`.
+        model_type: a model family (`pipelines.models.available_models()`).
+        preset: a preset of `configs/models/<model_type>.yaml` (default: the file's `default`).
+        model_overrides: fields of the family's config set last (e.g. tuned params).
         synthetic: the candles are synthetic (recorded in the manifest).
         progress: optional callback (stage, done, total); stages "features", "folds", "final", "export".
 
     Returns:
-        TrainResult with fold/summary metrics for the model and the naive baselines, the newest
+        TrainResult with fold/summary metrics for the model and the task's baselines, the newest
         test window, the ONNX bytes and the manifest.
 
     Raises:
         TrainingError: unusable candles; SplitError: too few rows; ParityError: the export disagrees.
     """
-    from pipelines.training.evaluation import evaluate_all, nested_report
     from pipelines.features import get_feature_set
     from pipelines.models import make_model
+    from pipelines.training.parity import check_parity
     from pipelines.training.splits import walk_forward_folds
-    from validation.parity import check_parity
 
     report_progress: Progress = progress or (lambda stage, done, total: None)
     horizons = list(cfg.labels.horizons)
+    task = task or get_task(DEFAULT_TASK, horizons)
+    if list(task.horizons) != horizons:
+        raise TrainingError(f"task {task.name} horizons {list(task.horizons)} != labels.horizons {horizons}; "
+                            "build the task from the training config")
     fs = get_feature_set(cfg.features.feature_set)
     n_features = len(fs.names)
 
     def new_model() -> Any:
-        return make_model(model_type, cfg, n_features, horizons)
+        return make_model(model_type, cfg, n_features, horizons, preset=preset, overrides=model_overrides,
+                          objective=task.training_objective, task=task.name)
 
     probe = new_model()  # __init__ only stores params: tells us the input kind and T
     seq_len = probe.sequence_length if probe.input_kind == "sequence" else None
     report_progress("features", 0, 1)
-    ds = _prepare(candles, cfg, fs, seq_len)
+    ds = _prepare(candles, cfg, fs, seq_len, task)
     report_progress("features", 1, 1)
     n = ds.end - ds.lo
     wf, ev = cfg.walk_forward, cfg.evaluation
@@ -216,6 +223,7 @@ def train_walk_forward(
 
     fold_metrics: list[dict[str, float]] = []
     pooled: list[tuple[np.ndarray, slice]] = []
+    pooled_base: dict[str, list[np.ndarray]] = {}  # the task's baselines, on the same pooled rows
     pooled_members: list[dict[str, np.ndarray]] = []  # ensembles: each member's predictions, same rows
     covered = 0  # pooled rows end here; overlapping test windows (step < test_size) count once
     report_progress("folds", 0, len(folds))
@@ -223,29 +231,30 @@ def train_walk_forward(
         model = _fit(new_model(), ds, fold.train_start, fold.train_end, wf.purge)
         test = slice(fold.test_start, fold.test_end)
         pred = np.asarray(model.predict(ds.X[test]), dtype=np.float64)  # (test_rows, H)
-        fold_metrics.append(
-            evaluate_all(pred, ds.Y[test], ds.last_return[test], horizons, interval=interval, cfg=ev)
-        )
-        keep_from = max(fold.test_start, covered)
-        pooled.append((pred[keep_from - fold.test_start :], slice(keep_from, fold.test_end)))
+        state = task.fit_baselines(ds.A[fold.train_start : fold.train_end], ds.Y[fold.train_start : fold.train_end])
+        base = task.baseline_forecasts(state, ds.A[test])
+        fold_metrics.append(task.evaluate(pred, ds.Y[test], base, interval=interval, cfg=ev))
+        keep = max(fold.test_start, covered) - fold.test_start
+        pooled.append((pred[keep:], slice(fold.test_start + keep, fold.test_end)))
+        for who, b in base.items():
+            pooled_base.setdefault(who, []).append(b[keep:])
         if hasattr(model, "predict_members"):
             members = model.predict_members(ds.X[test])  # {"sequence"|"tabular"|"ensemble": (test_rows, H)}
-            pooled_members.append({k: np.asarray(v)[keep_from - fold.test_start :] for k, v in members.items()})
+            pooled_members.append({k: np.asarray(v)[keep:] for k, v in members.items()})
         covered = fold.test_end
         report_progress("folds", fold.index + 1, len(folds))
 
     pooled_pred = np.concatenate([p for p, _ in pooled])
     rows = np.concatenate([np.arange(s.start, s.stop) for _, s in pooled])
-    summary = evaluate_all(
-        pooled_pred, ds.Y[rows], ds.last_return[rows], horizons, interval=interval, cfg=ev,
-        segments=[s.stop - s.start for _, s in pooled],
-    )
+    segments = [s.stop - s.start for _, s in pooled]
+    base_rows = {who: np.concatenate(parts) for who, parts in pooled_base.items()}
+    summary = task.evaluate(pooled_pred, ds.Y[rows], base_rows, interval=interval, cfg=ev, segments=segments)
     if pooled_members:  # each member beside the blend, scored on the same pooled rows as the model
         for who in pooled_members[0]:
             if who == "ensemble":
                 continue
-            flat = evaluate_all(np.concatenate([m[who] for m in pooled_members]), ds.Y[rows], ds.last_return[rows],
-                                horizons, interval=interval, cfg=ev, segments=[s.stop - s.start for _, s in pooled])
+            flat = task.evaluate(np.concatenate([m[who] for m in pooled_members]), ds.Y[rows], base_rows,
+                                 interval=interval, cfg=ev, segments=segments)
             summary.update({f"member_{who}.{k.split('.', 1)[1]}": v for k, v in flat.items() if k.startswith("model.")})
     newest_fold, newest_pred = folds[-1], pred
     newest_times = ds.open_time[newest_fold.test_start : newest_fold.test_end]
@@ -262,7 +271,7 @@ def train_walk_forward(
     report_progress("final", 1, 1)
 
     report_progress("export", 0, 2)
-    onnx_bytes = final.to_onnx()
+    onnx_bytes = rename_output(final.to_onnx(), OUTPUT_NAME, task.output_name)
     report_progress("export", 1, 2)
     parity_X = ds.X[max(0, n - cfg.export.parity_rows) : n]
     # The config sets a floor; a model family may declare a looser bound (deep models: float32 kernels).
@@ -282,15 +291,21 @@ def train_walk_forward(
         "candles": len(used),
     }
     manifest = _manifest(
-        onnx_bytes, fs=fs, model_type=model_type, symbol=symbol, interval=interval, horizons=horizons,
+        onnx_bytes, task=task, fs=fs, model_type=model_type, symbol=symbol, interval=interval, horizons=horizons,
         seq_len=seq_len, training=data_window, metrics=summary, synthetic=synthetic,
         extra={"parity_max_abs": parity, "parity_tolerance": tolerance, "n_folds": len(folds),
                "fold_test_starts": [ds.open_time[f.test_start].isoformat() for f in folds]},
     )
     return TrainResult(
-        model_type=model_type, symbol=symbol, interval=interval, feature_names=list(fs.names),
+        task=task.name, model_type=model_type, symbol=symbol, interval=interval, feature_names=list(fs.names),
         horizons=horizons, params=final.get_params(), fold_metrics=fold_metrics, summary_metrics=summary,
         report=nested_report(summary), newest_window=newest, data_window=data_window,
+        newest_metric=task.promotion_metric,
+        newest_scores={h: (float(task.score(newest.predictions[:, j], newest.actuals[:, j], task.promotion_metric, h,
+                                            interval=interval, cfg=ev)),
+                           int(task.score(newest.predictions[:, j], newest.actuals[:, j], "n", h,
+                                          interval=interval, cfg=ev)))
+                       for j, h in enumerate(horizons)},
         onnx_bytes=onnx_bytes, manifest=manifest, parity_max_abs=parity, gates={"parity": True},
         folds=folds, model=final,
     )
@@ -304,24 +319,25 @@ CONFIDENCE_MEANING = {
 
 
 def _manifest(
-    onnx_bytes: bytes, *, fs: Any, model_type: str, symbol: str, interval: str, horizons: list[int],
+    onnx_bytes: bytes, *, task: Task, fs: Any, model_type: str, symbol: str, interval: str, horizons: list[int],
     seq_len: int | None, training: dict[str, Any], metrics: dict[str, float], synthetic: bool,
     extra: dict[str, Any],
 ) -> Manifest:
     """The bundle manifest; outputs are read from the graph so an optional "confidence" is declared."""
     import onnx
 
-    from pipelines.models.base import CONFIDENCE_NAME, INPUT_NAME, OUTPUT_MEANING, OUTPUT_NAME
+    from pipelines.models.base import CONFIDENCE_NAME, INPUT_NAME
 
     graph_outputs = {o.name for o in onnx.load_model_from_string(onnx_bytes).graph.output}
     n_f, n_h = len(fs.names), len(horizons)
-    outputs = [OutputSpec(OUTPUT_NAME, [None, n_h], horizons=horizons, meaning=OUTPUT_MEANING)]
+    outputs = [OutputSpec(task.output_name, [None, n_h], horizons=horizons, meaning=task.output_meaning,
+                          signed=task.directional)]
     if CONFIDENCE_NAME in graph_outputs:
         outputs.append(OutputSpec(CONFIDENCE_NAME, [None, n_h], horizons=horizons,
                                   meaning=CONFIDENCE_MEANING.get(model_type, CONFIDENCE_MEANING["default"])))
     return Manifest(
-        task="returns",
-        model_name=f"returns-{symbol}-{interval}",
+        task=task.name,
+        model_name=f"{task.name}-{symbol}-{interval}",
         model_type=model_type,
         symbol=symbol,
         interval=interval,

@@ -4,12 +4,15 @@ Time correctness. `prepare_tuning_data` keeps the rows `kairos train` evaluates 
 `walk_forward.window` labelled rows) and then cuts off the newest `test_size` rows plus the `purge`
 rows before them: the final test window that training reports is never seen by tuning. Inside what
 is left, a trial is scored on the newest `inner_folds` purged walk-forward folds (same train/test
-sizes as training); each fold's model fits on its train range minus a purged validation slice
-(`splits.validation_split`), which only the in-fold pruning callback looks at.
+sizes as training). Each fold's model is built through the family's `ModelSpec` at the tuned horizon
+only and fitted by `pipelines.training.fit.fit_fold`, the fit path of walk-forward training: its
+train range minus a purged validation slice, which early stopping and in-fold pruning look at.
+Nothing here branches on the model family: the spec says how sampled params override its config,
+which config field takes the thread count, and which pruning callbacks its `fit` takes.
 
 Intermediate reports share one step axis (Optuna compares trials step by step), one block per fold:
 
-    step = fold * STEPS_PER_FOLD + i    i = boosting iteration (LightGBM callback, validation slice)
+    step = fold * STEPS_PER_FOLD + i    i = boosting iteration / epoch (the family's pruning callback)
     step = fold * STEPS_PER_FOLD + STEPS_PER_FOLD - 1    the fold's test score (`fold_step`)
 
 so a trial is pruned either mid-fold (its validation curve trails the median at that iteration) or
@@ -20,7 +23,6 @@ Workers, storage and MLflow live in `pipelines.tuning.study`, `registry.tuning` 
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -34,21 +36,17 @@ from pydantic import ValidationError
 
 from pipelines.config import (
     EvaluationConfig,
-    LightGBMConfig,
     ParamSpec,
-    SequenceModelConfig,
     TrainingConfig,
     TuningConfig,
     WalkForwardConfig,
     _parse,
     _read_yaml,
-    load_model_preset,
 )
 from pipelines.contracts.errors import ConfigError, KairosError
 
 STEPS_PER_FOLD = 100_000  # > any n_estimators / epoch count, so fold blocks never overlap
 NO_SKILL = {"accuracy": 0.5, "ic": 0.0, "sharpe": 0.0}  # score of a forecast that says nothing (NaN metric)
-_UNTUNABLE = {"num_threads", "seed", "architecture", "opset", "parity_tolerance", "mixed_precision"}
 
 
 class TuningError(KairosError):
@@ -59,9 +57,9 @@ class TuningError(KairosError):
 def load_search_space(configs_dir: Path, model_type: str) -> TuningConfig:
     """Parse and check `configs/search_spaces/<model_type>.yaml`.
 
-    Every parameter must be a tunable field of the model's config, and both ends of its range (or
-    every choice) must be values that config accepts, so a bad space fails here, naming the parameter,
-    instead of in trial 37.
+    Every parameter must be a tunable field of the model family's config (`ModelSpec.tunable_fields`),
+    and both ends of its range (or every choice) must be values that config accepts, so a bad space
+    fails here, naming the parameter, instead of in trial 37.
 
     Raises:
         ConfigError: missing file, bad YAML, or a bad parameter (named in the message).
@@ -75,15 +73,15 @@ def load_search_space(configs_dir: Path, model_type: str) -> TuningConfig:
     if data["model_type"] != model_type:
         raise ConfigError(f"{path}: model_type is {data['model_type']!r} but the file is for {model_type!r}")
     tuning = _parse(TuningConfig, data, path)
-    if tuning.section == "lightgbm" and model_type != "lightgbm":
-        raise ConfigError(f"{path}: section 'lightgbm' tunes the LightGBM block; use section 'preset' for {model_type}")
-    fields = LightGBMConfig.model_fields if tuning.section == "lightgbm" else SequenceModelConfig.model_fields
+    from pipelines.models import get_spec
+
+    model = get_spec(model_type, configs_dir)
+    tunable = model.tunable_fields()
     for name, spec in tuning.params.items():
-        if name not in fields or name in _UNTUNABLE:
-            tunable = sorted(set(fields) - _UNTUNABLE)
+        if name not in tunable:
             raise ConfigError(f"{path}: params.{name}: not a tunable field of {model_type}; tunable: {tunable}")
         for which, value in _probe_values(spec):
-            err = _rejects(tuning, configs_dir, name, value)
+            err = _rejects(model, tuning, configs_dir, name, value)
             if err:
                 raise ConfigError(f"{path}: params.{name}: {which}={value!r} is not accepted ({err}); fix the range")
     return tuning
@@ -96,13 +94,12 @@ def _probe_values(spec: ParamSpec) -> list[tuple[str, Any]]:
     return [("low", cast(spec.low)), ("high", cast(spec.high))]
 
 
-def _rejects(tuning: TuningConfig, configs_dir: Path, name: str, value: Any) -> str | None:
-    """The model config's complaint about `name=value`, or None when it accepts it."""
+def _rejects(model: Any, tuning: TuningConfig, configs_dir: Path, name: str, value: Any) -> str | None:
+    """The model config's complaint about `name=value` (on the tuned preset), or None when it accepts it."""
+    from pipelines.models import ModelContext
+
     try:
-        if tuning.section == "lightgbm":
-            LightGBMConfig.model_validate({name: value})
-        else:
-            load_model_preset(configs_dir, tuning.model_type, tuning.preset, {name: value})
+        model.config(ModelContext(TrainingConfig(), Path(configs_dir)), tuning.preset, {name: value})
     except ValidationError as e:
         return e.errors()[0]["msg"]
     except ConfigError as e:
@@ -124,8 +121,16 @@ def suggest(trial: Any, params: dict[str, ParamSpec]) -> dict[str, Any]:
 
 
 def overrides_for(tuning: TuningConfig, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Config overrides for a parameter set: {"lightgbm": {...}} or {"preset": {...}} (see the report)."""
-    return {tuning.section: dict(params)}
+    """What the best-params file stores: {<model_type>: {param: value}}, overrides of the family's config."""
+    return {tuning.model_type: dict(params)}
+
+
+def tuned_params(overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The flat config overrides of a best-params file (`load_best_params`), for `make_model(overrides=...)`.
+
+    Files store one section: the model name, or "lightgbm" / "preset" as written before model specs.
+    """
+    return {k: v for section in overrides.values() for k, v in section.items()}
 
 
 # ---------------------------------------------------------------- data and folds
@@ -150,7 +155,7 @@ class TuningData:
         return path
 
     @classmethod
-    def load(cls, path: Path) -> "TuningData":
+    def load(cls, path: Path) -> TuningData:
         if not Path(path).exists():
             raise TuningError(f"tuning data file {path} is missing; run `kairos tune` (it writes it) or pass --data")
         with np.load(path) as z:
@@ -158,16 +163,21 @@ class TuningData:
                        open_time_ms=z["open_time_ms"], held_out_from_ms=int(z["held_out_from_ms"]))
 
 
-def prepare_tuning_data(candles: Any, cfg: TrainingConfig) -> TuningData:
+def prepare_tuning_data(candles: Any, cfg: TrainingConfig, task: Any = None) -> TuningData:
     """Features and labels as `kairos train` builds them, minus the final purge + test window.
+
+    Args:
+        task: a `pipelines.tasks.Task` (default: returns at `cfg.labels.horizons`).
 
     Raises:
         TuningError: nothing is left once the final test window is cut off.
     """
     from pipelines.features import get_feature_set
+    from pipelines.tasks import DEFAULT_TASK, get_task
     from pipelines.training.walk_forward import _prepare
 
-    ds = _prepare(candles, cfg, get_feature_set(cfg.features.feature_set), None)
+    task = task or get_task(DEFAULT_TASK, cfg.labels.horizons)
+    ds = _prepare(candles, cfg, get_feature_set(cfg.features.feature_set), None, task)
     n = ds.end - ds.lo
     cut = n - cfg.walk_forward.test_size - cfg.walk_forward.purge
     if cut <= 0:
@@ -198,7 +208,7 @@ def score(metric: str, pred: np.ndarray, actual: np.ndarray, horizon: int, *, in
 
     A NaN metric (constant forecast: no IC, no Sharpe) scores as no skill (`NO_SKILL`).
     """
-    from pipelines.training.evaluation import direction_accuracy, periods_per_year, sign_pnl, spearman_ic
+    from pipelines.training.metrics import direction_accuracy, periods_per_year, sign_pnl, spearman_ic
 
     pred, actual = np.asarray(pred, float).ravel(), np.asarray(actual, float).ravel()
     if metric == "accuracy":
@@ -235,22 +245,36 @@ class _FoldTrial:
 class Objective:
     """Mean inner-fold score of one parameter set; reports per fold (and inside folds) for pruning.
 
+    Every family goes the same way: `ModelSpec.build` at the tuned horizon with the sampled params as
+    config overrides (plus the thread count in the spec's `threads_field`), inputs as training feeds
+    them (`training.fit.model_inputs`), `training.fit.fit_fold` with the spec's pruning callbacks.
+
     Args:
         data: the tuning rows (`prepare_tuning_data`).
-        cfg: the training config the sampled parameters override.
+        cfg: the training config (walk-forward sizes; LightGBM's defaults block).
         tuning: the search space and scoring settings.
         interval: candle interval (Sharpe annualisation).
-        threads: LightGBM/torch threads per trial (explicit: OpenMP defaults thrash shared cores).
-        configs_dir: where deep-model presets live (section "preset").
+        threads: model threads per trial (explicit: OpenMP defaults thrash shared cores).
+        configs_dir: where presets live (default `get_settings().configs_dir`).
+        objective: the training objective the task chooses ("l2", "huber", "quantile").
     """
 
     def __init__(self, data: TuningData, cfg: TrainingConfig, tuning: TuningConfig, *, interval: str,
-                 threads: int, configs_dir: Path | None = None) -> None:
+                 threads: int, configs_dir: Path | None = None, objective: str = "l2") -> None:
+        from pipelines.models import ModelContext, get_spec
+
         if tuning.horizon not in data.horizons:
             raise TuningError(f"tuning horizon {tuning.horizon} is not a label horizon {list(data.horizons)}; "
                               "set `horizon` in the search space to one of them")
+        if configs_dir is None:
+            from pipelines.contracts.settings import get_settings
+
+            configs_dir = get_settings().configs_dir
         self.data, self.cfg, self.tuning = data, cfg, tuning
-        self.interval, self.threads, self.configs_dir = interval, threads, configs_dir
+        self.interval, self.threads, self.configs_dir, self.objective = interval, threads, Path(configs_dir), objective
+        self.spec = get_spec(tuning.model_type, self.configs_dir)
+        self.spec.check_objective(objective)
+        self.context = ModelContext(cfg, self.configs_dir)
         self.col = data.horizons.index(tuning.horizon)
         self.folds = inner_folds(len(data.Y), cfg.walk_forward, tuning.inner_folds)
 
@@ -260,76 +284,44 @@ class Objective:
         params = suggest(trial, self.tuning.params)
         scores: list[float] = []
         for fold in self.folds:
-            fit = self._fold_lightgbm if self.tuning.section == "lightgbm" else self._fold_sequence
-            pred, actual = fit(trial, params, fold)
-            scores.append(score(self.tuning.metric, pred, actual, self.tuning.horizon, interval=self.interval,
-                                ev=self.cfg.evaluation))
+            pred, actual = self.fit_predict(params, fold, trial)
+            scores.append(self._score(pred, actual))
             trial.set_user_attr("fold_scores", scores)
             trial.report(scores[-1], fold_step(fold.index))
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {fold.index}: score {scores[-1]:.5f}")
         return float(np.mean(scores))
 
-    def _feval(self, preds: np.ndarray, dataset: Any) -> tuple[str, float, bool]:
-        """LightGBM custom metric on the validation slice: the tuning metric, higher is better."""
-        value = score(self.tuning.metric, preds, dataset.get_label(), self.tuning.horizon,
-                      interval=self.interval, ev=self.cfg.evaluation)
-        return self.tuning.metric, value, True
+    def _score(self, pred: np.ndarray, actual: np.ndarray) -> float:
+        return score(self.tuning.metric, pred, actual, self.tuning.horizon, interval=self.interval,
+                     ev=self.cfg.evaluation)
 
-    def _fold_lightgbm(self, trial: Any, params: dict[str, Any], fold: Any) -> tuple[np.ndarray, np.ndarray]:
-        """One booster at the tuned horizon (horizons train independently in LightGBMReturns), with
-        exactly its booster parameters, plus the validation slice the pruning callback watches."""
-        import lightgbm as lgb
-        from optuna_integration import LightGBMPruningCallback
+    def model(self, params: dict[str, Any]) -> Any:
+        """An unfitted model of the tuned family with `params`, predicting the tuned horizon only."""
+        threads = {self.spec.threads_field: self.threads} if self.spec.threads_field else {}
+        return self.spec.build(self.context, self.data.X.shape[1], [self.tuning.horizon], preset=self.tuning.preset,
+                               overrides={**params, **threads}, objective=self.objective)
 
-        from pipelines.models import make_model
-        from pipelines.training.splits import validation_split
+    def fit_predict(self, params: dict[str, Any], fold: Any, trial: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Fit on `fold`'s train range (the training fit path) and return (pred, actual) (n,) on its test range.
 
-        lgb_cfg = LightGBMConfig.model_validate({**self.cfg.lightgbm.model_dump(), **params,
-                                                 "num_threads": self.threads})
-        model = make_model("lightgbm", self.cfg.model_copy(update={"lightgbm": lgb_cfg}),
-                           self.data.X.shape[1], [self.tuning.horizon])
-        booster_params = {**model.booster_params(), "metric": "None"}
-        X, y = self.data.X, self.data.Y[:, self.col]
-        fit_end, val_start = validation_split(fold.train_start, fold.train_end, self.cfg.walk_forward.purge)
-        train = lgb.Dataset(X[fold.train_start:fit_end], label=y[fold.train_start:fit_end], params=booster_params)
-        kwargs: dict[str, Any] = {}
-        if self.tuning.in_fold_pruning:
-            valid = lgb.Dataset(X[val_start:fold.train_end], label=y[val_start:fold.train_end], reference=train)
-            cb = LightGBMPruningCallback(_FoldTrial(trial, fold.index), self.tuning.metric, valid_name="val",
-                                         report_interval=self.tuning.report_interval)
-            kwargs = dict(valid_sets=[valid], valid_names=["val"], feval=self._feval, callbacks=[cb])
-        booster = lgb.train(booster_params, train, num_boost_round=lgb_cfg.n_estimators, **kwargs)
-        test = slice(fold.test_start, fold.test_end)
-        return booster.predict(X[test], num_threads=self.threads), y[test]
+        With a `trial` and `in_fold_pruning`, the family's pruning callbacks report inside the fold.
+        """
+        from pipelines.models import PruningRequest
+        from pipelines.training.fit import fit_fold, model_inputs
 
-    def _fold_sequence(self, trial: Any, params: dict[str, Any], fold: Any) -> tuple[np.ndarray, np.ndarray]:
-        """A deep model on windows; the Lightning pruning callback is passed when its `fit` takes
-        `callbacks` (val_loss is minimised, so it is reported negated)."""
-        from pipelines.models.sequence import sequence_factory
-        from pipelines.training.splits import validation_split
-        from pipelines.training.windows import sliding_windows
-
-        factory = sequence_factory(self.tuning.model_type, self.tuning.preset,
-                                   {**params, "num_threads": self.threads}, self.configs_dir)
-        model = factory(self.cfg, self.data.X.shape[1], list(self.data.horizons))
-        T = model.sequence_length
-        W = sliding_windows(self.data.X, T)  # (n-T+1, T, F); window k ends at row k+T-1
-
-        def rows(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-            a = max(a, T - 1)
-            return W[a - T + 1 : b - T + 1], self.data.Y[a:b]
-
-        fit_end, val_start = validation_split(fold.train_start, fold.train_end, self.cfg.walk_forward.purge)
-        (Xf, Yf), (Xv, Yv), (Xt, Yt) = rows(fold.train_start, fit_end), rows(val_start, fold.train_end), \
-            rows(fold.test_start, fold.test_end)
-        kwargs: dict[str, Any] = {}
-        if self.tuning.in_fold_pruning and "callbacks" in inspect.signature(model.fit).parameters:
-            from optuna_integration import PyTorchLightningPruningCallback
-
-            kwargs["callbacks"] = [PyTorchLightningPruningCallback(_FoldTrial(trial, fold.index, -1.0), "val_loss")]
-        model.fit(Xf, Yf, X_val=Xv, Y_val=Yv, **kwargs)
-        return np.asarray(model.predict(Xt))[:, self.col], Yt[:, self.col]
+        model = self.model(params)
+        X, off = model_inputs(self.data.X, model)  # input k belongs to tuning row k + off
+        Y = self.data.Y[off:, [self.col]]
+        callbacks = None
+        if trial is not None and self.tuning.in_fold_pruning and self.spec.pruning is not None:
+            callbacks = self.spec.pruning(PruningRequest(
+                trial=_FoldTrial(trial, fold.index), loss_trial=_FoldTrial(trial, fold.index, -1.0),
+                metric=self.tuning.metric, score=self._score, report_interval=self.tuning.report_interval))
+        fit_fold(model, X, Y, max(0, fold.train_start - off), fold.train_end - off, self.cfg.walk_forward.purge,
+                 callbacks)
+        test = slice(fold.test_start - off, fold.test_end - off)
+        return np.asarray(model.predict(X[test]), dtype=np.float64)[:, 0], Y[test, 0]
 
 
 # ---------------------------------------------------------------- best parameters on disk
@@ -365,8 +357,8 @@ def write_best_params(home: Path, model_type: str, symbol: str, interval: str,
 def load_best_params(home: Path, model_type: str, symbol: str, interval: str) -> tuple[dict, dict] | None:
     """(config overrides, provenance) written by `kairos tune`, or None when never tuned.
 
-    Overrides are {"lightgbm": {...}} (pass to `load_training_config(configs_dir, overrides)`) or
-    {"preset": {...}} for deep models (pass to `sequence_factory(model_type, overrides=...)`).
+    Overrides are {<model_type>: {param: value}} (older files: {"lightgbm": ...} or {"preset": ...});
+    `tuned_params(overrides)` flattens them for `make_model(..., overrides=...)`.
 
     Raises:
         ConfigError: the file exists but is not a tuned-parameters file.

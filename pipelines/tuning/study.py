@@ -12,8 +12,6 @@ same millisecond can overshoot N by one; nothing is lost or duplicated (numbers 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
@@ -65,7 +63,7 @@ def _storage_class() -> Any:
             grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 0))
             now = datetime.now()
             old = [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-                   if t._trial_id not in stale and t.datetime_start is not None and now - t.datetime_start > grace]  # fmt: skip
+                   if t._trial_id not in stale and t.datetime_start is not None and now - t.datetime_start > grace]
             if old:
                 query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
                     sqlalchemy.bindparam("ids", expanding=True)

@@ -39,7 +39,7 @@ def one_feature_bundle(directory: Path, feature: str, weight: float) -> Path:
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, len(fs.names)])],
         [helper.make_tensor_value_info("returns", TensorProto.FLOAT, [None, len(HORIZONS)])],
         initializer=[numpy_helper.from_array(W, "W")],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], producer_name="kairos-test")
     model.ir_version = 8
     return write_bundle(directory, model.SerializeToString(), make_manifest(fs, "FILUSDT", "1m", "linear"))
@@ -74,11 +74,12 @@ def test_shadow_review_promotes_then_rollback_restores(kairos_home, harness, can
 
 
     from flows.cli import app
+    from flows.review import served_history
     from flows.runtime import Runtime
     from registry.bundles import download_bundle
     from registry.history import history
     from registry.promotion import current_aliases, set_alias
-    from registry.reviews import REVIEW_EXPERIMENT, served_history
+    from registry.reviews import REVIEW_EXPERIMENT
     from serving.config import RoutingConfig, RuntimeConfig
     from serving.predictor import Predictor
     from serving.predlog import PredictionLog
@@ -122,7 +123,7 @@ def test_shadow_review_promotes_then_rollback_restores(kairos_home, harness, can
     (run,) = client.search_runs([exp.experiment_id])
     files = {f.path for f in client.list_artifacts(run.info.run_id, "review")}
     assert {"review/report.html", "review/cumulative_loss_difference.png", "review/accuracy_over_time.png",
-            "review/pnl_curves.png"} <= files  # fmt: skip
+            "review/pnl_curves.png"} <= files
     m = run.data.metrics
     assert m["h1.seq.p_value"] < 0.05 and m["h1.accuracy_lift_pp"] > 5 and m["decision.promote"] == 1.0
     assert m["outcomes.resolved"] > 5 * 2900 * 2 * 0.99 and m["outcomes.pending"] > 0  # last candles: not yet known

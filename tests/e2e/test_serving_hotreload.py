@@ -57,7 +57,7 @@ def mlflow_server(tmp_path_factory):
          "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(f"{url}/health", proc, 120, d / "server.log")
@@ -97,14 +97,15 @@ def test_champion_moves_without_failed_requests(mlflow_server, tmp_path):
     cfg = tmp_path / "serving.yaml"
     cfg.write_text(f"watcher:\n  poll_interval_s: {POLL}\nrouting:\n  mode: champion_only\n")
     port = _free_port()
-    env = {**os.environ, "KAIROS_HOME": str(tmp_path / "home"), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "KAIROS_HOME": str(tmp_path / "home"), "PYTHONPATH": pythonpath}
     env.pop("MLFLOW_TRACKING_URI", None)
     serve_log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.server", "--model", NAME, "--tracking-uri", mlflow_server,
          "--port", str(port), "--config", str(cfg), "--log-level", "warning"],
         cwd=REPO, env=env, stdout=serve_log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    )
     base = f"http://127.0.0.1:{port}"
     warm = feature_spec().warmup
     feed = [api_candle(r) for r in candle_records(read_klines(FIL_FILES[0], "FILUSDT").iloc[: warm + 20_000])]
@@ -122,7 +123,7 @@ def test_champion_moves_without_failed_requests(mlflow_server, tmp_path):
                     r = http.post("/v1/candles", json={"symbol": "FILUSDT", "candles": [candle]})
                     body = r.json()["prediction"] if r.status_code == 200 else None
                     results.append((t0, time.monotonic(), r.status_code, body and body["version"],
-                                    body and body["horizons"][0]["log_return"]))  # fmt: skip
+                                    body and body["horizons"][0]["log_return"]))
                 except httpx.HTTPError:
                     results.append((t0, time.monotonic(), -1, None, None))
 

@@ -16,14 +16,14 @@ from schemathesis.checks import not_a_server_error
 from serving.app import create_app
 from serving.config import ServingConfig
 from serving.state import ServingState
-from tests.fixtures.bundles import api_candle, candle_records, feature_spec, linear_bundle
 from tests.conftest import FIL_FILES
+from tests.fixtures.bundles import api_candle, candle_records, feature_spec, linear_bundle
 
 CASES = 170  # per (operation with inputs, mode): 3 operations x 2 modes x 170 = 1,020 cases (+4 GETs)
 FAST = dict(
     deadline=None, database=None, derandomize=True,
     suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate],
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_generated_requests_never_get_a_server_error(state):
     assert {f"{o.method.upper()} {o.path}" for o in ops} >= {
         "POST /v1/predict", "POST /v1/candles", "DELETE /v1/streams/{symbol}", "GET /v1/models",
         "GET /healthz", "GET /readyz", "GET /metrics",
-    }  # fmt: skip
+    }
     count = {"cases": 0, "4xx": 0}
     for op in ops:
         # GET endpoints take no input: one case covers them, and nothing can violate their schema
@@ -67,7 +67,7 @@ def test_generated_requests_never_get_a_server_error(state):
 
 
 _NUMERIC = ["open", "high", "low", "close", "volume", "quote_asset_volume", "number_of_trades",
-            "taker_buy_base_asset_volume", "taker_buy_quote_asset_volume", "open_time"]  # fmt: skip
+            "taker_buy_base_asset_volume", "taker_buy_quote_asset_volume", "open_time"]
 _WEIRD = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**70), 2**70), st.text(max_size=30),
     st.none(), st.booleans(), st.lists(st.integers(), max_size=3), st.sampled_from([0, -1, 1e308, 1e-308]),
@@ -84,7 +84,7 @@ def test_mutated_real_windows_never_get_a_server_error(state):
 
     @settings(max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(i=st.integers(0, len(window) - 1), field=st.sampled_from(_NUMERIC), value=_WEIRD,
-           endpoint=st.sampled_from(["/v1/predict", "/v1/candles"]))  # fmt: skip
+           endpoint=st.sampled_from(["/v1/predict", "/v1/candles"]))
     def run(i, field, value, endpoint):
         w = [dict(c) for c in window]
         w[i][field] = value

@@ -48,13 +48,13 @@ def test_daily_retrain_twice_registers_champion_then_judges_challenger(small, ha
     cmp, decision = out2["promote"]["comparison"], out2["promote"]["decision"]
     # compared only on rows after the champion's training window: the newly ingested day at most
     assert 0 < cmp.rows <= 1440
-    assert cmp.champion_accuracy is not None and 0 < cmp.champion_accuracy < 1
+    assert cmp.champion_score is not None and 0 < cmp.champion_score < 1
     aliases = current_aliases(rt.mlflow, name)
     assert aliases["champion"] == ("2" if decision.promote else "1")
     moves = history(rt.mlflow, name)
     assert moves[0].alias == "champion" and moves[0].to_version == "1"
     assert any(m.to_version == "2" for m in moves)
-    assert f"{cmp.challenger_accuracy:.2%}"[:-1] in decision.reason or "rows" in decision.reason
+    assert f"{cmp.challenger_score:.2%}"[:-1] in decision.reason or "rows" in decision.reason
 
 
 def test_corrupt_batch_is_quarantined_and_store_unchanged(small, harness, tmp_path):
@@ -92,8 +92,8 @@ def test_corrupt_batch_is_quarantined_and_store_unchanged(small, harness, tmp_pa
 @pytest.mark.slow
 def test_real_fil_months_ingest_validate_train_and_bundle_parity(small, harness, tmp_path):
     from flows.ingest import ingest
-    from flows.train import train
     from flows.runtime import Runtime
+    from flows.train import train
     from pipelines.contracts.bundle import read_bundle
     from pipelines.features import feature_matrix
     from pipelines.training.predict import predict_bundle
@@ -134,8 +134,8 @@ def test_real_fil_months_ingest_validate_train_and_bundle_parity(small, harness,
 def test_train_uses_tuned_params_and_records_their_study(small, harness):
     """`kairos tune` writes best params; the next `kairos train` applies them and tags its run."""
     from flows.ingest import ingest
-    from flows.train import train
     from flows.runtime import Runtime
+    from flows.train import train
     from pipelines.tuning.objective import write_best_params
 
     ingest("synthetic", "SYNTHUSDT", "1m", {"days": 5})

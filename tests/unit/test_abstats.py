@@ -188,8 +188,8 @@ def test_fee_aware_pnl_by_hand():
 
 
 def test_pnl_matches_training_evaluation_definition():
-    """Horizon 3: one trade every 3rd request, same total return as pipelines.training.evaluation.sign_pnl."""
-    evaluate = pytest.importorskip("pipelines.training.evaluation")
+    """Horizon 3: one trade every 3rd request, same total return as pipelines.training.metrics.sign_pnl."""
+    from pipelines.training import metrics as evaluate
     rng = np.random.default_rng(11)
     pred, real = rng.normal(size=100), rng.normal(size=100) * 1e-3
     m = arm_metrics(ArmData("m", pred, real, np.arange(100), horizon=3), fee_bps=2.0)

@@ -8,13 +8,13 @@ import pytest
 
 from pipelines.config import LightGBMConfig, TrainingConfig, load_model_preset
 from pipelines.contracts.errors import KairosError
+from pipelines.contracts.settings import get_settings
 from pipelines.models.lightgbm import LightGBMReturns
 from pipelines.models.sequence import SequenceRegressor, make_sequence_model
 from pipelines.models.sequence.ensemble import EnsembleRegressor
 from pipelines.models.sequence.onnx_io import onnx_predict, parity_max_abs
-from pipelines.contracts.settings import get_settings
 from tests.conftest import FIL_FILES, fil_core27_windows
-from tests.unit.test_sequence_models import H, TINY, accuracy, best_baseline, split
+from tests.unit.test_sequence_models import TINY, H, accuracy, best_baseline, split
 
 LGBM = LightGBMConfig(n_estimators=40, num_leaves=15, min_child_samples=50, num_threads=1)
 

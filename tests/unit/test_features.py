@@ -24,10 +24,10 @@ from pipelines.features import (
     StreamingFeatures,
     UnknownFeatureSet,
     compute_features,
+    core27,
     feature_matrix,
     get_feature_set,
 )
-from pipelines.features import core27
 from pipelines.features._ewm import Ewm
 from tests.conftest import FIL_FILES, REPO
 
@@ -37,7 +37,7 @@ CORE27 = [
     "log_return_1m", "log_return_5m", "log_return_15m", "volatility_5m", "volatility_15m", "volatility_30m",
     "sma_5_norm", "sma_15_norm", "sma_30_norm", "ema_5_norm", "ema_15_norm", "ema_30_norm", "rsi_14",
     "volume_sma_ratio", "vwap_deviation", "price_position",
-]  # fmt: skip
+]
 N_REAL = 20000  # candles of FILUSDT 2023-08 used (keeps the file fast on 2 shared cores)
 
 
@@ -72,7 +72,7 @@ def frame(close, high=None, low=None, volume=None, qav=None, tbb=None, spread=No
         "close": close, "volume": vol, "quote_asset_volume": vol * close if qav is None else qav,
         "number_of_trades": np.arange(n), "taker_buy_base_asset_volume": vol / 2 if tbb is None else tbb,
         "taker_buy_quote_asset_volume": vol * close / 2, "spread_bps": np.nan if spread is None else spread,
-    })  # fmt: skip
+    })
 
 
 def reference(df: pd.DataFrame) -> pd.DataFrame:
@@ -289,7 +289,7 @@ def test_timestamps_and_ring_wrap(fil, fil_records, fil_features):
 
     sf = StreamingFeatures.from_history(fil.iloc[:600])
     out = [sf.update({**r, "open_time": pd.Timestamp(r["open_time"], unit="ms", tz="UTC")})
-           for r in fil_records[600 : 600 + CAPACITY + 100]]  # fmt: skip
+           for r in fil_records[600 : 600 + CAPACITY + 100]]
     np.testing.assert_allclose(np.array(out), fil_features[600 : 600 + CAPACITY + 100], rtol=1e-9, atol=1e-12)
 
 
@@ -439,7 +439,7 @@ def test_mapping_input_errors(fil_records):
 
 def test_serving_import_stays_small():
     code = (
-        "import sys, pipelines.features, pipelines.labels; "
+        "import sys, pipelines.features, pipelines.contracts.bundle; "
         "import pipelines.contracts.schema, pipelines.features.streaming; "
         "heavy = ('mlflow', 'torch', 'great_expectations', 'scipy', 'lightgbm', 'sklearn', 'pandas', 'pyarrow'); "
         "bad = [m for m in heavy if m in sys.modules]; "

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from onnx import helper, numpy_helper
 
-from pipelines.contracts.bundle import FeatureSetSpec, Manifest, OutputSpec, TensorSpec
 from pipelines.config import LightGBMConfig, TrainingConfig
+from pipelines.contracts.bundle import FeatureSetSpec, Manifest, OutputSpec, TensorSpec
 from pipelines.contracts.errors import KairosError, ParityError
-from pipelines.models import MODEL_FACTORIES, make_model, register_model
+from pipelines.models import REGISTERED, ModelSpec, make_model
 from pipelines.models.base import ModelError, ReturnsModel
 from pipelines.models.lightgbm import LightGBMReturns
 from validation.parity import check_parity, onnx_session, run_onnx
@@ -119,13 +119,49 @@ def test_broken_export_raises_parity_error(fitted, onnx_bytes):
 def test_make_model_dispatch(monkeypatch):
     model = make_model("lightgbm", TrainingConfig(), F, H)
     assert isinstance(model, LightGBMReturns) and model.input_kind == "tabular"
-    assert model.cfg == TrainingConfig().lightgbm
-    with pytest.raises(KairosError, match="unknown model_type 'xgboost'.*'lightgbm'"):
+    assert model.cfg == TrainingConfig().lightgbm  # no flags: the defaults.yaml block, nothing else
+    assert model.booster_params()["objective"] == "regression"
+    with pytest.raises(KairosError, match="unknown model 'xgboost'.*'lightgbm'"):
         make_model("xgboost", TrainingConfig(), F, H)
-    monkeypatch.setitem(MODEL_FACTORIES, "tiny_lgbm", "pipelines.models.lightgbm:build")
-    assert make_model("tiny_lgbm", TrainingConfig(), F, [1]).horizons == [1]
-    register_model("tiny_lgbm", lambda cfg, nf, hs: LightGBMReturns(CFG, hs))
-    assert make_model("tiny_lgbm", TrainingConfig(), F, [1]).horizons == [1]
+    tiny = ModelSpec(name="tiny_lgbm", factory=lambda cfg, nf, hs, **kw: LightGBMReturns(cfg, hs),
+                     config_class=LightGBMConfig, input_kind="tabular", base_config=lambda ctx: CFG.model_dump())
+    monkeypatch.setitem(REGISTERED, "tiny_lgbm", tiny)
+    built = make_model("tiny_lgbm", TrainingConfig(), F, [1], overrides={"num_leaves": 5})
+    assert built.horizons == [1] and built.cfg == CFG.model_copy(update={"num_leaves": 5})
+
+
+@pytest.mark.parametrize("objective, params", [
+    ("l2", {"objective": "regression"}), ("huber", {"objective": "huber"}),
+    ("quantile", {"objective": "quantile", "alpha": 0.5}),
+])
+def test_task_objective_maps_to_lightgbm_and_exports_with_parity(objective, params):
+    model = make_model("lightgbm", TrainingConfig(lightgbm=CFG), F, H, objective=objective)
+    assert {k: model.booster_params()[k] for k in params} == params
+    X, Y = synthetic_xy(1500)
+    model.fit(X, Y)
+    assert check_parity(model.to_onnx(), model.predict, X[:300], 1e-5) <= 1e-5
+    with pytest.raises(KairosError, match="cannot train with objective 'pinball'.*'huber'"):
+        make_model("lightgbm", TrainingConfig(), F, H, objective="pinball")
+
+
+def test_validation_callbacks_see_every_horizon_and_leave_the_model_unchanged():
+    """Callbacks (e.g. tuning's pruning) read the validation slice; the boosters are identical without them."""
+    from pipelines.models.lightgbm import ValidationCallback
+
+    X, Y = synthetic_xy(1500)
+    seen: list[tuple[str, int]] = []
+
+    def feval(preds, data):
+        return "corr", float(np.corrcoef(preds, data.get_label())[0, 1]), True
+
+    def record(env):
+        seen.extend((name, env.iteration) for _, name, _, _ in env.evaluation_result_list)
+
+    plain = LightGBMReturns(CFG, H).fit(X[:1200], Y[:1200])
+    watched = LightGBMReturns(CFG, H).fit(X[:1200], Y[:1200], X_val=X[1300:], Y_val=Y[1300:],
+                                          callbacks=[ValidationCallback(record, feval)])
+    assert len(seen) == CFG.n_estimators * len(H) and {n for n, _ in seen} == {"corr"}
+    np.testing.assert_array_equal(plain.predict(X[1300:]), watched.predict(X[1300:]))
 
 
 def _fake_features(monkeypatch, n_names: int = F, warmup: int = 3):

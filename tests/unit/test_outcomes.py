@@ -6,8 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.review.outcomes import LONG_COLUMNS, OutcomeError, experiment_arms, join_outcomes, log_time_range
-from serving.predlog import PredictionLog, read_prediction_log
+from pipelines.contracts.predlog import read_prediction_log
+from pipelines.review.outcomes import (
+    LONG_COLUMNS,
+    OutcomeError,
+    experiment_arms,
+    join_outcomes,
+    log_time_range,
+)
+from serving.predlog import PredictionLog
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 MIN = 60_000
@@ -21,13 +28,13 @@ def make_candles(n: int = 20, drop: tuple[int, ...] = ()) -> pd.DataFrame:
 
 
 def record(i: int, arm: str = "champion", version: str = "1", rid: str | None = None, preds=(0.1, -0.2, 0.3),
-           mode: str = "shadow", symbol: str = "FILUSDT") -> dict:  # fmt: skip
+           mode: str = "shadow", symbol: str = "FILUSDT") -> dict:
     return {
         "v": 1, "request_id": rid or f"r{i}", "time": (T0 + pd.Timedelta(minutes=i, seconds=59.5)).isoformat(),
         "symbol": symbol, "interval": "1m", "open_time": T0_MS + i * MIN, "arm": arm, "served": arm == "champion",
         "mode": mode, "routing_key": "k", "model": "returns-FILUSDT-1m", "version": version, "horizons": [1, 2, 3],
         "predictions": list(preds), "confidence": None, "latency_us": 50.0,
-    }  # fmt: skip
+    }
 
 
 def log_frame(records: list[dict]) -> pd.DataFrame:
@@ -77,7 +84,7 @@ def test_store_behind_is_pending_not_missing():
     assert oc.counts() == {"resolved": 0, "pending": 3, "missing": 0}
     # the store says it holds candles up to minute 30 but minute 5 is absent: that is a gap → missing
     oc = join_outcomes(log, make_candles(20, drop=(5,)), interval="1m", now=T0 + pd.Timedelta(days=1),
-                       store_last=T0 + pd.Timedelta(minutes=30))  # fmt: skip
+                       store_last=T0 + pd.Timedelta(minutes=30))
     assert oc.counts() == {"resolved": 0, "pending": 0, "missing": 3}
 
 

@@ -11,8 +11,10 @@ import onnx.helper
 import onnx.numpy_helper
 import pytest
 
-from pipelines.contracts.bundle import FeatureSetSpec, Manifest, OutputSpec, TensorSpec
 from pipelines.config import PromotionPolicy
+from pipelines.contracts.bundle import FeatureSetSpec, Manifest, OutputSpec, TensorSpec
+from pipelines.review.decision import decide
+from pipelines.training.metrics import direction_accuracy as _direction_accuracy
 from pipelines.training.walk_forward import NewestWindow, TrainResult
 from registry.client import CHALLENGER, CHAMPION, RegistryError
 from registry.history import EXTERNAL_REASON, history, served_intervals, sync_external_moves
@@ -20,8 +22,6 @@ from registry.promotion import (
     apply_decision,
     assign_new_version,
     current_aliases,
-    decide,
-    direction_accuracy,
     rollback,
     set_alias,
 )
@@ -37,39 +37,36 @@ def test_direction_accuracy_excludes_flat_and_unrealised_rows():
     pred = np.array([0.1, -0.2, 0.3, 0.4, -0.1, 0.0, 0.2])
     actual = np.array([0.5, -0.1, -0.2, 0.0, np.nan, 0.3, 0.1])
     # counted rows: 0 (hit), 1 (hit), 2 (miss), 5 (pred 0 = no call: miss), 6 (hit); rows 3, 4 excluded
-    acc, n = direction_accuracy(pred, actual)
-    assert n == 5 and acc == pytest.approx(3 / 5)
-    assert direction_accuracy(np.array([1.0]), np.array([0.0])) == (pytest.approx(np.nan, nan_ok=True), 0)
-    with pytest.raises(ValueError, match="same length"):
-        direction_accuracy(np.zeros(3), np.zeros(4))
-    with pytest.raises(ValueError, match="NaN"):
-        direction_accuracy(np.array([np.nan]), np.array([1.0]))
+    m = _direction_accuracy(pred, actual)
+    assert m["n"] == 5 and m["accuracy"] == pytest.approx(3 / 5)
+    flat = _direction_accuracy(np.array([1.0]), np.array([0.0]))
+    assert flat["n"] == 0 and np.isnan(flat["accuracy"])
 
 
 def test_decide_promotes_on_enough_lift_and_says_the_numbers():
-    d = decide(POLICY, challenger_acc=0.5231, champion_acc=0.5170, n_rows=2880, gates={"parity": True})
+    d = decide(POLICY, challenger_score=0.5231, champion_score=0.5170, n_rows=2880, gates={"parity": True})
     assert d.promote and d.lift_pp == pytest.approx(0.61)
     assert d.reason == (
         "challenger 52.31% vs champion 51.70% on 2,880 rows of the newest window: +0.61 pp ≥ 0.50 pp"
     )
-    exact = decide(POLICY, challenger_acc=0.5150, champion_acc=0.5100, n_rows=2880, gates={"parity": True})
+    exact = decide(POLICY, challenger_score=0.5150, champion_score=0.5100, n_rows=2880, gates={"parity": True})
     assert exact.promote  # a lift equal to the threshold passes despite float rounding
 
 
 @pytest.mark.parametrize(
     ("kwargs", "promote", "fragment"),
     [
-        (dict(challenger_acc=0.5190, champion_acc=0.5170), False, "+0.20 pp < 0.50 pp"),
+        (dict(challenger_score=0.5190, champion_score=0.5170), False, "+0.20 pp < 0.50 pp"),
         (
-            dict(challenger_acc=0.60, champion_acc=0.50, gates={"parity": False, "validation": True}),
+            dict(challenger_score=0.60, champion_score=0.50, gates={"parity": False, "validation": True}),
             False,
             "gate(s) failed: parity",
         ),
-        (dict(challenger_acc=0.60, champion_acc=0.50, gates={}), False, "no gate results"),
-        (dict(challenger_acc=0.60, champion_acc=0.50, n_rows=499), False, "only 499 comparable rows"),
-        (dict(challenger_acc=0.51, champion_acc=None), True, "no champion yet (challenger 51.00%"),
-        (dict(challenger_acc=0.51, champion_acc=None, gates={"parity": False}), False, "gate(s) failed"),
-        (dict(challenger_acc=float("nan"), champion_acc=0.5), False, "accuracy is nan"),
+        (dict(challenger_score=0.60, champion_score=0.50, gates={}), False, "no gate results"),
+        (dict(challenger_score=0.60, champion_score=0.50, n_rows=499), False, "only 499 comparable rows"),
+        (dict(challenger_score=0.51, champion_score=None), True, "no champion yet (challenger 51.00%"),
+        (dict(challenger_score=0.51, champion_score=None, gates={"parity": False}), False, "gate(s) failed"),
+        (dict(challenger_score=float("nan"), champion_score=0.5), False, "accuracy is nan"),
     ],
 )
 def test_decide_cases(kwargs, promote, fragment):
@@ -80,12 +77,12 @@ def test_decide_cases(kwargs, promote, fragment):
 
 def test_decide_baseline_requirement():
     strict = PromotionPolicy(require_beats_baselines=True)
-    common = dict(champion_acc=0.50, n_rows=2880, gates={"parity": True})
-    assert not decide(strict, challenger_acc=0.52, baseline_acc=0.525, **common).promote
-    assert "no baseline accuracy" in decide(strict, challenger_acc=0.52, **common).reason
-    ok = decide(strict, challenger_acc=0.53, baseline_acc=0.52, **common)
+    common = dict(champion_score=0.50, n_rows=2880, gates={"parity": True})
+    assert not decide(strict, challenger_score=0.52, baseline_score=0.525, **common).promote
+    assert "no baseline score" in decide(strict, challenger_score=0.52, **common).reason
+    ok = decide(strict, challenger_score=0.53, baseline_score=0.52, **common)
     assert ok.promote and ok.reason.endswith("; beats best baseline 52.00%")
-    assert decide(POLICY, challenger_acc=0.52, baseline_acc=0.60, **common).promote  # not required by default
+    assert decide(POLICY, challenger_score=0.52, baseline_score=0.60, **common).promote  # not required by default
 
 
 # ---------------------------------------------------------------- MLflow aliases and history
@@ -114,16 +111,18 @@ def _result(scale: float) -> TrainResult:
         feature_set=FeatureSetSpec("two", 1, ["a", "b"], 0), input=TensorSpec("features", [None, 2]),
         outputs=[OutputSpec("returns", [None, 1], horizons=[1])], training=window, metrics={},
         code_version="test", created_at="2023-08-02T00:00:00+00:00", synthetic=True,
-    )  # fmt: skip
+    )
     rng = np.random.default_rng(int(scale * 10))
     actual = rng.normal(size=(50, 1))
+    acc = float((np.sign(actual * scale) == np.sign(actual)).mean())
     return TrainResult(
+        task="returns", newest_metric="accuracy", newest_scores={1: (acc, 50)},
         model_type="linear", symbol="FILUSDT", interval="1m", feature_names=["a", "b"], horizons=[1],
         params={"scale": scale}, fold_metrics=[], summary_metrics={}, report={},
         newest_window=NewestWindow(np.arange(50, dtype=np.int64), actual * scale, actual),
         data_window=window, onnx_bytes=onnx_bytes, manifest=manifest, parity_max_abs=0.0,
         gates={"parity": True},
-    )  # fmt: skip
+    )
 
 
 
@@ -143,7 +142,7 @@ def test_champion_challenger_promote_history_rollback(client):
     assert (m2.alias, m2.to_version) == (CHALLENGER, "2")
     assert current_aliases(client, name) == {CHAMPION: "1", CHALLENGER: "2"}
 
-    decision = decide(POLICY, challenger_acc=0.5231, champion_acc=0.5170, n_rows=2880, gates={"parity": True})
+    decision = decide(POLICY, challenger_score=0.5231, champion_score=0.5170, n_rows=2880, gates={"parity": True})
     moves = apply_decision(client, second, decision, actor="retrain-flow")
     made = [(m.alias, m.from_version, m.to_version) for m in moves]
     assert made == [(CHAMPION, "1", "2"), (CHALLENGER, "2", None)]
@@ -177,7 +176,7 @@ def test_keep_decision_leaves_version_as_challenger(client):
     assign_new_version(client, first, actor="flow")
     second = log_training(client, _result(2.0))
     assign_new_version(client, second, actor="flow")
-    keep = decide(POLICY, challenger_acc=0.5190, champion_acc=0.5170, n_rows=2880, gates={"parity": True})
+    keep = decide(POLICY, challenger_score=0.5190, champion_score=0.5170, n_rows=2880, gates={"parity": True})
     assert apply_decision(client, second, keep, actor="flow") == []  # already challenger: nothing to record
     assert current_aliases(client, first.name) == {CHAMPION: "1", CHALLENGER: "2"}
     tags = client.get_model_version(first.name, "2").tags

@@ -73,7 +73,15 @@ def make_result(
         synthetic=synthetic,
     )
     newest_pred = model.predict(X[-100:]).reshape(-1, 1)
+    from pipelines.tasks import get_task
+
+    newest_actual = y[-100:].reshape(-1, 1)
+    acc = get_task("returns", (1,)).score(newest_pred, newest_actual, "accuracy", 1, interval="1m", cfg=None)
+    n_dir = int(get_task("returns", (1,)).score(newest_pred, newest_actual, "n", 1, interval="1m", cfg=None))
     result = TrainResult(
+        task="returns",
+        newest_metric="accuracy",
+        newest_scores={1: (acc, n_dir)},
         model_type="lightgbm",
         symbol=symbol,
         interval="1m",

@@ -13,11 +13,11 @@ import torch
 
 from pipelines.config import SequenceModelConfig, load_model_preset
 from pipelines.contracts.errors import ConfigError, KairosError
+from pipelines.contracts.settings import get_settings
 from pipelines.models.sequence import SEQUENCE_ARCHITECTURES, make_sequence_model
 from pipelines.models.sequence.base import warmup_cosine
 from pipelines.models.sequence.losses import direction_loss, quantile_loss, sharpe_loss
 from pipelines.models.sequence.onnx_io import accelerated_session, onnx_predict, parity_max_abs, session
-from pipelines.contracts.settings import get_settings
 from pipelines.training.windows import WindowError, align_to_windows, sliding_windows, window_dataset
 from tests.conftest import FIL_FILES, fil_core27_windows
 
@@ -301,8 +301,6 @@ def registry_client(tmp_path_factory):
 @pytest.mark.parametrize("model_type", [*ARCHS, "ensemble"])
 def test_walk_forward_train_and_register_on_fil(model_type, monkeypatch, shared_data, registry_client, tmp_path):
     from pipelines.config import TrainingConfig
-    from pipelines.models import MODEL_FACTORIES
-    from pipelines.models.sequence import sequence_factory
     from pipelines.sources.binance_files import read_klines
     from pipelines.training.walk_forward import train_walk_forward
     from registry.bundles import download_bundle
@@ -310,10 +308,9 @@ def test_walk_forward_train_and_register_on_fil(model_type, monkeypatch, shared_
 
     # The tiny preset (CI); `kairos train --model X` uses the same factory with the default preset.
     one_epoch = {"sequence_overrides": {"max_epochs": 1}} if model_type == "ensemble" else {"max_epochs": 1}
-    monkeypatch.setitem(MODEL_FACTORIES, model_type, sequence_factory(model_type, "tiny", one_epoch))
     candles = read_klines(FIL_FILES[0], "FILUSDT", "1m").iloc[:3300].reset_index(drop=True)
     res = train_walk_forward(candles, symbol="FILUSDT", interval="1m", cfg=TrainingConfig.model_validate(WF),
-                             model_type=model_type)
+                             model_type=model_type, preset="tiny", model_overrides=one_epoch)
     assert res.gates == {"parity": True} and res.parity_max_abs <= 1e-4
     assert res.manifest.input.shape == [None, 60, 27] and res.manifest.model_type == model_type
     assert [o.name for o in res.manifest.outputs] == ["returns", "confidence"]
@@ -330,12 +327,15 @@ def test_walk_forward_train_and_register_on_fil(model_type, monkeypatch, shared_
         from pipelines.config import EvaluationConfig
         from pipelines.features import feature_matrix
         from pipelines.models.sequence.ensemble import evaluate_members
+        from pipelines.tasks import get_task
 
         W = sliding_windows(feature_matrix(candles, "core27"), 60)[-305:-5]  # windows ending at rows N-305..N-6
         logc = np.log(candles["close"].to_numpy(np.float64))
         Y = np.column_stack([logc[-305 + h : len(logc) - 5 + h] - logc[-305:-5] for h in range(1, 6)])
         last_r = logc[-305:-5] - logc[-306:-6]
-        side = evaluate_members(res.model, W, Y, last_r, range(1, 6), interval="1m", cfg=EvaluationConfig())
+        task = get_task("returns", (1, 2, 3, 4, 5))
+        base = task.baseline_forecasts(None, last_r[:, None])
+        side = evaluate_members(res.model, W, Y, base, task, interval="1m", cfg=EvaluationConfig())
         assert set(side) == {"sequence", "tabular", "ensemble"}
         # the walk-forward report itself carries each member beside the blend, on the blend's rows
         for member in ("member_sequence", "member_tabular"):

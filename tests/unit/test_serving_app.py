@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.config import ApiConfig, RoutingConfig, ServingConfig
 from serving.state import ServingState
-from tests.fixtures.bundles import api_candle, candle_records, feature_spec, linear_bundle
 from tests.conftest import FIL_FILES
+from tests.fixtures.bundles import api_candle, candle_records, feature_spec, linear_bundle
 
 SYMBOL = "FILUSDT"
 
@@ -97,12 +97,14 @@ def _with(candles, i, **changes):
 
 BAD = [
     # (name, body builder, expected status, words the message must contain)
-    ("missing field", lambda c: {"symbol": SYMBOL, "candles": [{k: v for k, v in c[0].items() if k != "close"}]}, 422, ["close", "required"]),
+    ("missing field", lambda c: {"symbol": SYMBOL, "candles": [{k: v for k, v in c[0].items() if k != "close"}]},
+     422, ["close", "required"]),
     ("wrong type", lambda c: {"symbol": SYMBOL, "candles": _with(c, 3, volume="lots")}, 422, ["candles.3.volume"]),
     ("extra field", lambda c: {"symbol": SYMBOL, "candles": _with(c, 0, colour="red")}, 422, ["colour"]),
     ("negative price", lambda c: {"symbol": SYMBOL, "candles": _with(c, 1, low=-1.0)}, 422, ["candles.1.low", "greater than 0"]),
     ("ohlc", lambda c: {"symbol": SYMBOL, "candles": _with(c, 2, high=0.0001)}, 422, ["candles.2", "OHLC"]),
-    ("non-increasing", lambda c: {"symbol": SYMBOL, "candles": _with(c, 5, open_time=c[4]["open_time"])}, 422, ["candles.5.open_time", "strictly increase"]),
+    ("non-increasing", lambda c: {"symbol": SYMBOL, "candles": _with(c, 5, open_time=c[4]["open_time"])},
+     422, ["candles.5.open_time", "strictly increase"]),
     ("gap", lambda c: {"symbol": SYMBOL, "candles": _window(c)[:10] + _window(c)[11:]}, 422, ["gap"]),
     ("misaligned", lambda c: {"symbol": SYMBOL, "candles": _with(c, 0, open_time=c[0]["open_time"] + 7)}, 422, ["aligned"]),
     ("seconds not ms", lambda c: {"symbol": SYMBOL, "candles": _with(c, 0, open_time=1690848000)}, 422, ["outside 2000..2100"]),
@@ -112,7 +114,7 @@ BAD = [
     ("unknown symbol", lambda c: {"symbol": "DOGEUSDT", "candles": _window(c, 20)}, 404, ["unknown symbol", "DOGEUSDT"]),
     ("unknown model", lambda c: {"symbol": SYMBOL, "model": "returns-X-1m", "candles": _window(c, 20)}, 404, ["unknown model"]),
     ("wrong interval", lambda c: {"symbol": SYMBOL, "interval": "5m", "candles": _window(c, 20)}, 422, ["interval"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("name, build, status, words", BAD, ids=[b[0] for b in BAD])

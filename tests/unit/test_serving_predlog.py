@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.predlog import FIELDS, PredictionLog, now_iso, read_prediction_log
+from pipelines.contracts.predlog import FIELDS, now_iso, read_prediction_log
+from serving.predlog import PredictionLog
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "returns-FILUSDT-1m"
@@ -25,7 +26,7 @@ def record(i: int) -> dict:
         "open_time": 1690848000000 + 60_000 * i, "arm": "champion", "served": True, "mode": "split",
         "routing_key": "FILUSDT", "model": MODEL, "version": "3", "horizons": [1, 2, 3, 4, 5],
         "predictions": [1e-4 * i] * 5, "confidence": None, "latency_us": 42.0,
-    }  # fmt: skip
+    }
 
 
 def test_records_round_trip_in_order(tmp_path):

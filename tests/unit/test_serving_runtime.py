@@ -13,13 +13,14 @@ import onnxruntime as ort
 import pytest
 
 from pipelines.contracts.errors import StreamError
+from pipelines.contracts.predlog import read_prediction_log
 from serving.config import RoutingConfig, RuntimeConfig
 from serving.predictor import InputError, Predictor
-from serving.predlog import PredictionLog, read_prediction_log
+from serving.predlog import PredictionLog
 from serving.router import Router, bucket
 from serving.runtime import ModelLoadError, choose_providers, load_model, session_options
-from tests.fixtures.bundles import candle_records, feature_spec, lightgbm_bundle, linear_bundle
 from tests.conftest import FIL_FILES
+from tests.fixtures.bundles import candle_records, feature_spec, lightgbm_bundle, linear_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 RT = RuntimeConfig(warmup_runs=3)
@@ -57,7 +58,7 @@ def test_provider_fallback_logs_one_line_once_per_process(caplog, monkeypatch):
     assert len(lines) == 1, lines
     assert "TensorrtExecutionProvider, CUDAExecutionProvider" in lines[0] and "using CPUExecutionProvider" in lines[0]
     assert choose_providers(wanted, available=["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
-        "CUDAExecutionProvider", "CPUExecutionProvider"]  # fmt: skip
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def test_session_options_follow_config():

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from serving.predictor import FeatureState
-from tests.fixtures.bundles import candle_records
 from tests.conftest import FIL_FILES
+from tests.fixtures.bundles import candle_records
 
 N = 12_000
 

@@ -1,6 +1,6 @@
 """Walk-forward training core: fast slices with stand-in features, and real FILUSDT data.
 
-The first tests replace `pipelines.features`/`pipelines.labels` with tiny stand-ins so the row
+The first tests replace `pipelines.features` with tiny stand-ins so the row
 bookkeeping (warm-up, labels, window, folds, newest window, sequence alignment) is checked exactly
 and quickly. The real-data tests run the whole thing on FILUSDT 1m candles.
 """
@@ -17,13 +17,16 @@ import onnx
 import pandas as pd
 import pytest
 from onnx import helper, numpy_helper
+from pydantic import BaseModel
 
 from pipelines.config import TrainingConfig
 from pipelines.contracts.errors import ParityError
-from pipelines.training.evaluation import WHO
-from pipelines.models import MODEL_FACTORIES
+from pipelines.models import REGISTERED, ModelSpec
+from pipelines.tasks.returns import ReturnsTask
 from pipelines.training.splits import SplitError
 from tests.conftest import FIL_FILES
+
+WHO = ("model", *ReturnsTask.baselines)
 
 H = [1, 2, 3]
 SMALL = {
@@ -69,20 +72,10 @@ def fake_features(monkeypatch):
         df.iloc[:warmup] = np.nan
         return df
 
-    def make_labels(close, horizons):
-        lc = np.log(np.asarray(close, float))
-        out = np.full((lc.size, len(horizons)), np.nan)
-        for j, h in enumerate(horizons):
-            out[:-h, j] = lc[h:] - lc[:-h]
-        return out
-
     feats = types.ModuleType("pipelines.features")
     feats.compute_features = compute_features
     feats.get_feature_set = lambda name: FakeFeatureSet(name, 1, names, warmup)
-    labels = types.ModuleType("pipelines.labels")
-    labels.make_labels = make_labels
     monkeypatch.setitem(sys.modules, "pipelines.features", feats)
-    monkeypatch.setitem(sys.modules, "pipelines.labels", labels)
     return compute_features
 
 
@@ -115,6 +108,10 @@ def test_row_bookkeeping_with_stand_in_features(fake_features):
     for who in WHO:
         for h in H:
             assert res.summary_metrics[f"{who}.h{h}.n"] + res.summary_metrics[f"{who}.h{h}.n_flat"] == n_pooled
+
+
+class NoConfig(BaseModel):
+    """MeanWindowModel has no hyperparameters."""
 
 
 class MeanWindowModel:
@@ -158,7 +155,9 @@ def test_sequence_model_windows_align_labels_to_last_row(fake_features, monkeypa
     from pipelines.training.walk_forward import train_walk_forward
 
     monkeypatch.setattr(MeanWindowModel, "calls", [])
-    monkeypatch.setitem(MODEL_FACTORIES, "mean_window", lambda cfg, nf, hs: MeanWindowModel(nf, hs))
+    spec = ModelSpec(name="mean_window", factory=lambda cfg, nf, hs, **kw: MeanWindowModel(nf, hs),
+                     config_class=NoConfig, input_kind="sequence", base_config=lambda ctx: {})
+    monkeypatch.setitem(REGISTERED, "mean_window", spec)
     candles = candles_frame(700, seed=3)
     cfg = TrainingConfig.model_validate({**SMALL, "features": {"feature_set": "fake"}})
     res = train_walk_forward(candles, symbol="TEST", interval="1m", cfg=cfg, model_type="mean_window")

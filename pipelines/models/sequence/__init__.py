@@ -1,25 +1,21 @@
-"""Deep sequence models (issue 5): one shared training loop, one small encoder file per model.
+"""Deep sequence models (issue 5): one shared training loop, one small encoder file per architecture.
 
-Torch is imported only inside this package; serving and feature code never import it.
-`pipelines.models.MODEL_FACTORIES` points at the `build_*` factories below (signature
-`(cfg: TrainingConfig, n_features, horizons) -> model`); each reads the default preset of
-`configs/models/<model_type>.yaml`. `sequence_factory(model_type, preset=..., overrides=...)` makes a
-factory for another preset (CI uses "tiny").
+Torch is imported only inside this package; serving and feature code never import it. Each
+architecture module (`lstm_attention`, `transformer`, `tft`, `mamba`) and `ensemble` exposes
+`SPEC` (`pipelines.models.spec.ModelSpec`) and has its presets in `configs/models/<name>.yaml`;
+`pipelines.models.make_model` builds them like any other family.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import SEQUENCE_ARCHITECTURES, TrainingConfig, load_model_preset
+from pipelines.config import SEQUENCE_ARCHITECTURES, TrainingConfig
 from pipelines.models.sequence.base import SequenceModelError, SequenceRegressor
 
-__all__ = [
-    "SEQUENCE_ARCHITECTURES", "SequenceModelError", "SequenceRegressor", "make_sequence_model",
-    "sequence_factory", "build_lstm_attention", "build_transformer", "build_tft", "build_mamba", "build_ensemble",
-]
+__all__ = ["SEQUENCE_ARCHITECTURES", "SequenceModelError", "SequenceRegressor", "make_sequence_model"]
 
 
 def make_sequence_model(
@@ -31,8 +27,11 @@ def make_sequence_model(
     configs_dir: Path | None = None,
     preset: str | None = None,
     overrides: dict | None = None,
+    objective: str = "l2",
 ) -> Any:
     """A fresh (unfitted) sequence model or ensemble from `configs/models/<model_type>.yaml`.
+
+    A shorthand for `pipelines.models.make_model` with a default training config.
 
     Args:
         model_type: lstm_attention | transformer | tft | mamba | ensemble.
@@ -42,34 +41,9 @@ def make_sequence_model(
         configs_dir: configs directory; default `get_settings().configs_dir`.
         preset: preset name in that file; default the file's `default`.
         overrides: flat field overrides of the preset, e.g. {"max_epochs": 2}.
+        objective: the task's training objective (l2 keeps the preset's loss; huber).
     """
-    if configs_dir is None:
-        from pipelines.contracts.settings import get_settings
+    from pipelines.models import make_model
 
-        configs_dir = get_settings().configs_dir
-    cfg = load_model_preset(configs_dir, model_type, preset, overrides)
-    if model_type == "ensemble":
-        from pipelines.models.sequence.ensemble import EnsembleRegressor
-
-        return EnsembleRegressor.from_config(cfg, n_features, horizons, training=training, configs_dir=configs_dir)
-    return SequenceRegressor(cfg, n_features, horizons)
-
-
-def sequence_factory(
-    model_type: str, preset: str | None = None, overrides: dict | None = None, configs_dir: Path | None = None
-) -> Callable[[TrainingConfig, int, Sequence[int]], Any]:
-    """A `make_model` factory for one preset, e.g. `register_model("mamba", sequence_factory("mamba", "tiny"))`."""
-
-    def build(cfg: TrainingConfig, n_features: int, horizons: Sequence[int]) -> Any:
-        return make_sequence_model(model_type, n_features, horizons, training=cfg, configs_dir=configs_dir,
-                                   preset=preset, overrides=overrides)
-
-    build.__name__ = f"build_{model_type}"
-    return build
-
-
-build_lstm_attention = sequence_factory("lstm_attention")
-build_transformer = sequence_factory("transformer")
-build_tft = sequence_factory("tft")
-build_mamba = sequence_factory("mamba")
-build_ensemble = sequence_factory("ensemble")
+    return make_model(model_type, training or TrainingConfig(), n_features, horizons, preset=preset,
+                      overrides=overrides, objective=objective, configs_dir=configs_dir)

@@ -20,9 +20,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from pipelines.config import EnsembleConfig, TrainingConfig, load_model_preset
+from pipelines.config import EnsembleConfig, TrainingConfig
 from pipelines.contracts.errors import KairosError
 from pipelines.models.sequence.base import SequenceRegressor
+from pipelines.models.spec import ModelContext, ModelSpec
 
 EPS = 1e-12  # keeps the agreement ratio finite when both members predict exactly 0
 
@@ -112,19 +113,22 @@ class EnsembleRegressor:
     @classmethod
     def from_config(
         cls, cfg: EnsembleConfig, n_features: int, horizons: Sequence[int], *,
-        training: TrainingConfig | None = None, configs_dir: Path | None = None,
-    ) -> "EnsembleRegressor":
-        """Members from config: the named sequence preset + LightGBM from `training.lightgbm`."""
+        training: TrainingConfig | None = None, configs_dir: Path | None = None, objective: str = "l2",
+    ) -> EnsembleRegressor:
+        """Members from config: the named sequence preset + LightGBM from `training.lightgbm`, both
+        trained with the task's `objective`."""
+        from pipelines.models import get_spec
         from pipelines.models.lightgbm import LightGBMReturns
 
         if configs_dir is None:
             from pipelines.contracts.settings import get_settings
 
             configs_dir = get_settings().configs_dir
-        training = training or TrainingConfig()
-        seq_cfg = load_model_preset(configs_dir, cfg.sequence_model, cfg.sequence_preset, cfg.sequence_overrides)
-        seq = SequenceRegressor(seq_cfg, n_features, horizons)
-        tab = LightGBMReturns(training.lightgbm, horizons, target_opset=cfg.opset)
+        context = ModelContext(training or TrainingConfig(), Path(configs_dir))
+        seq = get_spec(cfg.sequence_model, context.configs_dir).build(
+            context, n_features, horizons, preset=cfg.sequence_preset, overrides=cfg.sequence_overrides,
+            objective=objective)
+        tab = LightGBMReturns(context.training.lightgbm, horizons, target_opset=cfg.opset, objective=objective)
         return cls(seq, tab, sequence_weight=cfg.sequence_weight, tabular_weight=cfg.tabular_weight,
                    parity_tolerance=cfg.parity_tolerance, opset=cfg.opset)
 
@@ -189,19 +193,35 @@ class EnsembleRegressor:
 
 
 def evaluate_members(
-    model: EnsembleRegressor, X: np.ndarray, Y: np.ndarray, last_return: np.ndarray, horizons: Sequence[int],
+    model: EnsembleRegressor, X: np.ndarray, Y: np.ndarray, baselines: dict[str, np.ndarray], task: Any,
     *, interval: str, cfg: Any,
 ) -> dict[str, dict[str, float]]:
     """The walk-forward metrics of each member and of the blend, side by side, on the same rows.
 
     Args:
-        model: a fitted ensemble; X (n, T, F) windows, Y (n, H) labels, last_return (n,).
-        cfg: `EvaluationConfig`.
+        model: a fitted ensemble; X (n, T, F) windows, Y (n, H) labels.
+        baselines: the task's baseline forecasts for the same rows (`task.baseline_forecasts`).
+        task: a `pipelines.tasks.Task`; cfg: `EvaluationConfig`.
 
     Returns:
-        {"sequence" | "tabular" | "ensemble": flat `pipelines.training.evaluation.evaluate_all` metrics}.
+        {"sequence" | "tabular" | "ensemble": flat `task.evaluate` metrics}.
     """
-    from pipelines.training.evaluation import evaluate_all
-
-    return {who: evaluate_all(pred, Y, last_return, horizons, interval=interval, cfg=cfg)
+    return {who: task.evaluate(pred, Y, baselines, interval=interval, cfg=cfg)
             for who, pred in model.predict_members(X).items()}
+
+
+def _build(cfg: EnsembleConfig, n_features: int, horizons: Sequence[int], *, objective: str,
+           context: ModelContext) -> EnsembleRegressor:
+    return EnsembleRegressor.from_config(cfg, n_features, horizons, training=context.training,
+                                         configs_dir=context.configs_dir, objective=objective)
+
+
+SPEC = ModelSpec(
+    name="ensemble",
+    factory=_build,
+    config_class=EnsembleConfig,
+    input_kind="sequence",
+    tasks=("returns", "volatility"),
+    objectives=("l2", "huber"),  # what both members honour (each checks again when built)
+    untunable=frozenset({"sequence_model", "sequence_preset", "sequence_overrides", "parity_tolerance", "opset"}),
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from pipelines.config import SequenceModelConfig
+from pipelines.models.sequence.spec import sequence_spec
 
 
 class LSTMAttentionEncoder(nn.Module):
@@ -34,3 +35,6 @@ class LSTMAttentionEncoder(nn.Module):
 
 def build_encoder(cfg: SequenceModelConfig, n_features: int) -> nn.Module:
     return LSTMAttentionEncoder(cfg, n_features)
+
+
+SPEC = sequence_spec("lstm_attention")

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pipelines.config import SequenceModelConfig
+from pipelines.models.sequence.spec import sequence_spec
 
 
 def selective_scan(u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, Dp: Tensor) -> Tensor:
@@ -84,3 +85,6 @@ class MambaEncoder(nn.Module):
 
 def build_encoder(cfg: SequenceModelConfig, n_features: int) -> nn.Module:
     return MambaEncoder(cfg, n_features)
+
+
+SPEC = sequence_spec("mamba")

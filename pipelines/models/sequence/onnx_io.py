@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,6 +18,7 @@ import onnxruntime as ort
 import torch
 
 from pipelines.contracts.errors import ParityError
+from pipelines.contracts.onnx import make_session
 from pipelines.models.sequence.net import OnnxGraph, SequenceNet
 
 INPUT_NAME = "features"
@@ -61,12 +63,11 @@ def export_onnx(net: SequenceNet, sequence_length: int, n_features: int, opset: 
     return model.SerializeToString()
 
 
-def session(onnx_bytes: bytes, threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+def session(
+    onnx_bytes: bytes, threads: int = 1, providers: Sequence[Any] = ("CPUExecutionProvider",)
+) -> ort.InferenceSession:
     """An onnxruntime session with explicit thread counts (1 for single-window latency)."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes, so, providers=list(providers))
+    return make_session(onnx_bytes, threads=threads, providers=providers)
 
 
 def onnx_predict(onnx_bytes: bytes | ort.InferenceSession, X: np.ndarray, batch: int = 4096) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from pipelines.config import SequenceModelConfig
+from pipelines.models.sequence.spec import sequence_spec
 
 
 class GLU(nn.Module):
@@ -105,3 +106,6 @@ class TFTEncoder(nn.Module):
 
 def build_encoder(cfg: SequenceModelConfig, n_features: int) -> nn.Module:
     return TFTEncoder(cfg, n_features)
+
+
+SPEC = sequence_spec("tft", ("l2", "quantile"))  # pinball loss over p10/p50/p90: serves the median

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from pipelines.config import SequenceModelConfig
+from pipelines.models.sequence.spec import sequence_spec
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -66,3 +67,6 @@ class TransformerEncoder(nn.Module):
 
 def build_encoder(cfg: SequenceModelConfig, n_features: int) -> nn.Module:
     return TransformerEncoder(cfg, n_features)
+
+
+SPEC = sequence_spec("transformer")

@@ -1,4 +1,4 @@
-"""Evaluation metrics against hand-computed values, and the baselines on identical rows."""
+"""The metrics module against hand-computed values, and the returns task's baselines on identical rows."""
 
 from __future__ import annotations
 
@@ -8,20 +8,30 @@ import numpy as np
 import pytest
 
 from pipelines.config import EvaluationConfig
-from pipelines.training.evaluation import (
-    METRICS,
-    WHO,
-    EvaluationError,
-    best_baseline_accuracy,
+from pipelines.tasks import TaskError, get_task, nested_report
+from pipelines.tasks.returns import ReturnsTask, best_baseline, last_move_sign
+from pipelines.training.metrics import (
+    MetricError,
     direction_accuracy,
-    evaluate_all,
-    last_move_sign,
-    nested_report,
     periods_per_year,
     sign_pnl,
     trade_rows,
     wilson_interval,
 )
+
+WHO = ("model", *ReturnsTask.baselines)
+METRICS = ("accuracy", "accuracy_lo", "accuracy_hi", "n", "n_flat", "ic", "rmse", "pnl_total_return",
+           "pnl_sharpe", "pnl_max_drawdown")
+EvaluationError = (MetricError, TaskError)
+best_baseline_accuracy = best_baseline
+
+
+def evaluate_all(pred, actual, last_return, horizons, *, interval, cfg, segments=None):
+    """The returns task's report: the model beside its baselines on the same rows."""
+    task = get_task("returns", horizons)
+    base = task.baseline_forecasts(None, np.asarray(last_return, float).reshape(-1, 1))
+    return task.evaluate(pred, actual, base, interval=interval, cfg=cfg, segments=segments)
+
 
 YEAR_MINUTES = 365.25 * 24 * 60
 

@@ -1,4 +1,4 @@
-"""pipelines.labels: future log returns per horizon, NaN past the end."""
+"""The returns task: labels (future log returns per horizon, NaN past the end), baselines, scores."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from pipelines.contracts.errors import KairosError
-from pipelines.labels import LabelError, label_names, make_labels
+from pipelines.tasks import TaskError, get_task
+from pipelines.tasks.returns import make_labels
+
+LabelError = TaskError
+
+
+def label_names(horizons):
+    return get_task("returns", horizons).label_names
 from tests.conftest import FIL_FILES
 
 
@@ -34,9 +41,7 @@ def test_names():
 
 @pytest.mark.parametrize("horizons", [[], [0], [-1, 2], [1, 1], [1.5]])
 def test_bad_horizons(horizons):
-    with pytest.raises(LabelError, match="horizon"):
-        make_labels(np.ones(10), horizons)
-    with pytest.raises(KairosError):
+    with pytest.raises(KairosError, match="horizons"):
         label_names(horizons)
 
 
@@ -62,3 +67,21 @@ def test_real_data_sum_of_one_step_returns(shared_data):
     tele = sum(y[k : n - 5 + k, 0] for k in range(5))
     np.testing.assert_allclose(y[: n - 5, 1], tele, rtol=0, atol=1e-13)
     assert np.isnan(y[n - 5 :, 1]).all() and np.isfinite(y[: n - 5]).all()
+
+
+def test_baselines_carry_the_last_move_through_flat_candles():
+    task = get_task("returns", (1, 2))
+    close = np.array([1.0, 1.1, 1.1, 1.0, 1.0, 1.0])
+    A = task.baseline_inputs(close)
+    base = task.baseline_forecasts(task.fit_baselines(A[1:], None), A[1:])
+    np.testing.assert_array_equal(base["persistence"][:, 0], [1, 1, -1, -1, -1])
+    np.testing.assert_array_equal(base["reversal"][:, 0], [-1, -1, 1, 1, 1])
+    np.testing.assert_array_equal(base["always_up"][:, 0], 1)
+
+
+def test_realised_matches_labels_and_is_nan_past_the_grid():
+    task = get_task("returns", (1, 3))
+    close = np.array([1.0, 2.0, 4.0, 2.0, np.nan, 1.0])
+    np.testing.assert_allclose(task.realised(close, np.array([0, 1]), 1), [math.log(2), math.log(2)])
+    out = task.realised(close, np.array([1, 3, 4]), 3)  # row 1+3 is a missing candle, 4+3 past the end
+    assert np.isnan(out).all()

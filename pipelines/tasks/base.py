@@ -1,0 +1,174 @@
+"""The task contract: what is predicted, and how it is judged.
+
+A task owns, for one registered model:
+- its **labels**, built from candles strictly after t (`labels`, (N, H), NaN where the horizon runs
+  past the end) and its **outputs** (`output_name`, `output_meaning`: the first ONNX output, float32
+  [N, H]);
+- the **objective** its models train with (`objective`: "l2" | "huber" | "quantile"; a model family
+  maps it to its own loss) and the target transform (`target` / `untarget`: identity by default);
+- its **naive baselines**, computed from per-row inputs that use candles <= t only
+  (`baseline_inputs`), fitted on the training fold only (`fit_baselines`) and always scored on the
+  same rows as the model (`baseline_forecasts`);
+- its **metrics** (`evaluate`: flat `{who}.h{h}.{metric}` floats) and the columns a report shows;
+- the **per-row loss** the A/B review compares (`review_loss`, a name understood by
+  `pipelines.review.arms.per_request_loss`), the **promotion metric** and its direction;
+- how a live outcome is **realised** from the candle closes (`realised`), for the outcome join.
+
+Every task is one module `pipelines/tasks/<name>.py` exposing `TASK` (a subclass of `Task`) and one
+YAML `configs/tasks/<name>.yaml`. Nothing outside the task branches on its name.
+Pure numpy/scipy; no torch, LightGBM, MLflow or Prefect.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipelines.contracts.errors import KairosError
+
+
+class TaskError(KairosError):
+    """A task is unknown, misconfigured, or given arrays that do not line up."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a report table: its title, the metric it reads and how it is printed."""
+
+    title: str
+    metric: str
+    fmt: str = "{:.4f}"  # str.format spec; a tuple metric (lo, hi) uses `fmt_ci`
+    ci: tuple[str, str] | None = None  # metrics holding a confidence interval, shown as [lo, hi]
+
+    def render(self, m: dict[str, float]) -> str:
+        v = m.get(self.metric, math.nan)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "—"
+        text = self.fmt.format(v)
+        if self.ci and all(m.get(k) is not None and m.get(k) == m.get(k) for k in self.ci):
+            text += " [" + ", ".join(self.fmt.format(m[k]) for k in self.ci) + "]"
+        return text
+
+
+@dataclass(frozen=True)
+class Task(ABC):
+    """One prediction task at the horizons `horizons` (candles ahead), with `options` from its YAML."""
+
+    horizons: tuple[int, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    name: ClassVar[str]
+    output_name: ClassVar[str]  # the first ONNX output, float32 [N, H]
+    output_meaning: ClassVar[str]
+    label_prefix: ClassVar[str]  # label column names: f"{label_prefix}_h{h}"
+    baselines: ClassVar[tuple[str, ...]]  # names, in report order
+    columns: ClassVar[tuple[Column, ...]]  # report table, per (who, horizon)
+    review_loss: ClassVar[str]  # per-row loss the A/B review compares (lower is better)
+    promotion_metric: ClassVar[str]  # metric the promotion policy decides on
+    higher_is_better: ClassVar[bool]
+    tuning_metrics: ClassVar[tuple[str, ...]]  # metrics `kairos tune` may maximise (first = default)
+    objective: ClassVar[str] = "l2"  # the models' training loss, unless the YAML sets `objective`
+    directional: ClassVar[bool] = False  # outputs are signed returns: direction accuracy and sign P&L apply
+
+    def __post_init__(self) -> None:
+        hs = [int(h) for h in self.horizons]
+        if not hs or any(h < 1 for h in hs) or hs != sorted(set(hs)) or hs != list(self.horizons):
+            raise TaskError(f"task {self.name}: horizons must be strictly increasing whole candle counts >= 1, "
+                            f"got {list(self.horizons)}")
+        object.__setattr__(self, "horizons", tuple(hs))
+
+    # ------------------------------------------------------------------ labels and training target
+    @property
+    def label_names(self) -> list[str]:
+        return [f"{self.label_prefix}_h{h}" for h in self.horizons]
+
+    @property
+    def training_objective(self) -> str:
+        return str(self.options.get("objective", self.objective))
+
+    @property
+    def lookahead(self) -> int:
+        """Candles after t a label reads: the purge between train and test must cover it."""
+        return max(self.horizons)
+
+    @abstractmethod
+    def labels(self, close: np.ndarray) -> np.ndarray:
+        """float64 (N, H) from close prices (N,); NaN where the horizon runs past the end."""
+
+    def target(self, Y: np.ndarray) -> np.ndarray:
+        """What the models fit (default: the labels themselves)."""
+        return Y
+
+    # ------------------------------------------------------------------ baselines
+    @property
+    def warmup(self) -> int:
+        """Candles of history `baseline_inputs` needs before its rows are finite."""
+        return 1
+
+    @abstractmethod
+    def baseline_inputs(self, close: np.ndarray) -> np.ndarray:
+        """float64 (N, K): per-row inputs of the naive baselines, from closes <= t only."""
+
+    def fit_baselines(self, A: np.ndarray, Y: np.ndarray) -> Any:
+        """Fit whatever a baseline learns, on the training fold's rows only (default: nothing)."""
+        return None
+
+    @abstractmethod
+    def baseline_forecasts(self, state: Any, A: np.ndarray) -> dict[str, np.ndarray]:
+        """`{who: forecast}` for the rows of A; each forecast's first axis is the row."""
+
+    # ------------------------------------------------------------------ judging
+    @abstractmethod
+    def evaluate(
+        self, pred: np.ndarray, actual: np.ndarray, baselines: dict[str, np.ndarray], *, interval: str,
+        cfg: Any, segments: Sequence[int] | None = None,
+    ) -> dict[str, float]:
+        """Model and baselines on the same rows: flat `{who}.h{h}.{metric}` floats.
+
+        Args:
+            pred: (n, H) model outputs; actual: (n, H) labels, finite.
+            baselines: `baseline_forecasts` output for the same rows.
+            interval: candle interval; cfg: `EvaluationConfig`.
+            segments: lengths of contiguous blocks when rows are pooled from several test windows.
+        """
+
+    @abstractmethod
+    def score(self, pred: np.ndarray, actual: np.ndarray, metric: str, horizon: int, *, interval: str,
+              cfg: Any) -> float:
+        """One metric of one horizon's (n,) forecasts, for promotion and tuning (NaN when undefined)."""
+
+    @abstractmethod
+    def realised(self, close: np.ndarray, base: np.ndarray, horizon: int) -> np.ndarray:
+        """Live outcomes: `close` is the candle grid (NaN where a candle is missing), `base` the row index
+        of each prediction's candle t; returns (n,) realised label values, NaN when any candle the label
+        reads is missing."""
+
+    @abstractmethod
+    def row_loss(self, pred: np.ndarray, realised: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The A/B review's per-request loss (lower is better) of (n,) predictions and realised values:
+        (loss (m,), keep mask (n,)) — rows the loss is undefined on are dropped."""
+
+    def check(self, pred: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pred, actual = np.asarray(pred, float), np.asarray(actual, float)
+        if pred.ndim != 2 or pred.shape != actual.shape or pred.shape[1] != len(self.horizons):
+            raise TaskError(f"task {self.name}: shapes disagree: pred {pred.shape}, actual {actual.shape}; "
+                            f"both must be (n, {len(self.horizons)})")
+        for label, arr in (("pred", pred), ("actual", actual)):
+            if not np.isfinite(arr).all():
+                raise TaskError(f"task {self.name}: {label} has {int((~np.isfinite(arr)).sum())} non-finite values; "
+                                "drop those rows first")
+        return pred, actual
+
+
+def nested_report(flat: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:
+    """`{who}.h{h}.{metric}` → `{who: {"h{h}": {metric: value}}}` (for tables)."""
+    report: dict[str, dict[str, dict[str, float]]] = {}
+    for key, value in flat.items():
+        who, h, metric = key.split(".", 2)
+        report.setdefault(who, {}).setdefault(h, {})[metric] = value
+    return report
