@@ -64,6 +64,7 @@ class LightGBMConfig(_Frozen):
 class ExportConfig(_Frozen):
     target_opset: int = Field(15, ge=9, le=15)
     parity_tolerance: float = Field(1e-5, gt=0)
+    parity_rtol: float = Field(1e-6, ge=0, description="plus this share of |native output|: float32 rounding")
     parity_rows: int = Field(5000, ge=1)
 
 

@@ -276,7 +276,7 @@ def train_walk_forward(
     parity_X = ds.X[max(0, n - cfg.export.parity_rows) : n]
     # The config sets a floor; a model family may declare a looser bound (deep models: float32 kernels).
     tolerance = max(cfg.export.parity_tolerance, float(getattr(final, "parity_tolerance", 0.0)))
-    parity = check_parity(onnx_bytes, final.predict, parity_X, tolerance)
+    parity = check_parity(onnx_bytes, final.predict, parity_X, tolerance, rtol=cfg.export.parity_rtol)
     report_progress("export", 2, 2)
 
     used = candles.iloc[ds.lo - ds.start : len(candles)]  # every candle the features/labels read
@@ -293,7 +293,8 @@ def train_walk_forward(
     manifest = _manifest(
         onnx_bytes, task=task, fs=fs, model_type=model_type, symbol=symbol, interval=interval, horizons=horizons,
         seq_len=seq_len, training=data_window, metrics=summary, synthetic=synthetic,
-        extra={"parity_max_abs": parity, "parity_tolerance": tolerance, "n_folds": len(folds),
+        extra={"parity_max_abs": parity, "parity_tolerance": tolerance, "parity_rtol": cfg.export.parity_rtol,
+               "n_folds": len(folds),
                "fold_test_starts": [ds.open_time[f.test_start].isoformat() for f in folds]},
     )
     return TrainResult(
