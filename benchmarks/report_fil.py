@@ -1,15 +1,19 @@
-"""Walk-forward report on real data: LightGBM vs the naive baselines on FILUSDT 1m (run on demand).
+"""Walk-forward report on real data: the default LightGBM vs the task's naive baselines on FILUSDT 1m.
 
-Reads the four FILUSDT monthly dumps beside the repository, trains with configs/defaults.yaml
-(the newest 30 days: 6 rolling folds of 14 days train / 2 days test, purge 5, fee 1 bp) and writes
-benchmarks/results/fil_report.json with every model/baseline metric per horizon.
+Reads the four FILUSDT monthly dumps beside the repository, trains the task with configs/defaults.yaml
+(+ configs/tasks/<task>.yaml; the newest 30 days: 6 rolling folds of 14 days train / 2 days test) and
+writes benchmarks/results/fil_report.json (returns) or fil_<task>_report.json with every model/baseline
+metric per horizon, pooled over the folds, plus per fold how often the model beat each baseline on the
+task's promotion metric.
 
-    python benchmarks/report_fil.py
+    python benchmarks/report_fil.py [--task returns|volatility]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,27 +22,40 @@ FILES = sorted((REPO.parent / "shared" / "data").glob("FILUSDT-1m-2023-*.zip"))
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="returns")
+    args = ap.parse_args()
+
     from pipelines.config import load_training_config
     from pipelines.sources.binance_files import read_many
+    from pipelines.tasks import load_task
     from pipelines.training.walk_forward import train_walk_forward
 
     candles = read_many(FILES, "FILUSDT", "1m")
-    cfg = load_training_config(REPO / "configs")
+    cfg = load_training_config(REPO / "configs", task=args.task)
+    task = load_task(REPO / "configs", args.task, cfg.labels.horizons)
     t0 = time.perf_counter()
-    res = train_walk_forward(candles, symbol="FILUSDT", interval="1m", cfg=cfg)
+    res = train_walk_forward(candles, symbol="FILUSDT", interval="1m", cfg=cfg, task=task)
     wall = time.perf_counter() - t0
-    print(f"FILUSDT 1m, {res.data_window['start']} → {res.data_window['end']}, "
+    print(f"{task.name}: FILUSDT 1m, {res.data_window['start']} → {res.data_window['end']}, "
           f"{len(res.fold_metrics)} folds, parity max |Δ| {res.parity_max_abs:.1e}, {wall:.0f} s")
-    print(f"{'h':>2} {'who':<12} {'rows':>6} {'accuracy [95% CI]':<26} {'IC':>8} {'P&L':>8} {'Sharpe':>7}")
+    metric, sign = task.promotion_metric, (1 if task.higher_is_better else -1)
+    print(f"{'h':>3} {'who':<12} " + " ".join(f"{c.title:>24}" for c in task.columns) + f"  folds model better ({metric})")
+    wins: dict[str, dict[str, int]] = {}
     for h in res.horizons:
-        for who in ("model", "always_up", "persistence", "reversal"):
+        for who in ("model", *task.baselines):
             m = res.report[who][f"h{h}"]
-            ic = f"{m['ic']:+.4f}" if m["ic"] == m["ic"] else "—"
-            print(f"{h:>2} {who:<12} {int(m['n']):>6} {m['accuracy']:.2%} [{m['accuracy_lo']:.2%}, "
-                  f"{m['accuracy_hi']:.2%}]  {ic:>8} {m['pnl_total_return']:+8.2%} {m['pnl_sharpe']:+7.2f}")
-    out = {"data_window": res.data_window, "folds": len(res.fold_metrics), "parity_max_abs": res.parity_max_abs,
-           "train_wall_s": round(wall, 1), "report": res.report}
-    dst = REPO / "benchmarks" / "results" / "fil_report.json"
+            won = ""
+            if who != "model":
+                k = sum(sign * (f[f"model.h{h}.{metric}"] - f[f"{who}.h{h}.{metric}"]) > 0 for f in res.fold_metrics)
+                wins.setdefault(f"h{h}", {})[who] = int(k)
+                won = f"{k}/{len(res.fold_metrics)}"
+            print(f"{h:>3} {who:<12} " + " ".join(f"{c.render(m):>24}" for c in task.columns) + f"  {won}")
+    out = {"task": task.name, "data_window": res.data_window, "folds": len(res.fold_metrics),
+           "parity_max_abs": res.parity_max_abs, "train_wall_s": round(wall, 1), "load_avg": os.getloadavg(),
+           "folds_model_better": {"metric": metric, **wins}, "report": res.report}
+    name = "fil_report.json" if task.name == "returns" else f"fil_{task.name}_report.json"
+    dst = REPO / "benchmarks" / "results" / name
     dst.write_text(json.dumps(out, indent=2, default=str))
     print(f"wrote {dst}")
 
