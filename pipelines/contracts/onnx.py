@@ -62,7 +62,11 @@ def run_onnx(
     Returns:
         float64 [N, ...] (e.g. [N, H]); N = 0 gives an empty array of the output's trailing shape.
     """
-    sess = onnx_bytes if isinstance(onnx_bytes, ort.InferenceSession) else make_session(onnx_bytes, threads=threads)
+    sess = (
+        onnx_bytes
+        if isinstance(onnx_bytes, ort.InferenceSession)
+        else make_session(onnx_bytes, threads=threads)
+    )
     input_name = sess.get_inputs()[0].name
     out_meta = sess.get_outputs()
     names = [o.name for o in out_meta]
@@ -70,7 +74,9 @@ def run_onnx(
     if name not in names:
         raise ValueError(f"the ONNX graph has no output {name!r}; its outputs are {names}")
     X = np.ascontiguousarray(X, dtype=np.float32)
-    outs = [sess.run([name], {input_name: X[i : i + batch_size]})[0] for i in range(0, X.shape[0], batch_size)]
+    outs = [
+        sess.run([name], {input_name: X[i : i + batch_size]})[0] for i in range(0, X.shape[0], batch_size)
+    ]
     if not outs:
         tail = [d if isinstance(d, int) else 0 for d in out_meta[names.index(name)].shape[1:]]
         return np.empty((0, *tail), dtype=np.float64)

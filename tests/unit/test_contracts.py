@@ -27,7 +27,10 @@ def two_output_graph(first: str = "log_variance", second: str = "confidence") ->
     x = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 2])
     y1 = helper.make_tensor_value_info(first, TensorProto.FLOAT, [None, 2])
     y2 = helper.make_tensor_value_info(second, TensorProto.FLOAT, [None, 2])
-    nodes = [helper.make_node("Identity", ["features"], [first]), helper.make_node("Neg", ["features"], [second])]
+    nodes = [
+        helper.make_node("Identity", ["features"], [first]),
+        helper.make_node("Neg", ["features"], [second]),
+    ]
     graph = helper.make_graph(nodes, "two_outputs", [x], [y1, y2])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8

@@ -10,13 +10,13 @@ import pytest
 from pipelines.contracts.errors import KairosError
 from pipelines.tasks import TaskError, get_task
 from pipelines.tasks.returns import make_labels
+from tests.conftest import FIL_FILES
 
 LabelError = TaskError
 
 
 def label_names(horizons):
     return get_task("returns", horizons).label_names
-from tests.conftest import FIL_FILES
 
 
 def test_hand_checked_values():
