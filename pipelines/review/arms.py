@@ -10,11 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from pipelines.contracts.errors import KairosError
 from pipelines.review.hac import effective_sample_size
-from pipelines.training.metrics import direction_hits, fee_aware_pnl, trade_rows, wilson_interval
+from pipelines.training.metrics import direction_hits, fee_aware_pnl, spearman_ic, trade_rows, wilson_interval
 
 
 class ABDataError(KairosError):
@@ -122,10 +121,7 @@ def arm_metrics(arm: ArmData, *, fee_bps: float, confidence: float = 0.95) -> Ar
     acc = float(hits.mean()) if m else float("nan")
     n_eff = effective_sample_size(hits, min_lag=arm.horizon - 1) if m > 1 else float(m)
     ci = wilson_interval(acc * n_eff, n_eff, confidence) if m else (float("nan"), float("nan"))
-    if n > 2 and np.ptp(arm.prediction) > 0 and np.ptp(arm.realised) > 0:
-        ic = float(stats.spearmanr(arm.prediction, arm.realised).statistic)
-    else:  # rank correlation is undefined for a constant column
-        ic = float("nan")
+    ic = spearman_ic(arm.prediction, arm.realised) if n > 2 else float("nan")  # NaN for a constant column
     rows = trade_rows(n, arm.horizon)
     pnl = fee_aware_pnl(arm.prediction[rows], arm.realised[rows], fee_bps)
     pos = sign_positions(arm.prediction[rows])
