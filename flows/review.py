@@ -211,7 +211,7 @@ def served_history(
     predlog_dir: Path,
     store=None,
     *,
-    horizon: int = 1,
+    horizon: int | None = None,
     fee_bps: float = 1.0,
     now: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
@@ -227,7 +227,7 @@ def served_history(
         name: registered model name.
         predlog_dir: the serving prediction-log directory.
         store: a `CandleStore` for the outcomes; default the store of `KAIROS_HOME`.
-        horizon: horizon of the live metrics.
+        horizon: horizon of the live metrics (default: the task's promotion horizon).
         fee_bps: fee for the P&L.
         now: the clock for pending outcomes (default now).
 
@@ -239,14 +239,20 @@ def served_history(
     from pipelines.review.served import served_table
     from registry.history import served_intervals
 
+    from pipelines.tasks import task_of_model
+
+    rt = Runtime.from_env()
+    task_name = task_of_model(name)
+    task_ = rt.task(task_name)
+    horizon = horizon or rt.policy(task_name).horizon
     intervals = served_intervals(client, name, CHAMPION)
     log = read_prediction_log(Path(predlog_dir), name)
     log = log[log["arm"] == CHAMPION] if len(log) else log
     resolved = None
     if len(log):
         interval = str(log["interval"].iloc[0])
-        store = store if store is not None else Runtime.from_env().store()
+        store = store if store is not None else rt.store()
         start, end = log_time_range(log, interval)
         candles = store.load(str(log["symbol"].iloc[0]), interval, start=start, end=end)
-        resolved = join_outcomes(log, candles, interval=interval, now=now).resolved
-    return served_table(intervals, log, resolved, horizon=horizon, fee_bps=fee_bps)
+        resolved = join_outcomes(log, candles, interval=interval, now=now, task=task_).resolved
+    return served_table(intervals, log, resolved, horizon=horizon, fee_bps=fee_bps, task=task_)

@@ -99,15 +99,18 @@ def history(symbol: str = typer.Option(None, "--symbol", "-s"), interval: str = 
         from flows.review import default_predlog_dir, served_history
 
         served = served_history(client, name, default_predlog_dir(Runtime.from_env()))
-        t = Table(title=f"which version served as champion when, with live metrics (h1) — {name}")
-        for col in ["version", "from (UTC)", "until (UTC)", "requests", "resolved", "accuracy [95% CI]", "IC", "P&L"]:
+        metric = next((str(m) for m in served["metric"] if isinstance(m, str)), "—")
+        t = Table(title=f"which version served as champion when, with live metrics — {name}")
+        for col in ["version", "from (UTC)", "until (UTC)", "requests", "resolved", f"live {metric}",
+                    "accuracy [95% CI]", "IC", "P&L"]:
             t.add_column(col)
         for r in served.itertuples(index=False):
             acc = (f"{r.accuracy:.2%} [{r.accuracy_ci_low:.2%}, {r.accuracy_ci_high:.2%}]"
                    if r.accuracy == r.accuracy else "—")
             t.add_row(str(r.version), f"{r.start:%Y-%m-%d %H:%M:%S}",
                       f"{r.end:%Y-%m-%d %H:%M:%S}" if r.end == r.end and r.end is not None else "now",
-                      f"{int(r.requests):,}", f"{int(r.resolved):,}", acc,
+                      f"{int(r.requests):,}", f"{int(r.resolved):,}",
+                      f"{r.value:.4f}" if isinstance(r.value, float) and r.value == r.value else "—", acc,
                       f"{r.ic:+.4f}" if r.ic == r.ic else "—",
                       f"{r.pnl_total_return:+.2%}" if r.pnl_total_return == r.pnl_total_return else "—")
         console.print(t)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,8 @@ COLUMNS = [
     "accuracy_ci_high",
     "ic",
     "pnl_total_return",
+    "metric",  # the task's promotion metric ...
+    "value",  # ... on the live outcomes
 ]
 
 
@@ -42,11 +44,19 @@ class Interval(Protocol):
     actor: str
 
 
-def live_metrics(rows: pd.DataFrame, horizon: int, fee_bps: float) -> dict[str, float]:
-    """Direction accuracy (with CI), IC and fee-aware P&L of resolved outcome rows at `horizon`."""
+def live_metrics(rows: pd.DataFrame, horizon: int, fee_bps: float, task: Any = None) -> dict[str, Any]:
+    """The task's promotion metric (`metric`, `value`) of resolved outcome rows at `horizon`, and for
+    signed-return tasks direction accuracy (with CI), IC and fee-aware P&L."""
     r = rows[rows["horizon"] == horizon].sort_values("time_ms", kind="mergesort")
     if len(r) < 2:
         return {"resolved": float(len(r))}
+    out: dict[str, Any] = {}
+    if task is not None:
+        out = {"metric": task.promotion_metric,
+               "value": task.score(r["prediction"].to_numpy(np.float64), r["realised"].to_numpy(np.float64),
+                                   task.promotion_metric, horizon, interval="1m", cfg=None)}
+        if not task.directional:
+            return {"resolved": float(len(r)), **out}
     arm = ArmData(
         "live",
         r["prediction"].to_numpy(np.float64),
@@ -56,6 +66,7 @@ def live_metrics(rows: pd.DataFrame, horizon: int, fee_bps: float) -> dict[str, 
     )
     m = arm_metrics(arm, fee_bps=fee_bps)
     return {
+        **out,
         "resolved": float(m.n),
         "accuracy": m.accuracy,
         "accuracy_ci_low": m.accuracy_ci[0],
@@ -72,6 +83,7 @@ def served_table(
     *,
     horizon: int = 1,
     fee_bps: float = 1.0,
+    task: Any = None,
 ) -> pd.DataFrame:
     """One row per champion interval with the live metrics of the records it served.
 
@@ -81,6 +93,7 @@ def served_table(
         resolved: `join_outcomes(log, ...).resolved` (None when the log is empty).
         horizon: horizon of the live metrics.
         fee_bps: fee for the P&L.
+        task: the model's task (`pipelines.tasks`): its promotion metric fills `metric` / `value`.
 
     Returns:
         Columns `COLUMNS`: version, start, end (NaT = still serving), actor, reason, requests
@@ -105,6 +118,6 @@ def served_table(
                 sel &= t < row["end"]
             row["requests"] = int(sel.sum())
             ids = set(log.loc[sel, "request_id"].astype(str))
-            row.update(live_metrics(resolved[resolved["request_id"].isin(ids)], horizon, fee_bps))
+            row.update(live_metrics(resolved[resolved["request_id"].isin(ids)], horizon, fee_bps, task))
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)

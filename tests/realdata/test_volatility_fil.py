@@ -162,4 +162,7 @@ def test_review_compares_two_volatility_versions_with_qlike(trained, tmp_path, m
     flat = " ".join(out.split())
     assert "qlike" in flat and "KEEP CHAMPION" in flat and "champion is better at h15" in flat, out
     assert current_aliases(client, NAME) == {"champion": "1", "challenger": v2}
+    # which version served when, with the task's live metric (QLIKE at the policy's horizon)
+    hist = " ".join(kairos(["history", "--model", NAME], env).stdout.split())
+    assert "live qlike" in hist, hist
     get_settings.cache_clear()
