@@ -237,9 +237,8 @@ def served_history(
     from pipelines.contracts.predlog import read_prediction_log
     from pipelines.review.outcomes import join_outcomes, log_time_range
     from pipelines.review.served import served_table
-    from registry.history import served_intervals
-
     from pipelines.tasks import task_of_model
+    from registry.history import served_intervals
 
     rt = Runtime.from_env()
     task_name = task_of_model(name)
