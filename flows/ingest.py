@@ -2,49 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import flow, task
 
 from flows.runtime import IO, PURE, Runtime
-from pipelines.contracts.errors import KairosError
 
 
 @task(name="fetch-candles", **IO)
 def fetch_candles(source: str, symbol: str, interval: str, options: dict[str, Any], last_open_time) -> pd.DataFrame:
-    if source == "synthetic":
-        from pipelines.sources import synthetic
+    """The source's candles after `last_open_time` (the source knows how to continue a series)."""
+    from pipelines.sources import get_source
 
-        n = int(round(float(options.get("days", 30)) * pd.Timedelta(days=1) / _delta(interval)))
-        start = (last_open_time + _delta(interval)) if last_open_time is not None else options.get("start", "2024-01-01")
-        return synthetic.generate(symbol, interval=interval, start=start, n=n, seed=int(options.get("seed", 7)))
-    if source == "binance-files":
-        from pipelines.sources import binance_files
-
-        return binance_files.read_many([Path(p) for p in options["paths"]], symbol, interval)
-    if source == "ccxt":
-        from pipelines.sources import ccxt_source
-
-        since = options.get("since")
-        since = pd.Timestamp(since, tz="UTC") if since else (
-            last_open_time + _delta(interval) if last_open_time is not None else None
-        )
-        if since is None:
-            raise KairosError("ccxt backfill needs --since (no candles stored yet for this symbol)")
-        return ccxt_source.fetch_ohlcv_range(
-            options["exchange"], options.get("market") or symbol, interval, since=since,
-            until=pd.Timestamp(options["until"], tz="UTC") if options.get("until") else None,
-            exchange_config=options.get("exchange_config"), store_symbol=symbol,
-        )
-    raise KairosError(f"unknown source {source!r}; expected synthetic, binance-files or ccxt")
-
-
-def _delta(interval: str) -> pd.Timedelta:
-    from pipelines.contracts.schema import interval_delta
-
-    return interval_delta(interval)
+    return get_source(source, options).fetch(symbol, interval, last_open_time=last_open_time)
 
 
 @task(name="last-open-time", **IO)

@@ -21,8 +21,16 @@ from pipelines.models.spec import ModelContext, ModelSpec, ModelSpecError, Pruni
 if TYPE_CHECKING:
     from pipelines.config import TrainingConfig
 
-__all__ = ["ModelContext", "ModelSpec", "ModelSpecError", "PruningRequest", "available_models", "get_spec",
-           "make_model", "register_spec"]
+__all__ = [
+    "ModelContext",
+    "ModelSpec",
+    "ModelSpecError",
+    "PruningRequest",
+    "available_models",
+    "get_spec",
+    "make_model",
+    "register_spec",
+]
 
 # Specs registered in-process (tests, notebooks); the normal way in is a module + configs/models/<name>.yaml.
 REGISTERED: dict[str, ModelSpec] = {}
@@ -69,11 +77,15 @@ def get_spec(name: str, configs_dir: Path | None = None) -> ModelSpec:
                 f"unknown model {name!r}; known models: {available_models(configs)} (a model family is a module "
                 f"exposing SPEC + configs/models/<name>.yaml naming it under `module:`)"
             ) from None
-        raise ModelSpecError(f"model {name!r} ({module_name}) cannot be loaded: {e}; install its dependencies "
-                             "or pick another model") from None
+        raise ModelSpecError(
+            f"model {name!r} ({module_name}) cannot be loaded: {e}; install its dependencies "
+            "or pick another model"
+        ) from None
     spec = getattr(module, "SPEC", None)
     if not isinstance(spec, ModelSpec) or spec.name != name:
-        raise ModelSpecError(f"{module_name} must define SPEC = ModelSpec(name={name!r}, ...) to be model {name!r}")
+        raise ModelSpecError(
+            f"{module_name} must define SPEC = ModelSpec(name={name!r}, ...) to be model {name!r}"
+        )
     return spec
 
 
@@ -110,5 +122,11 @@ def make_model(
     spec = get_spec(model_type, configs)
     if task is not None:
         spec.check_task(task)
-    return spec.build(ModelContext(cfg, configs), n_features, horizons, preset=preset, overrides=overrides,
-                      objective=objective)
+    return spec.build(
+        ModelContext(cfg, configs),
+        n_features,
+        horizons,
+        preset=preset,
+        overrides=overrides,
+        objective=objective,
+    )

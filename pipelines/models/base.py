@@ -3,6 +3,8 @@
 Estimator contract (scikit-learn style): `__init__` only stores parameters; `fit` validates its
 inputs, sets learned attributes ending in `_` and returns `self`; `predict` checks it is fitted.
 `pipelines.training.walk_forward` only talks to models through this protocol, so it stays model-agnostic.
+A family whose `ModelSpec` declares `pruning` also takes `fit(..., callbacks=...)` (the callbacks that
+spec builds); `pipelines.training.fit.fit_fold` passes the keyword only when there are callbacks.
 """
 
 from __future__ import annotations

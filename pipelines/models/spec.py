@@ -102,10 +102,14 @@ class ModelSpec:
     def __post_init__(self) -> None:
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if not self.objectives or bad:
-            raise ModelSpecError(f"model {self.name}: objectives {list(self.objectives)} must be a non-empty "
-                                 f"subset of {list(OBJECTIVES)}")
+            raise ModelSpecError(
+                f"model {self.name}: objectives {list(self.objectives)} must be a non-empty "
+                f"subset of {list(OBJECTIVES)}"
+            )
         if self.input_kind not in ("tabular", "sequence"):
-            raise ModelSpecError(f"model {self.name}: input_kind {self.input_kind!r} must be 'tabular' or 'sequence'")
+            raise ModelSpecError(
+                f"model {self.name}: input_kind {self.input_kind!r} must be 'tabular' or 'sequence'"
+            )
 
     # ------------------------------------------------------------------ presets and config
     def config_path(self, configs_dir: Path) -> Path:
@@ -127,8 +131,9 @@ class ModelSpec:
         """{preset name: fields} of `configs/models/<name>.yaml`."""
         return self.preset_file(configs_dir)[1]
 
-    def config(self, context: ModelContext, preset: str | None = None,
-               overrides: Mapping[str, Any] | None = None) -> BaseModel:
+    def config(
+        self, context: ModelContext, preset: str | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> BaseModel:
         """The typed config: `base_config` fields, then the preset's (default: the file's `default`), then
         `overrides` (e.g. tuned params or `{"max_epochs": 1}`).
 
@@ -147,8 +152,10 @@ class ModelSpec:
                 raise ConfigError(f"{path}: no preset {name!r}; available: {sorted(presets)}")
             fields.update(presets[name])
         elif self.base_config is None:
-            raise ConfigError(f"{path}: model {self.name} needs a preset; set `default:` there or pass --preset "
-                              f"(available: {sorted(presets)})")
+            raise ConfigError(
+                f"{path}: model {self.name} needs a preset; set `default:` there or pass --preset "
+                f"(available: {sorted(presets)})"
+            )
         fields.update(overrides or {})
         return parse_config(self.config_class, fields, path)
 
@@ -160,15 +167,27 @@ class ModelSpec:
     # ------------------------------------------------------------------ checks and building
     def check_task(self, task: str) -> None:
         if task not in self.tasks:
-            raise ModelSpecError(f"model {self.name} does not support task {task!r}; it supports {list(self.tasks)}")
+            raise ModelSpecError(
+                f"model {self.name} does not support task {task!r}; it supports {list(self.tasks)}"
+            )
 
     def check_objective(self, objective: str) -> None:
         if objective not in self.objectives:
-            raise ModelSpecError(f"model {self.name} cannot train with objective {objective!r}; it supports "
-                                 f"{list(self.objectives)}")
+            raise ModelSpecError(
+                f"model {self.name} cannot train with objective {objective!r}; it supports "
+                f"{list(self.objectives)}"
+            )
 
-    def build(self, context: ModelContext, n_features: int, horizons: Sequence[int], *, preset: str | None = None,
-              overrides: Mapping[str, Any] | None = None, objective: str = "l2") -> Any:
+    def build(
+        self,
+        context: ModelContext,
+        n_features: int,
+        horizons: Sequence[int],
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        objective: str = "l2",
+    ) -> Any:
         """An unfitted model: `config(context, preset, overrides)` handed to `factory`."""
         self.check_objective(objective)
         cfg = self.config(context, preset, overrides)
@@ -185,5 +204,7 @@ def read_model_file(configs_dir: Path, name: str) -> dict[str, Any]:
     doc = read_yaml(path)
     unknown = set(doc) - {"module", "default", "presets"}
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a model file holds module, default and presets")
+        raise ConfigError(
+            f"{path}: unknown keys {sorted(unknown)}; a model file holds module, default and presets"
+        )
     return doc

@@ -23,6 +23,7 @@ import pandas as pd
 
 from pipelines.contracts.errors import SourceError
 from pipelines.contracts.schema import INTERVALS, empty_candles, normalize_candles
+from pipelines.sources import SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +199,25 @@ def read_many(paths: Iterable[str | Path], symbol: str, interval: str = "1m") ->
         return empty_candles()
     out = pd.concat(frames, ignore_index=True)
     return out.sort_values("open_time", kind="mergesort", ignore_index=True)
+
+
+class BinanceFilesConfig(SourceConfig):
+    """`kairos ingest binance-files` options."""
+
+    paths: tuple[Path, ...] = ()  # .zip or .csv kline dumps of one series
+
+
+class BinanceFilesSource:
+    """The given dump files, whole: the store's keyed upsert makes re-reading overlapping files harmless,
+    so `last_open_time` is not needed."""
+
+    Config = BinanceFilesConfig
+
+    def __init__(self, config: BinanceFilesConfig) -> None:
+        self.config = config
+
+    def fetch(self, symbol: str, interval: str, *, last_open_time: pd.Timestamp | None = None) -> pd.DataFrame:
+        return read_many(self.config.paths, symbol, interval)
+
+
+SOURCE = BinanceFilesSource

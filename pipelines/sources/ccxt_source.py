@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import ccxt
@@ -31,6 +32,7 @@ import pandas as pd
 
 from pipelines.contracts.errors import SourceError
 from pipelines.contracts.schema import INTERVALS, empty_candles, normalize_candles
+from pipelines.sources import SourceConfig
 
 
 def _ms(ts: pd.Timestamp | str) -> int:
@@ -224,3 +226,33 @@ def incremental(
             f"the store has no {symbol} {interval} candles yet; pass a start time for the first backfill"
         )
     return fetch_ohlcv_range(exchange_id, symbol, interval, since, **kwargs)
+
+
+class CcxtConfig(SourceConfig):
+    """`kairos ingest ccxt` options (times are UTC if naive)."""
+
+    exchange: str  # a ccxt id, e.g. "binance"
+    market: str | None = None  # e.g. "FIL/USDT"; default: the stored symbol
+    since: datetime | None = None  # backfill start; default: one candle after the newest stored one
+    until: datetime | None = None  # exclusive end; default: now
+    exchange_config: dict[str, Any] | None = None  # deep-merged into ccxt's config (urls, options, keys)
+
+
+class CcxtSource:
+    """Closed candles from an exchange: from `since`, or continuing after the newest stored candle."""
+
+    Config = CcxtConfig
+
+    def __init__(self, config: CcxtConfig) -> None:
+        self.config = config
+
+    def fetch(self, symbol: str, interval: str, *, last_open_time: pd.Timestamp | None = None) -> pd.DataFrame:
+        c = self.config
+        if c.since is None and last_open_time is None:
+            raise SourceError(f"ccxt backfill needs --since (no {symbol} {interval} candles stored yet)")
+        return incremental(c.exchange, c.market or symbol, interval, None if c.since else last_open_time,
+                           default_since=c.since, until=c.until, exchange_config=c.exchange_config,
+                           store_symbol=symbol)
+
+
+SOURCE = CcxtSource

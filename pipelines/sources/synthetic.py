@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 from scipy.signal import lfilter
 
 from pipelines.contracts.errors import SourceError
 from pipelines.contracts.schema import INTERVALS, normalize_candles
+from pipelines.sources import SourceConfig
 
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")  # timeline origin: candle index 0
 ANCHOR = pd.Timestamp("2024-01-01", tz="UTC")  # `start_price` is the mid price at this instant
@@ -291,3 +294,32 @@ def generate_continuation(
             f"{check['close'].iloc[0]}; pass the seed and start_price it was generated with"
         )
     return generate(symbol, interval, last + INTERVALS[interval], n, seed, start_price, params)
+
+
+class SyntheticConfig(SourceConfig):
+    """`kairos ingest synthetic` options."""
+
+    days: float = Field(30.0, gt=0, description="days of candles per fetch")
+    seed: int = Field(7, description="series identity: the same seed is the same market")
+    start: datetime = Field(datetime(2024, 1, 1), description="first open time when nothing is stored (UTC if naive)")
+
+
+class SyntheticSource:
+    """The synthetic series, continued: each fetch returns the `days` after the newest stored candle
+    (bit-exact continuation, see `generate`), or from `start` when nothing is stored."""
+
+    Config = SyntheticConfig
+
+    def __init__(self, config: SyntheticConfig) -> None:
+        self.config = config
+
+    def fetch(self, symbol: str, interval: str, *, last_open_time: pd.Timestamp | None = None) -> pd.DataFrame:
+        step = pd.Timedelta(minutes=_interval_minutes(interval))
+        n = int(round(self.config.days * pd.Timedelta(days=1) / step))
+        if n < 1:
+            raise SourceError(f"days={self.config.days} is less than one {interval} candle; ask for more days")
+        start = pd.Timestamp(last_open_time) + step if last_open_time is not None else self.config.start
+        return generate(symbol, interval=interval, start=start, n=n, seed=self.config.seed)
+
+
+SOURCE = SyntheticSource

@@ -15,7 +15,12 @@ import numpy as np
 
 
 def fit_fold(
-    model: Any, X: np.ndarray, Y: np.ndarray, train_start: int, train_end: int, purge: int,
+    model: Any,
+    X: np.ndarray,
+    Y: np.ndarray,
+    train_start: int,
+    train_end: int,
+    purge: int,
     callbacks: Sequence[Any] | None = None,
 ) -> Any:
     """Fit `model` on rows [train_start, fit_end) and hand it the purged validation slice [val_start, train_end).
@@ -36,8 +41,13 @@ def fit_fold(
 
     fit_end, val_start = validation_split(train_start, train_end, purge)
     extra = {"callbacks": list(callbacks)} if callbacks else {}
-    return model.fit(X[train_start:fit_end], Y[train_start:fit_end],
-                     X_val=X[val_start:train_end], Y_val=Y[val_start:train_end], **extra)
+    return model.fit(
+        X[train_start:fit_end],
+        Y[train_start:fit_end],
+        X_val=X[val_start:train_end],
+        Y_val=Y[val_start:train_end],
+        **extra,
+    )
 
 
 def model_inputs(rows: np.ndarray, model: Any) -> tuple[np.ndarray, int]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.flows.test_tune import FINISHED, synthetic_candles, tuning_configs, worker_env
+from tests.flows.test_tune import FINISHED, SPACE, synthetic_candles, tuning_configs, worker_env
 
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
@@ -80,7 +80,11 @@ def test_two_workers_share_one_study_on_postgres(postgres_url, tmp_path):
     from pipelines.tuning.objective import prepare_tuning_data
     from pipelines.tuning.study import driver_url, launch_workers, wait_workers
 
-    configs = tuning_configs(tmp_path / "configs")
+    # Each trial must outlast the workers' start-up jitter, or the first worker up can finish the whole
+    # budget before the other asks for a trial (LightGBM is imported before the first trial, so 40 trees
+    # take ~0.03 s): 300-500 trees make a trial ~0.3 s.
+    trees = {"type": "int", "low": 300, "high": 500, "step": 100}
+    configs = tuning_configs(tmp_path / "configs", params={**SPACE["params"], "n_estimators": trees})
     rows = prepare_tuning_data(synthetic_candles(), load_training_config(configs)).save(tmp_path / "rows.npz")
     n, name = 8, "pg-two-workers"
     env = worker_env(configs, tmp_path / "home")

@@ -198,7 +198,11 @@ def test_killed_worker_resumes_without_losing_or_duplicating_trials(configs, dat
     from pipelines.tuning.study import worker_command
 
     n, url = 6, f"sqlite:///{tmp_path / 'optuna.db'}"
-    env = worker_env(configs, tmp_path / "home")
+    # Trials long enough to be caught running: 300-500 trees take ~0.3 s (40 take ~0.03 s, and a worker
+    # can then finish its whole budget between two polls).
+    trees = {"type": "int", "low": 300, "high": 500, "step": 100}
+    env = worker_env(tuning_configs(tmp_path / "configs", params={**SPACE["params"], "n_estimators": trees}),
+                     tmp_path / "home")
     rows = data.save(tmp_path / "rows.npz")
     # The kill must land inside a trial. A trial can finish between our read and the SIGKILL, so a
     # miss is retried on a fresh study (the miss itself proves nothing either way).
@@ -212,7 +216,9 @@ def test_killed_worker_resumes_without_losing_or_duplicating_trials(configs, dat
             states = [t.state for t in _trials(url, name)]
             if sum(s in FINISHED for s in states) >= 2 and optuna.trial.TrialState.RUNNING in states:
                 break
-            assert proc.poll() is None, proc.stdout.read().decode()
+            if proc.poll() is not None:  # the whole budget ran between two polls: a miss
+                assert proc.returncode == 0, proc.stdout.read().decode()
+                break
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -240,7 +240,7 @@ def test_real_fil_broken_export_blocks(fil_candles, monkeypatch):
     monkeypatch.setattr(LightGBMReturns, "to_onnx", lambda self: add_constant(original(self), 1e-4))
     cfg = TrainingConfig.model_validate({**REAL, "walk_forward": {**REAL["walk_forward"], "max_folds": 1},
                                          "lightgbm": {"n_estimators": 5, "num_threads": 1}})
-    with pytest.raises(ParityError, match="max abs diff 0.0001 > tolerance 1e-05"):
+    with pytest.raises(ParityError, match="abs diff 0.0001 > tolerance 1e-05"):
         train_walk_forward(fil_candles.iloc[-14_000:].reset_index(drop=True), symbol="FILUSDT", interval="1m", cfg=cfg)
 
 

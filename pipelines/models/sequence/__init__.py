@@ -45,5 +45,13 @@ def make_sequence_model(
     """
     from pipelines.models import make_model
 
-    return make_model(model_type, training or TrainingConfig(), n_features, horizons, preset=preset,
-                      overrides=overrides, objective=objective, configs_dir=configs_dir)
+    return make_model(
+        model_type,
+        training or TrainingConfig(),
+        n_features,
+        horizons,
+        preset=preset,
+        overrides=overrides,
+        objective=objective,
+        configs_dir=configs_dir,
+    )

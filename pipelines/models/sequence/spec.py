@@ -36,8 +36,14 @@ def _pruning(req: PruningRequest) -> list[Any]:
     return [PyTorchLightningPruningCallback(req.loss_trial, "val_loss")]
 
 
-def _build(cfg: SequenceModelConfig, n_features: int, horizons: Sequence[int], *, objective: str,
-           context: ModelContext) -> Any:
+def _build(
+    cfg: SequenceModelConfig,
+    n_features: int,
+    horizons: Sequence[int],
+    *,
+    objective: str,
+    context: ModelContext,
+) -> Any:
     from pipelines.models.sequence.base import SequenceRegressor
 
     return SequenceRegressor(with_objective(cfg, objective), n_features, horizons)
