@@ -30,7 +30,7 @@ def fit(candles: pd.DataFrame, symbol: str, interval: str, model_type: str, pres
     from pipelines.tuning.objective import load_best_params, provenance_tags, tuned_params
 
     rt = Runtime.from_env()
-    overrides, provenance = load_best_params(rt.settings.home_abs, model_type, symbol, interval) or ({}, {})
+    overrides, provenance = load_best_params(rt.settings.home_abs, model_type, symbol, interval, task) or ({}, {})
     cfg = rt.training_config(None, task)
     result = train_walk_forward(
         candles, symbol=symbol, interval=interval, cfg=cfg, task=rt.task(task, cfg.labels.horizons),

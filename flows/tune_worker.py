@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="lightgbm")
     ap.add_argument("--symbol", required=True)
     ap.add_argument("--interval", default="1m")
+    ap.add_argument("--task", default="returns", help="the task tuned for (configs/tasks/<task>.yaml)")
     ap.add_argument("--trials", type=int, required=True, help="trial budget of the whole study")
     ap.add_argument("--worker-index", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="LightGBM/torch threads per trial")
@@ -30,16 +31,25 @@ def main(argv: list[str] | None = None) -> int:
 
     import optuna
 
-    from pipelines.config import load_training_config
+    from pipelines.config import load_promotion_policy, load_training_config
     from pipelines.contracts.errors import KairosError
     from pipelines.contracts.settings import get_settings
-    from pipelines.tuning.objective import Objective, TuningData, load_search_space, prepare_tuning_data
+    from pipelines.tasks import load_task
+    from pipelines.tuning.objective import (
+        Objective,
+        TuningData,
+        for_task,
+        load_search_space,
+        prepare_tuning_data,
+    )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         s = get_settings()
-        tuning = load_search_space(s.configs_dir, args.model)
-        cfg = load_training_config(s.configs_dir)
+        cfg = load_training_config(s.configs_dir, task=args.task)
+        task = load_task(s.configs_dir, args.task, cfg.labels.horizons)
+        tuning = for_task(load_search_space(s.configs_dir, args.model), task,
+                          load_promotion_policy(s.configs_dir, args.task).horizon)
         if args.data is not None:
             data = TuningData.load(args.data)
         else:
@@ -48,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             candles = CandleStore(s.store_path).load(args.symbol, args.interval)
             if candles.empty:
                 raise TuningError(f"no candles stored for {args.symbol} {args.interval} in {s.store_path}")
-            data = prepare_tuning_data(candles, cfg)
+            data = prepare_tuning_data(candles, cfg, task)
         study = open_study(make_storage(args.storage, tuning), args.study, tuning, args.worker_index,
                            {"symbol": args.symbol, "interval": args.interval})
         objective = Objective(data, cfg, tuning, interval=args.interval, threads=args.threads,
-                              configs_dir=s.configs_dir)
+                              configs_dir=s.configs_dir, objective=task.training_objective, task=task)
         ran = run_budget(study, objective, args.trials)
     except KairosError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -286,8 +286,9 @@ class TuningConfig(_Frozen):
         "its config (pipelines.models.spec.ModelSpec.config)")
     preset: str | None = Field(None, description="the preset of configs/models/<model_type>.yaml the params "
                                "override (None = the file's default; LightGBM: the defaults.yaml block)")
-    metric: Literal["accuracy", "ic", "sharpe"] = "accuracy"
-    horizon: int = Field(1, ge=1, description="the label horizon (candles) the metric is taken at")
+    metric: str | None = Field(None, description="a metric of the task's `tuning_metrics` (None: its first)")
+    horizon: int | None = Field(None, ge=1, description="the label horizon (candles) the metric is taken at "
+                                "(None: the promotion policy's horizon for the task)")
     inner_folds: int = Field(3, ge=1, description="newest inner walk-forward folds scored per trial")
     seed: int = 42
     n_startup_trials: int = Field(10, ge=0, description="TPE: random trials before modelling")

@@ -19,6 +19,8 @@ err_console = Console(stderr=True, width=_WIDTH)
 
 SymbolOpt = typer.Option(..., "--symbol", "-s", help="Symbol as stored, e.g. FILUSDT.")
 IntervalOpt = typer.Option("1m", "--interval", "-i", help="Candle interval, e.g. 1m, 1h.")
+TaskOpt = typer.Option("returns", "--task", "-t", help="What to predict: a task of configs/tasks/ "
+                                                      "(returns, volatility, ...).")
 
 
 def fail(msg: str) -> None:

@@ -7,11 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli._common import IntervalOpt, SymbolOpt, console, errors, prepare, progress
+from flows.cli._common import IntervalOpt, SymbolOpt, TaskOpt, console, errors, prepare, progress
 from flows.cli.data import _print_ingest
-
-TaskOpt = typer.Option("returns", "--task", "-t", help="What to predict: a task of configs/tasks/ "
-                                                      "(returns, volatility, ...).")
 
 
 def _report_table(result, title: str) -> Table:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from flows.cli._common import console, errors, prepare
+from flows.cli._common import TaskOpt, console, errors, prepare
 
 
 def tune(
@@ -16,7 +16,9 @@ def tune(
     storage: str | None = typer.Option(None, help="Optuna RDB URL (default sqlite:///$KAIROS_HOME/optuna.db; "
                                                      "postgresql://... for many machines)."),
     interval: str = typer.Option("1m", "--interval", "-i", help="Candle interval, e.g. 1m, 1h."),
-    study: str | None = typer.Option(None, help="Study name (default <model>-<SYMBOL>-<interval>)."),
+    study: str | None = typer.Option(None, help="Study name (default <model>-<SYMBOL>-<interval>, task-prefixed "
+                                                   "for tasks other than returns)."),
+    task: str = TaskOpt,
 ) -> None:
     """Tune hyperparameters with Optuna on inner walk-forward folds (resumes the study if it exists)."""
 
@@ -24,7 +26,7 @@ def tune(
     with errors():
         from flows.tune import tune as tune_flow
 
-        out = tune_flow(symbol, model, trials, workers, storage, interval, study)
+        out = tune_flow(symbol, model, trials, workers, storage, interval, study, task)
     c = out["counts"]
     t = Table(title=f"study {out['study_name']} ({out['storage']})")
     for col in ("complete", "pruned", "failed", "run now", "best trial", f"best {out['metric']} h{out['horizon']}"):

@@ -139,17 +139,18 @@ class TuningData:
     """The rows tuning may see: feature rows and labels, the final test window already cut off."""
 
     X: np.ndarray  # float32 (n, F), oldest first, past warm-up
-    Y: np.ndarray  # float64 (n, H) log returns ln(close[t+h]/close[t])
+    Y: np.ndarray  # float64 (n, H): the task's labels (returns: ln(close[t+h]/close[t]))
     horizons: tuple[int, ...]
     open_time_ms: np.ndarray  # int64 (n,)
     held_out_from_ms: int  # open time of the first row tuning never sees (purge + final test window)
+    task: str = "returns"  # the task the labels belong to
 
     def save(self, path: Path) -> Path:
         """Write an .npz atomically (workers read it; a half-written file must never be visible)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, X=self.X, Y=self.Y, horizons=np.asarray(self.horizons, np.int64),
+            np.savez(fh, X=self.X, Y=self.Y, horizons=np.asarray(self.horizons, np.int64), task=np.asarray(self.task),
                      open_time_ms=self.open_time_ms, held_out_from_ms=np.int64(self.held_out_from_ms))
         os.replace(tmp, path)
         return path
@@ -160,7 +161,8 @@ class TuningData:
             raise TuningError(f"tuning data file {path} is missing; run `kairos tune` (it writes it) or pass --data")
         with np.load(path) as z:
             return cls(X=z["X"], Y=z["Y"], horizons=tuple(int(h) for h in z["horizons"]),
-                       open_time_ms=z["open_time_ms"], held_out_from_ms=int(z["held_out_from_ms"]))
+                       open_time_ms=z["open_time_ms"], held_out_from_ms=int(z["held_out_from_ms"]),
+                       task=str(z["task"]) if "task" in z.files else "returns")
 
 
 def prepare_tuning_data(candles: Any, cfg: TrainingConfig, task: Any = None) -> TuningData:
@@ -187,7 +189,8 @@ def prepare_tuning_data(candles: Any, cfg: TrainingConfig, task: Any = None) -> 
         )
     ms = ds.open_time.astype("datetime64[ms, UTC]").astype("int64").to_numpy()
     return TuningData(X=np.ascontiguousarray(ds.X[:cut]), Y=np.ascontiguousarray(ds.Y[:cut]),
-                      horizons=tuple(cfg.labels.horizons), open_time_ms=ms[:cut], held_out_from_ms=int(ms[cut]))
+                      horizons=tuple(cfg.labels.horizons), open_time_ms=ms[:cut], held_out_from_ms=int(ms[cut]),
+                      task=task.name)
 
 
 def inner_folds(n_rows: int, wf: WalkForwardConfig, n_folds: int) -> list[Any]:
@@ -202,25 +205,38 @@ def fold_step(fold: int) -> int:
     return fold * STEPS_PER_FOLD + STEPS_PER_FOLD - 1
 
 
-def score(metric: str, pred: np.ndarray, actual: np.ndarray, horizon: int, *, interval: str,
-          ev: EvaluationConfig) -> float:
-    """One number to maximise: direction accuracy, Spearman IC or fee-aware Sharpe of sign(pred).
+def for_task(tuning: TuningConfig, task: Any, horizon: int) -> TuningConfig:
+    """The search space with the task's defaults filled in: metric = the task's first tuning metric, horizon =
+    `horizon` (the promotion policy's), both checked against the task.
 
-    A NaN metric (constant forecast: no IC, no Sharpe) scores as no skill (`NO_SKILL`).
+    Raises:
+        ConfigError: a metric the task does not define, or a horizon it does not predict.
     """
-    from pipelines.training.metrics import direction_accuracy, periods_per_year, sign_pnl, spearman_ic
+    metric = tuning.metric or task.tuning_metrics[0]
+    if metric not in task.tuning_metrics:
+        raise ConfigError(f"search space {tuning.model_type}: metric {metric!r} is not a tuning metric of task "
+                          f"{task.name}; choose one of {list(task.tuning_metrics)} (higher is better)")
+    h = tuning.horizon or horizon
+    if h not in task.horizons:
+        raise ConfigError(f"search space {tuning.model_type}: horizon {h} is not a horizon of task {task.name} "
+                          f"{list(task.horizons)}")
+    return tuning.model_copy(update={"metric": metric, "horizon": h})
 
+
+def score(metric: str, pred: np.ndarray, actual: np.ndarray, horizon: int, *, interval: str,
+          ev: EvaluationConfig, task: Any = None) -> float:
+    """One number to maximise: the task's tuning metric (returns: direction accuracy, Spearman IC or
+    fee-aware Sharpe of sign(pred); volatility: -QLIKE, -MSE or MZ R²).
+
+    A NaN metric (e.g. a constant forecast has no IC) scores as no skill (`NO_SKILL`; -inf for a loss).
+    """
+    if task is None:
+        from pipelines.tasks import DEFAULT_TASK, get_task
+
+        task = get_task(DEFAULT_TASK, (horizon,))
     pred, actual = np.asarray(pred, float).ravel(), np.asarray(actual, float).ravel()
-    if metric == "accuracy":
-        value = direction_accuracy(pred, actual)["accuracy"]
-    elif metric == "ic":
-        value = spearman_ic(pred, actual)
-    elif metric == "sharpe":
-        value = sign_pnl(pred, actual, horizon, fee_bps=ev.fee_bps,
-                         periods_per_year=periods_per_year(interval, horizon))["pnl_sharpe"]
-    else:
-        raise ConfigError(f"unknown tuning metric {metric!r}; expected accuracy, ic or sharpe")
-    return NO_SKILL[metric] if math.isnan(value) else float(value)
+    value = task.score(pred, actual, metric, horizon, interval=interval, cfg=ev)
+    return NO_SKILL.get(metric, -1e30) if math.isnan(value) else float(value)
 
 
 class _FoldTrial:
@@ -257,11 +273,16 @@ class Objective:
         threads: model threads per trial (explicit: OpenMP defaults thrash shared cores).
         configs_dir: where presets live (default `get_settings().configs_dir`).
         objective: the training objective the task chooses ("l2", "huber", "quantile").
+        task: the task the rows were labelled for (default: `data.task` at `data.horizons`).
     """
 
     def __init__(self, data: TuningData, cfg: TrainingConfig, tuning: TuningConfig, *, interval: str,
-                 threads: int, configs_dir: Path | None = None, objective: str = "l2") -> None:
+                 threads: int, configs_dir: Path | None = None, objective: str = "l2", task: Any = None) -> None:
         from pipelines.models import ModelContext, get_spec
+        from pipelines.tasks import get_task
+
+        self.task = task or get_task(data.task, data.horizons)
+        tuning = for_task(tuning, self.task, tuning.horizon or data.horizons[0])
 
         if tuning.horizon not in data.horizons:
             raise TuningError(f"tuning horizon {tuning.horizon} is not a label horizon {list(data.horizons)}; "
@@ -294,7 +315,7 @@ class Objective:
 
     def _score(self, pred: np.ndarray, actual: np.ndarray) -> float:
         return score(self.tuning.metric, pred, actual, self.tuning.horizon, interval=self.interval,
-                     ev=self.cfg.evaluation)
+                     ev=self.cfg.evaluation, task=self.task)
 
     def model(self, params: dict[str, Any]) -> Any:
         """An unfitted model of the tuned family with `params`, predicting the tuned horizon only."""
@@ -325,9 +346,18 @@ class Objective:
 
 
 # ---------------------------------------------------------------- best parameters on disk
-def best_params_path(home: Path, model_type: str, symbol: str, interval: str) -> Path:
-    """`$KAIROS_HOME/tuned/<model>-<SYMBOL>-<interval>.yaml`."""
-    return Path(home) / "tuned" / f"{model_type}-{symbol}-{interval}.yaml"
+def study_key(model_type: str, symbol: str, interval: str, task: str = "returns") -> str:
+    """`<model>-<SYMBOL>-<interval>` for the default task (the name before tasks existed, so existing studies
+    and tuned files keep working), `<task>-<model>-<SYMBOL>-<interval>` for the others."""
+    from pipelines.tasks import DEFAULT_TASK
+
+    base = f"{model_type}-{symbol}-{interval}"
+    return base if task == DEFAULT_TASK else f"{task}-{base}"
+
+
+def best_params_path(home: Path, model_type: str, symbol: str, interval: str, task: str = "returns") -> Path:
+    """`$KAIROS_HOME/tuned/<study_key>.yaml`."""
+    return Path(home) / "tuned" / f"{study_key(model_type, symbol, interval, task)}.yaml"
 
 
 def redact_storage(url: str) -> str:
@@ -342,11 +372,11 @@ def redact_storage(url: str) -> str:
 
 
 def write_best_params(home: Path, model_type: str, symbol: str, interval: str,
-                      overrides: dict[str, dict[str, Any]], provenance: dict[str, Any]) -> Path:
+                      overrides: dict[str, dict[str, Any]], provenance: dict[str, Any], task: str = "returns") -> Path:
     """Write the tuned overrides + provenance where `kairos train` looks (atomic replace)."""
-    path = best_params_path(home, model_type, symbol, interval)
+    path = best_params_path(home, model_type, symbol, interval, task)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"model_type": model_type, "symbol": symbol, "interval": interval, "overrides": overrides,
+    doc = {"model_type": model_type, "task": task, "symbol": symbol, "interval": interval, "overrides": overrides,
            "provenance": {**provenance, "storage": redact_storage(str(provenance.get("storage", "")))}}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -354,7 +384,8 @@ def write_best_params(home: Path, model_type: str, symbol: str, interval: str,
     return path
 
 
-def load_best_params(home: Path, model_type: str, symbol: str, interval: str) -> tuple[dict, dict] | None:
+def load_best_params(home: Path, model_type: str, symbol: str, interval: str,
+                     task: str = "returns") -> tuple[dict, dict] | None:
     """(config overrides, provenance) written by `kairos tune`, or None when never tuned.
 
     Overrides are {<model_type>: {param: value}} (older files: {"lightgbm": ...} or {"preset": ...});
@@ -363,7 +394,7 @@ def load_best_params(home: Path, model_type: str, symbol: str, interval: str) ->
     Raises:
         ConfigError: the file exists but is not a tuned-parameters file.
     """
-    path = best_params_path(home, model_type, symbol, interval)
+    path = best_params_path(home, model_type, symbol, interval, task)
     if not path.exists():
         return None
     doc = _read_yaml(path)

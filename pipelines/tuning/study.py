@@ -174,11 +174,11 @@ def run_budget(study: Any, objective: Any, n_trials: int, poll_s: float = 1.0) -
 
 
 def worker_command(*, study: str, storage: str, model: str, symbol: str, interval: str, trials: int,
-                   worker_index: int, threads: int, data: Path | None = None) -> list[str]:
+                   worker_index: int, threads: int, data: Path | None = None, task: str = "returns") -> list[str]:
     """The argv of one worker process (this module, run by the current interpreter)."""
     cmd = [sys.executable, "-m", "flows.tune_worker", "--study", study, "--storage", storage,
            "--model", model, "--symbol", symbol, "--interval", interval, "--trials", str(trials),
-           "--worker-index", str(worker_index), "--threads", str(threads)]
+           "--worker-index", str(worker_index), "--threads", str(threads), "--task", task]
     return cmd + (["--data", str(data)] if data else [])
 
 

@@ -344,3 +344,25 @@ def test_lightning_pruning_callback_prunes_a_deep_model_inside_a_fold():
     steps = sorted(frozen.intermediate_values)
     assert steps == [STEPS_PER_FOLD * 1], steps  # fold 1's block, epoch 0: stopped after one report
     assert frozen.intermediate_values[steps[0]] < 0
+
+
+def test_tune_volatility_scores_the_task_metric_and_keeps_its_params_apart(kairos_home, tmp_path, monkeypatch,
+                                                                           harness):
+    """`kairos tune --task volatility`: labels, metric (-QLIKE) and horizon (the policy's, 15) come from the task;
+    study and tuned-params file carry the task, so the returns study of the same model is untouched."""
+    from flows.runtime import Runtime
+    from flows.tune import tune
+    from pipelines.contracts.settings import get_settings
+
+    configs = tuning_configs(tmp_path / "configs")
+    space = {k: v for k, v in SPACE.items() if k not in ("metric", "horizon")}
+    (configs / "search_spaces" / "lightgbm.yaml").write_text(yaml.safe_dump(space))
+    monkeypatch.setenv("KAIROS_CONFIGS_DIR", str(configs))
+    get_settings.cache_clear()
+    Runtime.from_env().store().upsert(synthetic_candles(n=6000))
+    out = tune("SYNTHUSDT", "lightgbm", n_trials=3, task="volatility")
+    assert out["study_name"] == "volatility-lightgbm-SYNTHUSDT-1m" and out["trials_run"] == 3
+    assert (out["metric"], out["horizon"]) == ("neg_qlike", 15) and out["best_value"] < 0
+    assert load_best_params(kairos_home, "lightgbm", "SYNTHUSDT", "1m") is None  # the returns file: not written
+    overrides, prov = load_best_params(kairos_home, "lightgbm", "SYNTHUSDT", "1m", "volatility")
+    assert set(overrides["lightgbm"]) == set(SPACE["params"]) and prov["metric"] == "neg_qlike"
