@@ -50,9 +50,10 @@ def _print_decision(out: dict) -> None:
 
 def train(symbol: str = SymbolOpt, interval: str = IntervalOpt,
           model: str = typer.Option("lightgbm", "--model", "-m",
-                                    help="lightgbm | lstm_attention | transformer | tft | mamba | ensemble"),
-          preset: str | None = typer.Option(None, help="Deep models: preset of configs/models/<model>.yaml "
-                                                          "(small, tiny, seed000, ...)."),
+                                    help="A model family of configs/models/ (lightgbm, lstm_attention, transformer, "
+                                         "tft, mamba, ensemble, ...)."),
+          preset: str | None = typer.Option(None, help="A preset of configs/models/<model>.yaml (deep models: small, "
+                                                          "tiny, seed000; lightgbm: fast)."),
           task: str = TaskOpt) -> None:
     """Walk-forward train and evaluate vs the task's naive baselines, export ONNX, register in MLflow."""
     prepare()
