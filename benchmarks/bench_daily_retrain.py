@@ -28,8 +28,18 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="kairos-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAIROS_", "PREFECT_", "MLFLOW_"))}
     env["KAIROS_HOME"] = str(home)
-    cmd = [sys.executable, "-m", "flows.cli", "retrain", "--symbol", "FILUSDT", "--source", "binance-files",
-           "--path", str(DATA)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "retrain",
+        "--symbol",
+        "FILUSDT",
+        "--source",
+        "binance-files",
+        "--path",
+        str(DATA),
+    ]
     runs = []
     for i in (1, 2):
         load = os.getloadavg()[0]

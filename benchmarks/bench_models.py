@@ -31,8 +31,13 @@ from pipelines.training.windows import window_dataset
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 EPOCH_WINDOWS = 43_200  # 30 days of 1m candles
-PRESETS = [("lstm_attention", "small"), ("transformer", "small"), ("transformer", "seed000"),
-           ("tft", "small"), ("mamba", "small")]
+PRESETS = [
+    ("lstm_attention", "small"),
+    ("transformer", "small"),
+    ("transformer", "seed000"),
+    ("tft", "small"),
+    ("mamba", "small"),
+]
 
 
 def real_windows(n_candles: int = 8000) -> tuple[np.ndarray, np.ndarray]:
@@ -76,9 +81,17 @@ def bench_one(arch: str, preset: str, W: np.ndarray, Y: np.ndarray, reps: int, e
     feed = {"features": W[-1:].copy()}
     o_p50, o_p99 = percentiles(lambda: sess.run(None, feed), reps)
     n_params = sum(p.numel() for p in net.parameters())
-    return {"model": arch, "preset": preset, "params": n_params, "torch_p50_us": t_p50, "torch_p99_us": t_p99,
-            "onnx_p50_us": o_p50, "onnx_p99_us": o_p99,
-            "epoch_s_30d": fit_s * EPOCH_WINDOWS / n_fit, "epoch_sample": n_fit}
+    return {
+        "model": arch,
+        "preset": preset,
+        "params": n_params,
+        "torch_p50_us": t_p50,
+        "torch_p99_us": t_p99,
+        "onnx_p50_us": o_p50,
+        "onnx_p99_us": o_p99,
+        "epoch_s_30d": fit_s * EPOCH_WINDOWS / n_fit,
+        "epoch_sample": n_fit,
+    }
 
 
 def bench_ensemble(W: np.ndarray, Y: np.ndarray, reps: int) -> dict:
@@ -97,7 +110,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=300)
     ap.add_argument("--models", default=",".join(f"{a}:{p}" for a, p in PRESETS) + ",ensemble")
-    ap.add_argument("--epoch-sample", type=int, default=2560, help="windows trained for the per-epoch estimate")
+    ap.add_argument(
+        "--epoch-sample", type=int, default=2560, help="windows trained for the per-epoch estimate"
+    )
     args = ap.parse_args()
     W, Y = real_windows()
     rows = []
@@ -116,8 +131,10 @@ def main() -> None:
     for r in rows:
         torch_cell = f"{r['torch_p50_us']:.0f} / {r['torch_p99_us']:.0f}" if "torch_p50_us" in r else "–"
         epoch = f"{r['epoch_s_30d']:.0f}" if "epoch_s_30d" in r else "–"
-        print(f"| {r['model']} | {r['preset']} | {r.get('params', '–')} | {torch_cell} | "
-              f"{r['onnx_p50_us']:.0f} / {r['onnx_p99_us']:.0f} | {epoch} |")
+        print(
+            f"| {r['model']} | {r['preset']} | {r.get('params', '–')} | {torch_cell} | "
+            f"{r['onnx_p50_us']:.0f} / {r['onnx_p99_us']:.0f} | {epoch} |"
+        )
 
 
 if __name__ == "__main__":

@@ -37,14 +37,22 @@ DATA = REPO.parent / "shared" / "data"
 
 def pct(xs_ns: list[int] | np.ndarray) -> dict[str, float]:
     a = np.asarray(xs_ns, dtype=np.float64) / 1e3  # µs
-    return {"p50_us": round(float(np.percentile(a, 50)), 1), "p99_us": round(float(np.percentile(a, 99)), 1),
-            "mean_us": round(float(a.mean()), 1), "n": int(a.size)}
+    return {
+        "p50_us": round(float(np.percentile(a, 50)), 1),
+        "p99_us": round(float(np.percentile(a, 99)), 1),
+        "mean_us": round(float(a.mean()), 1),
+        "n": int(a.size),
+    }
 
 
 def candles(n: int, month: int = 0):
     from pipelines.sources.binance_files import read_klines
 
-    return read_klines(sorted(DATA.glob("FILUSDT-1m-2023-*.zip"))[month], "FILUSDT").iloc[:n].reset_index(drop=True)
+    return (
+        read_klines(sorted(DATA.glob("FILUSDT-1m-2023-*.zip"))[month], "FILUSDT")
+        .iloc[:n]
+        .reset_index(drop=True)
+    )
 
 
 def bundle(quick: bool) -> Path:
@@ -84,7 +92,9 @@ def bench_session_options(d: Path, runs: int) -> list[dict]:
         cache = RESULTS / "ort_cache.onnx"
         cache.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        sess = ort.InferenceSession(onnx_bytes, sess_options=session_options(cfg, cache), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            onnx_bytes, sess_options=session_options(cfg, cache), providers=["CPUExecutionProvider"]
+        )
         load_ms = (time.perf_counter() - t0) * 1e3
         if cfg.optimized_model_cache:  # second load from the optimised file: what the cache buys
             so = session_options(cfg.model_copy(update={"optimized_model_cache": False}))
@@ -134,8 +144,15 @@ def bench_predictor(d: Path, n: int) -> dict:
         """What the HTTP server does per candle: shadow (both arms score), prediction log, metrics."""
         log = PredictionLog(RESULTS / "tmp" / subdir).start()
         try:
-            return timed(Predictor(model, load_model(d, RuntimeConfig()), RoutingConfig(mode="shadow"), log,
-                                   observer=metrics.observe))
+            return timed(
+                Predictor(
+                    model,
+                    load_model(d, RuntimeConfig()),
+                    RoutingConfig(mode="shadow"),
+                    log,
+                    observer=metrics.observe,
+                )
+            )
         finally:
             log.close()
 
@@ -177,7 +194,17 @@ def _serve(bundles: list[Path], challenger: Path | None, home: Path) -> tuple[su
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "serving.yaml"
     cfg.write_text("routing:\n  mode: shadow\n")  # champion + challenger both score: the heavier case
-    args = [sys.executable, "-m", "serving.server", "--port", str(port), "--log-level", "warning", "--config", str(cfg)]
+    args = [
+        sys.executable,
+        "-m",
+        "serving.server",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--config",
+        str(cfg),
+    ]
     for b in bundles:
         args += ["--bundle", str(b)]
     if challenger:
@@ -206,8 +233,10 @@ def _rss(pid: int) -> dict:
     get = lambda k: int(next(line.split()[1] for line in status.splitlines() if line.startswith(k)))  # noqa: E731
     maps = Path(f"/proc/{pid}/maps").read_text()
     return {
-        "rss_mb": round(get("VmRSS:") / 1024, 1), "hwm_mb": round(get("VmHWM:") / 1024, 1),
-        "rss_anon_mb": round(get("RssAnon:") / 1024, 1), "rss_file_mb": round(get("RssFile:") / 1024, 1),
+        "rss_mb": round(get("VmRSS:") / 1024, 1),
+        "hwm_mb": round(get("VmHWM:") / 1024, 1),
+        "rss_anon_mb": round(get("RssAnon:") / 1024, 1),
+        "rss_file_mb": round(get("RssFile:") / 1024, 1),
         "heavy_libraries_mapped": [h for h in HEAVY if f"/site-packages/{h}/" in maps],
     }
 
@@ -272,17 +301,31 @@ print(json.dumps({"lat_ns": lat, "wall_s": sum(lat) / 1e9}))
 def _raw_client(base: str, n: int, feed: Path) -> dict:
     """One keep-alive connection from a minimal socket client with the bodies built up front: the
     server's latency plus loopback, without httpx's own per-request cost (~1.5 ms on the shared box)."""
-    out = subprocess.run([sys.executable, "-c", RAW_CLIENT, base, str(n), str(feed)],
-                         capture_output=True, text=True, check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", RAW_CLIENT, base, str(n), str(feed)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     res = json.loads(out.stdout)
     return {**pct(res["lat_ns"]), "req_per_s": round(len(res["lat_ns"]) / res["wall_s"], 1)}
 
 
 def _client(base: str, n: int, conns: int, feed: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CLIENT, base, str(n), str(conns), str(feed)],
-                         capture_output=True, text=True, check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT, base, str(n), str(conns), str(feed)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     res = json.loads(out.stdout)
-    return {**pct(res["lat_ns"]), "wall_s": round(res["wall_s"], 2), "req_per_s": round(len(res["lat_ns"]) / res["wall_s"], 1)}
+    return {
+        **pct(res["lat_ns"]),
+        "wall_s": round(res["wall_s"], 2),
+        "req_per_s": round(len(res["lat_ns"]) / res["wall_s"], 1),
+    }
 
 
 def _symbol_copy(src: Path, dst: Path, symbol: str) -> Path:
@@ -303,7 +346,9 @@ def bench_http(d: Path, n: int, tmp: Path) -> dict:
     recs = [api_candle(r) for r in candle_records(candles(warm + n, month=2))]
     symbols = [f"SYM{i:02d}" for i in range(16)]
     feed = tmp / "feed.json"
-    feed.write_text(json.dumps({"warm": recs[:warm], "stream": recs[warm:], "symbols": ["FILUSDT"] + symbols}))
+    feed.write_text(
+        json.dumps({"warm": recs[:warm], "stream": recs[warm:], "symbols": ["FILUSDT"] + symbols})
+    )
     out: dict = {}
     proc, base = _serve([d], _symbol_copy(d, tmp / "challenger", "FILUSDT"), tmp / "home1")
     try:
@@ -343,9 +388,17 @@ def main() -> None:
     from serving.server import uvicorn_impl
 
     res = {
-        "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_at_start": os.getloadavg(),
+            "python": platform.python_version(),
+        },
         "server": uvicorn_impl(),  # what `python -m serving.server` runs uvicorn with
-        "bundle": {"path": str(d.relative_to(REPO)), "trees_per_horizon": 50 if args.quick else 200, "horizons": 5},
+        "bundle": {
+            "path": str(d.relative_to(REPO)),
+            "trees_per_horizon": 50 if args.quick else 200,
+            "horizons": 5,
+        },
         "session_options": bench_session_options(d, runs),
         "predictor": bench_predictor(d, n),
         "http": bench_http(d, n, tmp),
@@ -354,27 +407,41 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     (RESULTS / "serving.json").write_text(json.dumps(res, indent=2))
 
-    print(f"\nserving benchmark ({res['machine']['cpus']} CPUs, load avg {res['machine']['load_avg_at_start'][0]:.1f})")
+    print(
+        f"\nserving benchmark ({res['machine']['cpus']} CPUs, load avg {res['machine']['load_avg_at_start'][0]:.1f})"
+    )
     print(f"{'onnxruntime session option':<50}{'load ms':>9}{'p50 µs':>9}{'p99 µs':>9}")
     for r in res["session_options"]:
         print(f"{r['variant']:<50}{r['load_ms']:>9}{r['p50_us']:>9}{r['p99_us']:>9}")
     p = res["predictor"]
-    print(f"\nPredictor.update (features + model): p50 {p['update']['p50_us']} µs, p99 {p['update']['p99_us']} µs "
-          f"(features alone p50 {p['features_only']['p50_us']} µs, model alone p50 {p['model_only']['p50_us']} µs)"
-          "   goal p99 <= 100 µs")
-    print(f"Predictor.update, shadow + log + metrics: p50 {p['update_shadow_logged']['p50_us']} µs, "
-          f"p99 {p['update_shadow_logged']['p99_us']} µs (log writer not yielding: "
-          f"p99 {p['update_shadow_logged_writer_not_yielding']['p99_us']} µs)")
+    print(
+        f"\nPredictor.update (features + model): p50 {p['update']['p50_us']} µs, p99 {p['update']['p99_us']} µs "
+        f"(features alone p50 {p['features_only']['p50_us']} µs, model alone p50 {p['model_only']['p50_us']} µs)"
+        "   goal p99 <= 100 µs"
+    )
+    print(
+        f"Predictor.update, shadow + log + metrics: p50 {p['update_shadow_logged']['p50_us']} µs, "
+        f"p99 {p['update_shadow_logged']['p99_us']} µs (log writer not yielding: "
+        f"p99 {p['update_shadow_logged_writer_not_yielding']['p99_us']} µs)"
+    )
     h = res["http"]
-    print(f"HTTP POST /v1/candles, 1 connection: p50 {h['one_connection']['p50_us'] / 1e3:.2f} ms, "
-          f"p99 {h['one_connection']['p99_us'] / 1e3:.2f} ms   goal p50 <= 0.5 ms")
-    print(f"HTTP POST /v1/candles, 1 connection, minimal socket client: p50 "
-          f"{h['one_connection_raw_client']['p50_us'] / 1e3:.2f} ms, p99 {h['one_connection_raw_client']['p99_us'] / 1e3:.2f} ms")
-    print(f"HTTP 16 connections: {h['sixteen_connections']['req_per_s']} req/s "
-          f"(p50 {h['sixteen_connections']['p50_us'] / 1e3:.2f} ms)")
-    print(f"memory, champion + challenger loaded: RSS {h['memory_loaded']['rss_mb']} MB, after requests "
-          f"{h['memory_after_requests']['rss_mb']} MB (peak {h['memory_after_requests']['hwm_mb']} MB)   goal <= 100 MB; "
-          f"heavy libraries mapped: {h['memory_loaded']['heavy_libraries_mapped']}")
+    print(
+        f"HTTP POST /v1/candles, 1 connection: p50 {h['one_connection']['p50_us'] / 1e3:.2f} ms, "
+        f"p99 {h['one_connection']['p99_us'] / 1e3:.2f} ms   goal p50 <= 0.5 ms"
+    )
+    print(
+        f"HTTP POST /v1/candles, 1 connection, minimal socket client: p50 "
+        f"{h['one_connection_raw_client']['p50_us'] / 1e3:.2f} ms, p99 {h['one_connection_raw_client']['p99_us'] / 1e3:.2f} ms"
+    )
+    print(
+        f"HTTP 16 connections: {h['sixteen_connections']['req_per_s']} req/s "
+        f"(p50 {h['sixteen_connections']['p50_us'] / 1e3:.2f} ms)"
+    )
+    print(
+        f"memory, champion + challenger loaded: RSS {h['memory_loaded']['rss_mb']} MB, after requests "
+        f"{h['memory_after_requests']['rss_mb']} MB (peak {h['memory_after_requests']['hwm_mb']} MB)   goal <= 100 MB; "
+        f"heavy libraries mapped: {h['memory_loaded']['heavy_libraries_mapped']}"
+    )
     print(f"written {RESULTS / 'serving.json'}")
 
 

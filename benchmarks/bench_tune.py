@@ -64,7 +64,9 @@ def main() -> None:
     os.environ["KAIROS_CONFIGS_DIR"], os.environ["KAIROS_HOME"] = str(configs), str(tmp / "home")
     cfg = load_training_config(configs)
     candles = read_many([DATA / "FILUSDT-1m-2023-08.zip"], "FILUSDT", "1m")
-    candles = candles.iloc[-(cfg.walk_forward.window + 200):].reset_index(drop=True)  # 30 days + warm-up/labels
+    candles = candles.iloc[-(cfg.walk_forward.window + 200) :].reset_index(
+        drop=True
+    )  # 30 days + warm-up/labels
     rows = prepare_tuning_data(candles, cfg)
     data = rows.save(tmp / "rows.npz")
     from pipelines.tuning.objective import load_search_space, suggest
@@ -79,31 +81,68 @@ def main() -> None:
         for params in param_sets:
             study.enqueue_trial(params)
         t0 = time.perf_counter()
-        procs = launch_workers(k, tmp / f"logs-{k}", study=f"bench-{k}", storage=url, model="lightgbm",
-                               symbol="FILUSDT", interval="1m", trials=args.trials,
-                               threads=args.threads or max(1, cfg.lightgbm.num_threads // k), data=data)
+        procs = launch_workers(
+            k,
+            tmp / f"logs-{k}",
+            study=f"bench-{k}",
+            storage=url,
+            model="lightgbm",
+            symbol="FILUSDT",
+            interval="1m",
+            trials=args.trials,
+            threads=args.threads or max(1, cfg.lightgbm.num_threads // k),
+            data=data,
+        )
         wait_workers(procs)
         wall = time.perf_counter() - t0
-        trials = [t for t in optuna.load_study(study_name=f"bench-{k}", storage=url).trials
-                  if t.datetime_complete is not None]
-        span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+        trials = [
+            t
+            for t in optuna.load_study(study_name=f"bench-{k}", storage=url).trials
+            if t.datetime_complete is not None
+        ]
+        span = (
+            max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
+        ).total_seconds()
         per_trial = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
-        results.append({"workers": k, "threads_per_worker": args.threads or max(1, cfg.lightgbm.num_threads // k),
-                        "trials": len(trials), "states": sorted({t.state.name for t in trials}),
-                        "trials_per_min": 60 * len(trials) / span, "trials_per_min_incl_startup": 60 * len(trials) / wall,
-                        "median_trial_s": per_trial[len(per_trial) // 2], "wall_s": wall})
-    out = {"benchmark": "tune", "model": "lightgbm", "candles": len(candles), "tuning_rows": int(len(rows.Y)),
-           "inner_folds": yaml.safe_load((configs / "search_spaces" / "lightgbm.yaml").read_text())["inner_folds"],
-           "pruner": args.pruner, "param_sets": param_sets, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-           "machine_note": "shared 2-core machine (~8 engineers): absolute rates vary with load", "results": results}
+        results.append(
+            {
+                "workers": k,
+                "threads_per_worker": args.threads or max(1, cfg.lightgbm.num_threads // k),
+                "trials": len(trials),
+                "states": sorted({t.state.name for t in trials}),
+                "trials_per_min": 60 * len(trials) / span,
+                "trials_per_min_incl_startup": 60 * len(trials) / wall,
+                "median_trial_s": per_trial[len(per_trial) // 2],
+                "wall_s": wall,
+            }
+        )
+    out = {
+        "benchmark": "tune",
+        "model": "lightgbm",
+        "candles": len(candles),
+        "tuning_rows": int(len(rows.Y)),
+        "inner_folds": yaml.safe_load((configs / "search_spaces" / "lightgbm.yaml").read_text())[
+            "inner_folds"
+        ],
+        "pruner": args.pruner,
+        "param_sets": param_sets,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine_note": "shared 2-core machine (~8 engineers): absolute rates vary with load",
+        "results": results,
+    }
     dst = args.out
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_text(json.dumps(out, indent=2))
-    print(f"LightGBM tuning, {len(candles):,} FILUSDT 1m candles ({len(rows.Y):,} tuning rows), pruner={args.pruner}")
+    print(
+        f"LightGBM tuning, {len(candles):,} FILUSDT 1m candles ({len(rows.Y):,} tuning rows), pruner={args.pruner}"
+    )
     print(f"{'workers':>8} {'trials':>7} {'trials/min':>11} {'incl. start-up':>15} {'median trial s':>15}")
     for r in results:
-        print(f"{r['workers']:>8} {r['trials']:>7} {r['trials_per_min']:>11.2f} {r['trials_per_min_incl_startup']:>15.2f} "
-              f"{r['median_trial_s']:>15.1f}")
+        print(
+            f"{r['workers']:>8} {r['trials']:>7} {r['trials_per_min']:>11.2f} {r['trials_per_min_incl_startup']:>15.2f} "
+            f"{r['median_trial_s']:>15.1f}"
+        )
     print(f"wrote {dst}")
     shutil.rmtree(tmp, ignore_errors=True)
 

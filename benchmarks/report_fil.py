@@ -37,23 +37,39 @@ def main() -> None:
     t0 = time.perf_counter()
     res = train_walk_forward(candles, symbol="FILUSDT", interval="1m", cfg=cfg, task=task)
     wall = time.perf_counter() - t0
-    print(f"{task.name}: FILUSDT 1m, {res.data_window['start']} → {res.data_window['end']}, "
-          f"{len(res.fold_metrics)} folds, parity max |Δ| {res.parity_max_abs:.1e}, {wall:.0f} s")
+    print(
+        f"{task.name}: FILUSDT 1m, {res.data_window['start']} → {res.data_window['end']}, "
+        f"{len(res.fold_metrics)} folds, parity max |Δ| {res.parity_max_abs:.1e}, {wall:.0f} s"
+    )
     metric, sign = task.promotion_metric, (1 if task.higher_is_better else -1)
-    print(f"{'h':>3} {'who':<12} " + " ".join(f"{c.title:>24}" for c in task.columns) + f"  folds model better ({metric})")
+    print(
+        f"{'h':>3} {'who':<12} "
+        + " ".join(f"{c.title:>24}" for c in task.columns)
+        + f"  folds model better ({metric})"
+    )
     wins: dict[str, dict[str, int]] = {}
     for h in res.horizons:
         for who in ("model", *task.baselines):
             m = res.report[who][f"h{h}"]
             won = ""
             if who != "model":
-                k = sum(sign * (f[f"model.h{h}.{metric}"] - f[f"{who}.h{h}.{metric}"]) > 0 for f in res.fold_metrics)
+                k = sum(
+                    sign * (f[f"model.h{h}.{metric}"] - f[f"{who}.h{h}.{metric}"]) > 0
+                    for f in res.fold_metrics
+                )
                 wins.setdefault(f"h{h}", {})[who] = int(k)
                 won = f"{k}/{len(res.fold_metrics)}"
             print(f"{h:>3} {who:<12} " + " ".join(f"{c.render(m):>24}" for c in task.columns) + f"  {won}")
-    out = {"task": task.name, "data_window": res.data_window, "folds": len(res.fold_metrics),
-           "parity_max_abs": res.parity_max_abs, "train_wall_s": round(wall, 1), "load_avg": os.getloadavg(),
-           "folds_model_better": {"metric": metric, **wins}, "report": res.report}
+    out = {
+        "task": task.name,
+        "data_window": res.data_window,
+        "folds": len(res.fold_metrics),
+        "parity_max_abs": res.parity_max_abs,
+        "train_wall_s": round(wall, 1),
+        "load_avg": os.getloadavg(),
+        "folds_model_better": {"metric": metric, **wins},
+        "report": res.report,
+    }
     name = "fil_report.json" if task.name == "returns" else f"fil_{task.name}_report.json"
     dst = REPO / "benchmarks" / "results" / name
     dst.write_text(json.dumps(out, indent=2, default=str))

@@ -11,7 +11,9 @@ from flows.runtime import IO, PURE, Runtime
 
 
 @task(name="fetch-candles", **IO)
-def fetch_candles(source: str, symbol: str, interval: str, options: dict[str, Any], last_open_time) -> pd.DataFrame:
+def fetch_candles(
+    source: str, symbol: str, interval: str, options: dict[str, Any], last_open_time
+) -> pd.DataFrame:
     """The source's candles after `last_open_time` (the source knows how to continue a series)."""
     from pipelines.sources import get_source
 
@@ -28,7 +30,9 @@ def validate(df: pd.DataFrame, batch_name: str):
     from validation.candles import check_or_quarantine
 
     s = Runtime.from_env().settings
-    return check_or_quarantine(df, data_docs_dir=s.data_docs_dir, quarantine_dir=s.quarantine_dir, batch_name=batch_name)
+    return check_or_quarantine(
+        df, data_docs_dir=s.data_docs_dir, quarantine_dir=s.quarantine_dir, batch_name=batch_name
+    )
 
 
 @task(name="upsert-candles", **IO)
@@ -37,7 +41,9 @@ def upsert(df: pd.DataFrame) -> int:
 
 
 @flow(name="ingest")
-def ingest(source: str, symbol: str, interval: str = "1m", options: dict[str, Any] | None = None) -> dict[str, Any]:
+def ingest(
+    source: str, symbol: str, interval: str = "1m", options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Fetch candles from a source, validate them (bad batch → quarantine, flow fails), upsert the store."""
     options = options or {}
     last = last_open_time(symbol, interval)
@@ -57,5 +63,3 @@ def ingest(source: str, symbol: str, interval: str = "1m", options: dict[str, An
         "first": str(df["open_time"].min()),
         "last": str(df["open_time"].max()),
     }
-
-

@@ -29,15 +29,25 @@ def compare(symbol: str, interval: str, task_name: str = "returns"):
     policy = rt.policy(task_name)
     newest = load_newest_window(client, name, aliases["challenger"])
     tmp = rt.settings.home_abs / "tmp"
-    onnx_bytes, manifest = read_bundle(download_bundle(client, name, alias="champion",
-                                                       dst=tmp / f"{name}-champion-{aliases['champion']}"))
+    onnx_bytes, manifest = read_bundle(
+        download_bundle(client, name, alias="champion", dst=tmp / f"{name}-champion-{aliases['champion']}")
+    )
     start, end = champion_candle_range(newest, manifest, interval)
     champ_pred = predict_bundle(onnx_bytes, manifest, rt.store().load(symbol, interval, start=start, end=end))
-    _, challenger = read_bundle(download_bundle(client, name, alias="challenger",
-                                                dst=tmp / f"{name}-challenger-{aliases['challenger']}"))
+    _, challenger = read_bundle(
+        download_bundle(
+            client, name, alias="challenger", dst=tmp / f"{name}-challenger-{aliases['challenger']}"
+        )
+    )
     cmp = compare_on_newest_window(
-        newest, challenger.horizons, policy.horizon, champ_pred, training_end(manifest),
-        task=rt.task(task_name, challenger.horizons), interval=interval, cfg=rt.training_config(task=task_name).evaluation,
+        newest,
+        challenger.horizons,
+        policy.horizon,
+        champ_pred,
+        training_end(manifest),
+        task=rt.task(task_name, challenger.horizons),
+        interval=interval,
+        cfg=rt.training_config(task=task_name).evaluation,
     )
     return cmp, aliases
 
@@ -61,7 +71,9 @@ def apply_policy(symbol: str, interval: str, cmp, aliases: dict[str, str], task_
         higher_is_better=cmp.higher_is_better,
     )
     mv = rt.mlflow.get_model_version(name, aliases["challenger"])
-    apply_decision(rt.mlflow, RegisteredVersion(name, mv.version, mv.run_id), decision, actor="kairos-promote")
+    apply_decision(
+        rt.mlflow, RegisteredVersion(name, mv.version, mv.run_id), decision, actor="kairos-promote"
+    )
     return decision
 
 

@@ -67,17 +67,33 @@ def load_candles(symbol: str, interval: str, start: pd.Timestamp, end: pd.Timest
 
 
 @task(name="join-outcomes", **PURE)
-def outcomes(log: pd.DataFrame, candles: pd.DataFrame, interval: str, now, store_last, task_name: str = "returns"):
+def outcomes(
+    log: pd.DataFrame, candles: pd.DataFrame, interval: str, now, store_last, task_name: str = "returns"
+):
     from pipelines.review.outcomes import join_outcomes
 
-    return join_outcomes(log, candles, interval=interval, now=now, store_last=store_last,
-                         task=Runtime.from_env().task(task_name))
+    return join_outcomes(
+        log,
+        candles,
+        interval=interval,
+        now=now,
+        store_last=store_last,
+        task=Runtime.from_env().task(task_name),
+    )
 
 
 @task(name="ab-statistics", **PURE)
-def statistics(resolved: pd.DataFrame, champion: str, challenger: str, horizons: list[int],
-               looks: list[int], fee_bps: float, alpha: float, min_samples: int,
-               task_name: str = "returns") -> Statistics:
+def statistics(
+    resolved: pd.DataFrame,
+    champion: str,
+    challenger: str,
+    horizons: list[int],
+    looks: list[int],
+    fee_bps: float,
+    alpha: float,
+    min_samples: int,
+    task_name: str = "returns",
+) -> Statistics:
     from pipelines.review.abstats import ABDataError, compare_arms
     from pipelines.review.outcomes import experiment_arms
 
@@ -88,8 +104,15 @@ def statistics(resolved: pd.DataFrame, champion: str, challenger: str, horizons:
         out.arms[h] = (exp.champion, exp.challenger)
         try:
             out.results[h] = compare_arms(
-                exp.champion, exp.challenger, paired=exp.paired, fee_bps=fee_bps, alpha=alpha,
-                looks=looks or None, loss=task_.row_loss, loss_name=task_.review_loss, min_samples=min_samples,
+                exp.champion,
+                exp.challenger,
+                paired=exp.paired,
+                fee_bps=fee_bps,
+                alpha=alpha,
+                looks=looks or None,
+                loss=task_.row_loss,
+                loss_name=task_.review_loss,
+                min_samples=min_samples,
             )
         except ABDataError as e:
             out.skipped[h] = str(e)
@@ -98,28 +121,62 @@ def statistics(resolved: pd.DataFrame, champion: str, challenger: str, horizons:
 
 
 @task(name="write-review-report", **PURE)
-def report(out_dir: str, name: str, champion: str, challenger: str, stats: Statistics, decision: str,
-           counts: dict[str, int], fee_bps: float, missing_note: str, task_name: str = "returns"):
+def report(
+    out_dir: str,
+    name: str,
+    champion: str,
+    challenger: str,
+    stats: Statistics,
+    decision: str,
+    counts: dict[str, int],
+    fee_bps: float,
+    missing_note: str,
+    task_name: str = "returns",
+):
     from pipelines.review.report import write_review_report
 
     task_ = Runtime.from_env().task(task_name)
     return write_review_report(
-        Path(out_dir), model=name, champion_version=champion, challenger_version=challenger, arms=stats.arms,
-        results=stats.results, decision=decision, counts=counts, fee_bps=fee_bps, missing_note=missing_note,
-        loss=task_.row_loss, directional=task_.directional,
+        Path(out_dir),
+        model=name,
+        champion_version=champion,
+        challenger_version=challenger,
+        arms=stats.arms,
+        results=stats.results,
+        decision=decision,
+        counts=counts,
+        fee_bps=fee_bps,
+        missing_note=missing_note,
+        loss=task_.row_loss,
+        directional=task_.directional,
     )
 
 
 @task(name="log-review", **IO)
-def log_to_mlflow(name: str, champion: str, challenger: str, review_ms: int, report_dir: str,
-                  stats: Statistics, decision, counts: dict[str, int]) -> str:
+def log_to_mlflow(
+    name: str,
+    champion: str,
+    challenger: str,
+    review_ms: int,
+    report_dir: str,
+    stats: Statistics,
+    decision,
+    counts: dict[str, int],
+) -> str:
     from pipelines.tasks import task_of_model
     from registry.reviews import log_review
 
     rt = Runtime.from_env()
     return log_review(
-        rt.mlflow, name=name, champion_version=champion, challenger_version=challenger, review_time_ms=review_ms,
-        report_dir=Path(report_dir), results=stats.results, decision=decision, policy=rt.policy(task_of_model(name)),
+        rt.mlflow,
+        name=name,
+        champion_version=champion,
+        challenger_version=challenger,
+        review_time_ms=review_ms,
+        report_dir=Path(report_dir),
+        results=stats.results,
+        decision=decision,
+        policy=rt.policy(task_of_model(name)),
         counts=counts,
     )
 
@@ -144,8 +201,13 @@ def _missing_note(missing: pd.DataFrame) -> str:
 
 
 @flow(name="ab_review")
-def ab_review(model: str, predlog_dir: str | None = None, apply_decision: bool = True,
-              actor: str = "kairos-review", now: str | None = None) -> dict[str, Any]:
+def ab_review(
+    model: str,
+    predlog_dir: str | None = None,
+    apply_decision: bool = True,
+    actor: str = "kairos-review",
+    now: str | None = None,
+) -> dict[str, Any]:
     """Review champion vs challenger of `model` and apply configs/promotion.yaml.
 
     Args:
@@ -172,15 +234,31 @@ def ab_review(model: str, predlog_dir: str | None = None, apply_decision: bool =
     review_ms = int(clock.value // 1_000_000)
     aliases = registry_state(model)
     champ, chall = aliases.get(CHAMPION), aliases.get(CHALLENGER)
-    base = {"champion": champ, "challenger": chall, "report": None, "run_id": None, "verdicts": {},
-            "skipped": {}, "counts": {}, "moves": []}
+    base = {
+        "champion": champ,
+        "challenger": chall,
+        "report": None,
+        "run_id": None,
+        "verdicts": {},
+        "skipped": {},
+        "counts": {},
+        "moves": [],
+    }
     if champ is None or chall is None or champ == chall:
         decision = decide_review(policy, None, loss=loss)
-        why = f"{model} has no challenger next to its champion (aliases {aliases or 'none'}): nothing to review"
+        why = (
+            f"{model} has no challenger next to its champion (aliases {aliases or 'none'}): nothing to review"
+        )
         return {**base, "decision": replace(decision, reason=why)}
     log = read_log(str(predlog_dir or default_predlog_dir(rt)), model)
-    pair = log[((log["arm"] == CHAMPION) & (log["version"].astype(str) == champ))
-               | ((log["arm"] == CHALLENGER) & (log["version"].astype(str) == chall))] if len(log) else log
+    pair = (
+        log[
+            ((log["arm"] == CHAMPION) & (log["version"].astype(str) == champ))
+            | ((log["arm"] == CHALLENGER) & (log["version"].astype(str) == chall))
+        ]
+        if len(log)
+        else log
+    )
     span = log_time_range(pair, str(pair["interval"].iloc[0])) if len(pair) else None
     if span is None:
         decision = decide_review(policy, None, loss=loss)
@@ -191,17 +269,34 @@ def ab_review(model: str, predlog_dir: str | None = None, apply_decision: bool =
     oc = outcomes(pair, candles, interval, clock, store_last, task_name)
     horizons = sorted(set(int(h) for hs in pair["horizons"] for h in hs))
     looks = past_looks(model, champ, chall)
-    stats = statistics(oc.resolved, champ, chall, horizons, looks, fee_bps, policy.alpha, policy.min_samples,
-                       task_name)
+    stats = statistics(
+        oc.resolved, champ, chall, horizons, looks, fee_bps, policy.alpha, policy.min_samples, task_name
+    )
     decision = decide_review(policy, stats.results.get(policy.horizon), loss=loss)
     out_dir = rt.settings.home_abs / "reviews" / model / clock.strftime("%Y%m%dT%H%M%SZ")
-    rep = report(str(out_dir), model, champ, chall, stats, decision.reason, oc.counts(), fee_bps,
-                 _missing_note(oc.missing), task_name)
+    rep = report(
+        str(out_dir),
+        model,
+        champ,
+        chall,
+        stats,
+        decision.reason,
+        oc.counts(),
+        fee_bps,
+        _missing_note(oc.missing),
+        task_name,
+    )
     run_id = log_to_mlflow(model, champ, chall, review_ms, str(out_dir), stats, decision, oc.counts())
     moves = apply(model, chall, decision, run_id, actor) if (decision.promote and apply_decision) else []
     return {
-        **base, "decision": decision, "report": str(rep.html), "run_id": run_id, "counts": oc.counts(),
-        "verdicts": {h: r.summary() for h, r in stats.results.items()}, "skipped": stats.skipped, "moves": moves,
+        **base,
+        "decision": decision,
+        "report": str(rep.html),
+        "run_id": run_id,
+        "counts": oc.counts(),
+        "verdicts": {h: r.summary() for h, r in stats.results.items()},
+        "skipped": stats.skipped,
+        "moves": moves,
     }
 
 

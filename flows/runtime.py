@@ -90,7 +90,9 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     names = {c.__name__ for c in type(exc).__mro__}
-    return bool(names & {"NetworkError", "RequestTimeout", "TransportError", "IOException", "MlflowException"})
+    return bool(
+        names & {"NetworkError", "RequestTimeout", "TransportError", "IOException", "MlflowException"}
+    )
 
 
 def _retry_transient(task_, task_run, state) -> bool:
@@ -102,5 +104,3 @@ def _retry_transient(task_, task_run, state) -> bool:
 
 
 IO = dict(**IO_RETRIES, retry_condition_fn=_retry_transient)
-
-

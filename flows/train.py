@@ -22,20 +22,36 @@ def load_candles(symbol: str, interval: str) -> pd.DataFrame:
 
 
 @task(name="train-walk-forward", **PURE)
-def fit(candles: pd.DataFrame, symbol: str, interval: str, model_type: str, preset: str | None = None,
-        task: str = "returns"):
+def fit(
+    candles: pd.DataFrame,
+    symbol: str,
+    interval: str,
+    model_type: str,
+    preset: str | None = None,
+    task: str = "returns",
+):
     """Walk-forward training of `task` with the tuned parameters of `kairos tune`, when a study wrote some."""
     from pipelines.sources.synthetic import is_synthetic_symbol
     from pipelines.training.walk_forward import train_walk_forward
     from pipelines.tuning.objective import load_best_params, provenance_tags, tuned_params
 
     rt = Runtime.from_env()
-    overrides, provenance = load_best_params(rt.settings.home_abs, model_type, symbol, interval, task) or ({}, {})
+    overrides, provenance = load_best_params(rt.settings.home_abs, model_type, symbol, interval, task) or (
+        {},
+        {},
+    )
     cfg = rt.training_config(None, task)
     result = train_walk_forward(
-        candles, symbol=symbol, interval=interval, cfg=cfg, task=rt.task(task, cfg.labels.horizons),
-        model_type=model_type, preset=preset, model_overrides=tuned_params(overrides),
-        synthetic=is_synthetic_symbol(symbol), progress=reporter(),
+        candles,
+        symbol=symbol,
+        interval=interval,
+        cfg=cfg,
+        task=rt.task(task, cfg.labels.horizons),
+        model_type=model_type,
+        preset=preset,
+        model_overrides=tuned_params(overrides),
+        synthetic=is_synthetic_symbol(symbol),
+        progress=reporter(),
     )
     result.run_tags.update(provenance_tags(provenance))
     if preset:
@@ -56,12 +72,15 @@ def register(result):
 
 
 @flow(name="train")
-def train(symbol: str, interval: str = "1m", model_type: str = "lightgbm", preset: str | None = None,
-          task: str = "returns") -> dict[str, Any]:
+def train(
+    symbol: str,
+    interval: str = "1m",
+    model_type: str = "lightgbm",
+    preset: str | None = None,
+    task: str = "returns",
+) -> dict[str, Any]:
     """Walk-forward train + evaluate `task` vs its baselines, export ONNX (parity-gated), register in MLflow."""
     candles = load_candles(symbol, interval)
     result = fit(candles, symbol, interval, model_type, preset, task)
     registered = register(result)
     return {"result": result, "registered": registered}
-
-

@@ -22,7 +22,9 @@ def _tuning(rt: Runtime, model_type: str, task_name: str):
 
     cfg = rt.training_config(task=task_name)
     task_ = rt.task(task_name, cfg.labels.horizons)
-    tuning = for_task(load_search_space(rt.settings.configs_dir, model_type), task_, rt.policy(task_name).horizon)
+    tuning = for_task(
+        load_search_space(rt.settings.configs_dir, model_type), task_, rt.policy(task_name).horizon
+    )
     return tuning, cfg, task_
 
 
@@ -37,8 +39,18 @@ def prepare_rows(candles: Any, path: Path, task_name: str = "returns") -> Path:
 
 
 @task(name="run-workers", **PURE)
-def run_workers(*, study_name: str, storage: str, model_type: str, symbol: str, interval: str, n_trials: int,
-                workers: int, data: Path, task_name: str = "returns") -> int:
+def run_workers(
+    *,
+    study_name: str,
+    storage: str,
+    model_type: str,
+    symbol: str,
+    interval: str,
+    n_trials: int,
+    workers: int,
+    data: Path,
+    task_name: str = "returns",
+) -> int:
     """One worker in this process, or K worker processes sharing the study; returns trials run."""
     from pipelines.tuning.objective import Objective, TuningData
     from pipelines.tuning.study import (
@@ -53,26 +65,47 @@ def run_workers(*, study_name: str, storage: str, model_type: str, symbol: str, 
     rt = Runtime.from_env()
     tuning, cfg, task_ = _tuning(rt, model_type, task_name)
     # Create (or check) the study here so K workers never race to create it with other attributes.
-    study = open_study(make_storage(storage, tuning), study_name, tuning, 0, {"symbol": symbol, "interval": interval})
+    study = open_study(
+        make_storage(storage, tuning), study_name, tuning, 0, {"symbol": symbol, "interval": interval}
+    )
     before = sum(trial_counts(study).values())
     # One LightGBM thread per worker: parallelism comes from workers (benchmarks/results/tune.json:
     # on 2 busy cores 1 worker x 2 threads ran ~6x slower than 1 x 1, and 2 x 1 twice as fast again).
     threads = 1
     if workers == 1:
-        objective = Objective(TuningData.load(data), cfg, tuning, interval=interval, threads=threads,
-                              configs_dir=rt.settings.configs_dir, objective=task_.training_objective, task=task_)
+        objective = Objective(
+            TuningData.load(data),
+            cfg,
+            tuning,
+            interval=interval,
+            threads=threads,
+            configs_dir=rt.settings.configs_dir,
+            objective=task_.training_objective,
+            task=task_,
+        )
         run_budget(study, objective, n_trials)
     else:
-        procs = launch_workers(workers, rt.settings.home_abs / "tuned" / "logs" / study_name, study=study_name,
-                               storage=storage, model=model_type, symbol=symbol, interval=interval,
-                               trials=n_trials, threads=threads, data=data, task=task_name)
+        procs = launch_workers(
+            workers,
+            rt.settings.home_abs / "tuned" / "logs" / study_name,
+            study=study_name,
+            storage=storage,
+            model=model_type,
+            symbol=symbol,
+            interval=interval,
+            trials=n_trials,
+            threads=threads,
+            data=data,
+            task=task_name,
+        )
         wait_workers(procs)
     return sum(trial_counts(study).values()) - before
 
 
 @task(name="best-params", **PURE)
-def save_best(*, study_name: str, storage: str, model_type: str, symbol: str, interval: str,
-              task_name: str = "returns") -> dict[str, Any]:
+def save_best(
+    *, study_name: str, storage: str, model_type: str, symbol: str, interval: str, task_name: str = "returns"
+) -> dict[str, Any]:
     """Counts per state, the best trial, and the tuned-parameters file `kairos train` reads."""
     import optuna
 
@@ -84,34 +117,78 @@ def save_best(*, study_name: str, storage: str, model_type: str, symbol: str, in
     study = optuna.load_study(study_name=study_name, storage=make_storage(storage, tuning))
     counts = trial_counts(study)
     if not counts.get("COMPLETE"):
-        raise TuningError(f"study {study_name!r} has no complete trial ({counts}); run more trials or widen the space")
+        raise TuningError(
+            f"study {study_name!r} has no complete trial ({counts}); run more trials or widen the space"
+        )
     best = study.best_trial
     prov = {**provenance_of(study, best, storage, tuning), "n_trials": sum(counts.values())}
-    path = write_best_params(rt.settings.home_abs, model_type, symbol, interval, overrides_for(tuning, best.params), prov,
-                             task_name)
-    return {"study": study, "counts": counts, "best_trial": best.number, "best_value": best.value,
-            "best_params": dict(best.params), "path": path, "provenance": prov, "metric": tuning.metric,
-            "horizon": tuning.horizon, "pruner": tuning.pruner.kind}
+    path = write_best_params(
+        rt.settings.home_abs,
+        model_type,
+        symbol,
+        interval,
+        overrides_for(tuning, best.params),
+        prov,
+        task_name,
+    )
+    return {
+        "study": study,
+        "counts": counts,
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": dict(best.params),
+        "path": path,
+        "provenance": prov,
+        "metric": tuning.metric,
+        "horizon": tuning.horizon,
+        "pruner": tuning.pruner.kind,
+    }
 
 
 @task(name="log-study", **IO)
-def log_to_mlflow(summary: dict[str, Any], *, storage: str, model_type: str, symbol: str, interval: str,
-                  task_name: str = "returns") -> str:
+def log_to_mlflow(
+    summary: dict[str, Any],
+    *,
+    storage: str,
+    model_type: str,
+    symbol: str,
+    interval: str,
+    task_name: str = "returns",
+) -> str:
     from pipelines.tuning.objective import redact_storage
     from registry.tuning import log_study
 
     rt = Runtime.from_env()
-    params = {"task": task_name, "model_type": model_type, "symbol": symbol, "interval": interval, "metric": summary["metric"],
-              "horizon": summary["horizon"], "pruner": summary["pruner"]}
+    params = {
+        "task": task_name,
+        "model_type": model_type,
+        "symbol": symbol,
+        "interval": interval,
+        "metric": summary["metric"],
+        "horizon": summary["horizon"],
+        "pruner": summary["pruner"],
+    }
     space = rt.settings.configs_dir / "search_spaces" / f"{model_type}.yaml"
-    return log_study(rt.mlflow, summary["study"], storage=redact_storage(storage), params=params,
-                     files=[space, summary["path"]])
+    return log_study(
+        rt.mlflow,
+        summary["study"],
+        storage=redact_storage(storage),
+        params=params,
+        files=[space, summary["path"]],
+    )
 
 
 @flow(name="tune")
-def tune(symbol: str, model_type: str = "lightgbm", n_trials: int = 20, workers: int = 1,
-         storage: str | None = None, interval: str = "1m", study_name: str | None = None,
-         task: str = "returns") -> dict[str, Any]:
+def tune(
+    symbol: str,
+    model_type: str = "lightgbm",
+    n_trials: int = 20,
+    workers: int = 1,
+    storage: str | None = None,
+    interval: str = "1m",
+    study_name: str | None = None,
+    task: str = "returns",
+) -> dict[str, Any]:
     """Tune `model_type` for one symbol and task on inner walk-forward folds; resumes an existing study.
 
     Args:
@@ -134,13 +211,29 @@ def tune(symbol: str, model_type: str = "lightgbm", n_trials: int = 20, workers:
     study_name = study_name or study_key(model_type, symbol, interval, task)
     storage = storage or default_storage(rt.settings.home_abs)
     t0 = time.perf_counter()
-    data = prepare_rows(load_candles(symbol, interval), rt.settings.home_abs / "tuned" / "data" / f"{study_name}.npz",
-                        task)
-    ran = run_workers(study_name=study_name, storage=storage, model_type=model_type, symbol=symbol,
-                      interval=interval, n_trials=n_trials, workers=workers, data=data, task_name=task)
+    data = prepare_rows(
+        load_candles(symbol, interval), rt.settings.home_abs / "tuned" / "data" / f"{study_name}.npz", task
+    )
+    ran = run_workers(
+        study_name=study_name,
+        storage=storage,
+        model_type=model_type,
+        symbol=symbol,
+        interval=interval,
+        n_trials=n_trials,
+        workers=workers,
+        data=data,
+        task_name=task,
+    )
     keys = dict(storage=storage, model_type=model_type, symbol=symbol, interval=interval, task_name=task)
     summary = save_best(study_name=study_name, **keys)
     run_id = log_to_mlflow(summary, **keys)
     summary.pop("study")
-    return {**summary, "study_name": study_name, "storage": redact_storage(storage), "trials_run": ran,
-            "mlflow_run_id": run_id, "seconds": time.perf_counter() - t0}
+    return {
+        **summary,
+        "study_name": study_name,
+        "storage": redact_storage(storage),
+        "trials_run": ran,
+        "mlflow_run_id": run_id,
+        "seconds": time.perf_counter() - t0,
+    }

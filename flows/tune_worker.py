@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         s = get_settings()
         cfg = load_training_config(s.configs_dir, task=args.task)
         task = load_task(s.configs_dir, args.task, cfg.labels.horizons)
-        tuning = for_task(load_search_space(s.configs_dir, args.model), task,
-                          load_promotion_policy(s.configs_dir, args.task).horizon)
+        tuning = for_task(
+            load_search_space(s.configs_dir, args.model),
+            task,
+            load_promotion_policy(s.configs_dir, args.task).horizon,
+        )
         if args.data is not None:
             data = TuningData.load(args.data)
         else:
@@ -59,10 +62,23 @@ def main(argv: list[str] | None = None) -> int:
             if candles.empty:
                 raise TuningError(f"no candles stored for {args.symbol} {args.interval} in {s.store_path}")
             data = prepare_tuning_data(candles, cfg, task)
-        study = open_study(make_storage(args.storage, tuning), args.study, tuning, args.worker_index,
-                           {"symbol": args.symbol, "interval": args.interval})
-        objective = Objective(data, cfg, tuning, interval=args.interval, threads=args.threads,
-                              configs_dir=s.configs_dir, objective=task.training_objective, task=task)
+        study = open_study(
+            make_storage(args.storage, tuning),
+            args.study,
+            tuning,
+            args.worker_index,
+            {"symbol": args.symbol, "interval": args.interval},
+        )
+        objective = Objective(
+            data,
+            cfg,
+            tuning,
+            interval=args.interval,
+            threads=args.threads,
+            configs_dir=s.configs_dir,
+            objective=task.training_objective,
+            task=task,
+        )
         ran = run_budget(study, objective, args.trials)
     except KairosError as e:
         print(f"error: {e}", file=sys.stderr)

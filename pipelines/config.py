@@ -92,7 +92,8 @@ class TrainingConfig(_Frozen):
 class PromotionPolicy(_Frozen):
     min_lift_pp: float = Field(0.5, ge=0, description="accuracy tasks: lift in percentage points")
     min_lift: float | None = Field(
-        None, ge=0, description="lift in the task's promotion-metric units (None: min_lift_pp / 100)")
+        None, ge=0, description="lift in the task's promotion-metric units (None: min_lift_pp / 100)"
+    )
     horizon: int = Field(1, ge=1)
     require_beats_baselines: bool = False
     min_samples: int = Field(500, ge=1)
@@ -105,7 +106,9 @@ _read_yaml = read_yaml
 _parse = parse_config
 
 
-def load_training_config(configs_dir: Path, overrides: dict | None = None, task: str | None = None) -> TrainingConfig:
+def load_training_config(
+    configs_dir: Path, overrides: dict | None = None, task: str | None = None
+) -> TrainingConfig:
     """Parse `defaults.yaml`, then the task's `training:` overrides (`configs/tasks/<task>.yaml`, e.g. its
     horizons), then nested `overrides` (e.g. tuned LightGBM params), into TrainingConfig."""
     path = configs_dir / "defaults.yaml"
@@ -226,7 +229,9 @@ def load_model_preset(
     """
     from pipelines.models import ModelContext, get_spec
 
-    return get_spec(model_type, configs_dir).config(ModelContext(TrainingConfig(), Path(configs_dir)), preset, overrides)
+    return get_spec(model_type, configs_dir).config(
+        ModelContext(TrainingConfig(), Path(configs_dir)), preset, overrides
+    )
 
 
 # --- Hyperparameter tuning (issue 6) -------------------------------------------------------------
@@ -282,18 +287,29 @@ class TuningConfig(_Frozen):
 
     model_type: str
     section: Literal["lightgbm", "preset"] | None = Field(
-        None, description="ignored, kept so older search spaces parse: every family's tuned params override "
-        "its config (pipelines.models.spec.ModelSpec.config)")
-    preset: str | None = Field(None, description="the preset of configs/models/<model_type>.yaml the params "
-                               "override (None = the file's default; LightGBM: the defaults.yaml block)")
+        None,
+        description="ignored, kept so older search spaces parse: every family's tuned params override "
+        "its config (pipelines.models.spec.ModelSpec.config)",
+    )
+    preset: str | None = Field(
+        None,
+        description="the preset of configs/models/<model_type>.yaml the params "
+        "override (None = the file's default; LightGBM: the defaults.yaml block)",
+    )
     metric: str | None = Field(None, description="a metric of the task's `tuning_metrics` (None: its first)")
-    horizon: int | None = Field(None, ge=1, description="the label horizon (candles) the metric is taken at "
-                                "(None: the promotion policy's horizon for the task)")
+    horizon: int | None = Field(
+        None,
+        ge=1,
+        description="the label horizon (candles) the metric is taken at "
+        "(None: the promotion policy's horizon for the task)",
+    )
     inner_folds: int = Field(3, ge=1, description="newest inner walk-forward folds scored per trial")
     seed: int = 42
     n_startup_trials: int = Field(10, ge=0, description="TPE: random trials before modelling")
     pruner: PrunerConfig = PrunerConfig()
-    in_fold_pruning: bool = Field(True, description="also report inside a fold (LightGBM/Lightning callbacks)")
+    in_fold_pruning: bool = Field(
+        True, description="also report inside a fold (LightGBM/Lightning callbacks)"
+    )
     report_interval: int = Field(10, ge=1, description="boosting iterations between in-fold reports")
     heartbeat_interval: int = Field(10, ge=1, description="seconds between a running trial's heartbeats")
     grace_period: int = Field(30, ge=1, description="seconds without a heartbeat before a trial is FAILed")

@@ -73,4 +73,3 @@ def download_bundle(
             dst.rmdir()  # empty (checked above)
         os.replace(fetched, dst)
     return dst
-

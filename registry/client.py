@@ -22,8 +22,15 @@ from pipelines.contracts.aliases import CHALLENGER, CHAMPION
 from pipelines.contracts.errors import KairosError
 
 __all__ = [  # CHAMPION/CHALLENGER: re-exported for the registry modules, defined in the contracts
-    "CHALLENGER", "CHAMPION", "KairosMlflowClient", "RegisteredVersion", "RegistryError",
-    "ensure_experiment", "is_not_found", "make_client", "model_name",
+    "CHALLENGER",
+    "CHAMPION",
+    "KairosMlflowClient",
+    "RegisteredVersion",
+    "RegistryError",
+    "ensure_experiment",
+    "is_not_found",
+    "make_client",
+    "model_name",
 ]
 
 _SERVER_SCHEMES = ("http://", "https://", "databricks")

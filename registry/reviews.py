@@ -78,8 +78,12 @@ def log_review(
         "review.time_ms": str(int(review_time_ms)),
         "review.decision": "promote" if decision.promote else "keep",
     }
-    run = client.create_run(exp_id, start_time=int(review_time_ms),
-                            run_name=f"{name} v{champion_version} vs v{challenger_version}", tags=tags)
+    run = client.create_run(
+        exp_id,
+        start_time=int(review_time_ms),
+        run_name=f"{name} v{champion_version} vs v{challenger_version}",
+        tags=tags,
+    )
     run_id = run.info.run_id
     try:
         any_result = next(iter(results.values()), None)
@@ -113,4 +117,3 @@ def log_review(
 def tag_decision(client: MlflowClient, run_id: str, moved: list[str]) -> None:
     """Record on the review run which alias moves its decision made (history record ids)."""
     client.log_batch(run_id, tags=[RunTag("review.alias_moves", ",".join(moved) or "none")])
-

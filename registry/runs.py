@@ -74,7 +74,9 @@ def _log_batches(client: MlflowClient, run_id: str, params: dict[str, str], metr
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
-def _write_extras(directory: Path, result: TrainResult, metric: str, newest: dict[int, tuple[float, int]]) -> None:
+def _write_extras(
+    directory: Path, result: TrainResult, metric: str, newest: dict[int, tuple[float, int]]
+) -> None:
     nw = result.newest_window
     np.savez(
         directory / "newest_window.npz",
@@ -222,7 +224,9 @@ def load_newest_window(client: MlflowClient, name: str, version: str) -> NewestW
         path = client.download_artifacts(mv.run_id, "newest_window.npz", tmp)
         with np.load(path) as z:
             return NewestWindow(
-                open_times=z["open_times"].copy(), predictions=z["predictions"].copy(), actuals=z["actuals"].copy()
+                open_times=z["open_times"].copy(),
+                predictions=z["predictions"].copy(),
+                actuals=z["actuals"].copy(),
             )
 
 

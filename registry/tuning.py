@@ -28,8 +28,9 @@ EXPERIMENT = "kairos-tuning"
 _LOGGED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
-def _parent_run(client: MlflowClient, experiment_id: str, study_name: str, storage: str,
-                params: dict[str, str]) -> str:
+def _parent_run(
+    client: MlflowClient, experiment_id: str, study_name: str, storage: str, params: dict[str, str]
+) -> str:
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`kairos.study` = '{study_name}' and tags.`kairos.storage` = '{storage}'",
@@ -37,15 +38,19 @@ def _parent_run(client: MlflowClient, experiment_id: str, study_name: str, stora
     )
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"study-{study_name}",
-                            tags={"kairos.study": study_name, "kairos.storage": storage, "kairos.kind": "tuning"})
+    run = client.create_run(
+        experiment_id,
+        run_name=f"study-{study_name}",
+        tags={"kairos.study": study_name, "kairos.storage": storage, "kairos.kind": "tuning"},
+    )
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     return run.info.run_id
 
 
 def _logged_trials(client: MlflowClient, experiment_id: str, parent_id: str) -> set[int]:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-                              max_results=50_000)
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50_000
+    )
     return {int(r.data.tags["kairos.trial_number"]) for r in runs if "kairos.trial_number" in r.data.tags}
 
 
@@ -56,17 +61,27 @@ def _ms(ts: Any) -> int | None:
 def _log_trial(client: MlflowClient, experiment_id: str, parent_id: str, study_name: str, trial: Any) -> None:
     start = _ms(trial.datetime_start)
     run = client.create_run(
-        experiment_id, start_time=start, run_name=f"trial-{trial.number}",
-        tags={"mlflow.parentRunId": parent_id, "kairos.study": study_name,
-              "kairos.trial_number": str(trial.number), "optuna.state": trial.state.name},
+        experiment_id,
+        start_time=start,
+        run_name=f"trial-{trial.number}",
+        tags={
+            "mlflow.parentRunId": parent_id,
+            "kairos.study": study_name,
+            "kairos.trial_number": str(trial.number),
+            "optuna.state": trial.state.name,
+        },
     )
     rid, ts = run.info.run_id, start or 0
     scores = trial.user_attrs.get("fold_scores") or []
     metrics = [Metric("fold_score", float(v), ts, i) for i, v in enumerate(scores)]
     if trial.value is not None and trial.state.name == "COMPLETE":
         metrics.append(Metric("value", float(trial.value), ts, 0))
-    client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in trial.params.items()],
-                     tags=[RunTag("optuna.folds_scored", str(len(scores)))])
+    client.log_batch(
+        rid,
+        metrics=metrics,
+        params=[Param(k, str(v)) for k, v in trial.params.items()],
+        tags=[RunTag("optuna.folds_scored", str(len(scores)))],
+    )
     status = RunStatus.to_string(RunStatus.FAILED if trial.state.name == "FAIL" else RunStatus.FINISHED)
     client.set_terminated(rid, status=status, end_time=_ms(trial.datetime_complete))
 
@@ -81,8 +96,10 @@ def _images(study: Any, out_dir: Path) -> list[Path]:
     import optuna.visualization.matplotlib as ovm
 
     paths = []
-    for name, plot in (("optimization_history", ovm.plot_optimization_history),
-                       ("param_importances", ovm.plot_param_importances)):
+    for name, plot in (
+        ("optimization_history", ovm.plot_optimization_history),
+        ("param_importances", ovm.plot_param_importances),
+    ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -99,8 +116,9 @@ def _images(study: Any, out_dir: Path) -> list[Path]:
     return paths
 
 
-def log_study(client: MlflowClient, study: Any, *, storage: str, params: dict[str, Any],
-              files: list[Path] | None = None) -> str:
+def log_study(
+    client: MlflowClient, study: Any, *, storage: str, params: dict[str, Any], files: list[Path] | None = None
+) -> str:
     """Create or update the study's parent run and add nested runs for trials not logged yet.
 
     Args:

@@ -48,12 +48,23 @@ class ApiError(Exception):
 def prediction_out(p: Prediction) -> dict[str, Any]:
     conf = p.confidence or (None,) * len(p.horizons)
     return {
-        "request_id": p.request_id, "symbol": p.symbol, "interval": p.interval, "open_time": p.open_time,
-        "model": p.model, "version": p.version, "arm": p.arm, "latency_us": round(p.latency_us, 2),
+        "request_id": p.request_id,
+        "symbol": p.symbol,
+        "interval": p.interval,
+        "open_time": p.open_time,
+        "model": p.model,
+        "version": p.version,
+        "arm": p.arm,
+        "latency_us": round(p.latency_us, 2),
         # `value` is the task's output; signed (returns) outputs also carry `log_return` (the key that
         # predates tasks) and the `direction` called.
         "horizons": [
-            {"horizon": h, "value": v, "confidence": c, **({"log_return": v, "direction": d} if p.signed else {})}
+            {
+                "horizon": h,
+                "value": v,
+                "confidence": c,
+                **({"log_return": v, "direction": d} if p.signed else {}),
+            }
             for h, v, d, c in zip(p.horizons, p.values, p.directions, conf)
         ],
     }
@@ -94,7 +105,9 @@ class BodyLimit:
             await self._reject(send)
 
     async def _reject(self, send: Any) -> None:
-        body = json.dumps({"error": f"request body exceeds {self.limit} bytes; send fewer candles per request"})
+        body = json.dumps(
+            {"error": f"request body exceeds {self.limit} bytes; send fewer candles per request"}
+        )
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body.encode()})
@@ -116,8 +129,12 @@ def create_app(state: ServingState) -> FastAPI:
         finally:
             state.close()
 
-    app = FastAPI(title="Kairos serving", version="1", lifespan=lifespan,
-                  responses={422: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}})
+    app = FastAPI(
+        title="Kairos serving",
+        version="1",
+        lifespan=lifespan,
+        responses={422: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+    )
     app.add_middleware(BodyLimit, limit=api.max_body_bytes)
     app.state.serving = state
 
@@ -130,14 +147,20 @@ def create_app(state: ServingState) -> FastAPI:
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         # FastAPI's own refusals (undecodable body 400, unknown route 404, wrong method 405)
         if e.status_code >= 400:
-            state.metrics.errors.labels(request.url.path if e.status_code != 404 else "unknown", str(e.status_code)).inc()
-        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=getattr(e, "headers", None))
+            state.metrics.errors.labels(
+                request.url.path if e.status_code != 404 else "unknown", str(e.status_code)
+            ).inc()
+        return JSONResponse(
+            {"error": str(e.detail)}, status_code=e.status_code, headers=getattr(e, "headers", None)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         state.metrics.errors.labels(request.url.path, "422").inc()
         errs = e.errors()
-        return JSONResponse({"error": _validation_message(errs), "detail": _jsonable(errs[:5])}, status_code=422)
+        return JSONResponse(
+            {"error": _validation_message(errs), "detail": _jsonable(errs[:5])}, status_code=422
+        )
 
     def predictor_for(symbol: str, interval: str | None, model: str | None = None) -> Predictor:
         if model is not None:
@@ -163,12 +186,17 @@ def create_app(state: ServingState) -> FastAPI:
         recs = [c.to_record(pred.symbol, pred.interval) for c in body.candles]
         for i, r in enumerate(recs):
             if step and r["open_time"] % step:
-                raise ApiError(422, f"candles.{i}.open_time {r['open_time']} is not aligned to {pred.interval} candles")
+                raise ApiError(
+                    422, f"candles.{i}.open_time {r['open_time']} is not aligned to {pred.interval} candles"
+                )
             if i and r["open_time"] <= recs[i - 1]["open_time"]:
-                raise ApiError(422, f"candles.{i}.open_time is not after candles.{i - 1}: times must strictly increase")
+                raise ApiError(
+                    422, f"candles.{i}.open_time is not after candles.{i - 1}: times must strictly increase"
+                )
             if contiguous and i and step and r["open_time"] - recs[i - 1]["open_time"] != step:
                 raise ApiError(
-                    422, f"candles.{i}: gap after candles.{i - 1}; a window must be consecutive {pred.interval} candles"
+                    422,
+                    f"candles.{i}: gap after candles.{i - 1}; a window must be consecutive {pred.interval} candles",
                 )
         return recs
 
@@ -192,7 +220,9 @@ def create_app(state: ServingState) -> FastAPI:
     async def candles(body: CandlesIn, request: Request) -> Any:
         """Push closed candle(s), oldest first, into the symbol's stream; the prediction at the last one."""
         if len(body.candles) > api.max_batch:
-            raise ApiError(422, f"{len(body.candles)} candles exceed max_batch={api.max_batch}; split the upload")
+            raise ApiError(
+                422, f"{len(body.candles)} candles exceed max_batch={api.max_batch}; split the upload"
+            )
         pred = predictor_for(body.symbol, body.interval)
         recs = records(body, pred, contiguous=False)
         key, rid = routing_key(request, body.symbol), request.headers.get("x-request-id")
@@ -206,8 +236,14 @@ def create_app(state: ServingState) -> FastAPI:
             raise ApiError(409, why) from None
         except InputError as e:
             raise ApiError(422, f"{e} (accepted {accepted} of {len(recs)})") from None
-        return JSONResponse({"symbol": pred.symbol, "accepted": accepted, "warmup_remaining": pred.warmup_remaining,
-                             "prediction": None if p is None else prediction_out(p)})
+        return JSONResponse(
+            {
+                "symbol": pred.symbol,
+                "accepted": accepted,
+                "warmup_remaining": pred.warmup_remaining,
+                "prediction": None if p is None else prediction_out(p),
+            }
+        )
 
     @app.delete("/v1/streams/{symbol}")
     async def reset_stream(
@@ -266,8 +302,10 @@ def create_app(state: ServingState) -> FastAPI:
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         ok = state.ready
-        return JSONResponse({"ready": ok, "models": {s.name: s.predictor is not None for s in state.slots.values()}},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"ready": ok, "models": {s.name: s.predictor is not None for s in state.slots.values()}},
+            status_code=200 if ok else 503,
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -278,7 +316,10 @@ def create_app(state: ServingState) -> FastAPI:
 
 def _jsonable(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Location, message and type only: the rejected `input` may hold NaN/bytes, which JSON cannot carry."""
-    return [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))} for e in errors]
+    return [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+        for e in errors
+    ]
 
 
 __all__ = ["ApiError", "KairosError", "create_app", "prediction_out"]

@@ -25,7 +25,11 @@ class _Frozen(BaseModel):
 class RuntimeConfig(_Frozen):
     """onnxruntime session options; defaults chosen by `benchmarks/bench_serving.py` (single-row latency)."""
 
-    providers: tuple[Provider, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    providers: tuple[Provider, ...] = (
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    )
     intra_op_threads: int = Field(1, ge=0)  # 1: a single row has no parallelism worth a thread hand-off
     inter_op_threads: int = Field(1, ge=0)
     execution_mode: Literal["sequential", "parallel"] = "sequential"

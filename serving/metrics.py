@@ -29,20 +29,34 @@ class ServingMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.latency = Histogram(
-            "kairos_prediction_latency_seconds", "Features + model time per prediction",
-            ["model", "version", "arm"], buckets=LATENCY_BUCKETS, registry=r,
+            "kairos_prediction_latency_seconds",
+            "Features + model time per prediction",
+            ["model", "version", "arm"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.predictions = Counter(
             "kairos_predictions", "Predictions made", ["model", "version", "arm", "served"], registry=r
         )
-        self.errors = Counter("kairos_request_errors", "Requests refused or failed", ["endpoint", "status"], registry=r)
-        self.reloads = Counter("kairos_model_reloads", "Model (re)loads", ["model", "alias", "result"], registry=r)
-        self.version = Gauge("kairos_model_loaded_version", "Loaded model version", ["model", "alias"], registry=r)
+        self.errors = Counter(
+            "kairos_request_errors", "Requests refused or failed", ["endpoint", "status"], registry=r
+        )
+        self.reloads = Counter(
+            "kairos_model_reloads", "Model (re)loads", ["model", "alias", "result"], registry=r
+        )
+        self.version = Gauge(
+            "kairos_model_loaded_version", "Loaded model version", ["model", "alias"], registry=r
+        )
         self.failed = Gauge(
-            "kairos_model_load_failed", "1 when the registry's version could not be loaded", ["model", "alias"], registry=r
+            "kairos_model_load_failed",
+            "1 when the registry's version could not be loaded",
+            ["model", "alias"],
+            registry=r,
         )
         self._log_written = Gauge("kairos_prediction_log_written", "Prediction records fsynced", registry=r)
-        self._log_dropped = Gauge("kairos_prediction_log_dropped", "Prediction records dropped (queue full)", registry=r)
+        self._log_dropped = Gauge(
+            "kairos_prediction_log_dropped", "Prediction records dropped (queue full)", registry=r
+        )
         self._children: dict[tuple, tuple] = {}  # (model, version, arm, served) → (latency, counter) children
 
     def watch_log(self, log: PredictionLog) -> None:

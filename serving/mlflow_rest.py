@@ -51,7 +51,9 @@ class RegistryRest:
         try:
             return self._http.get(path, params=params)
         except httpx.HTTPError as e:
-            raise RegistryUnavailable(f"MLflow server {self.base} unreachable ({type(e).__name__}: {e})") from None
+            raise RegistryUnavailable(
+                f"MLflow server {self.base} unreachable ({type(e).__name__}: {e})"
+            ) from None
 
     def _json(self, path: str, params: dict | None = None) -> dict:
         r = self._get(path, params)
@@ -72,7 +74,9 @@ class RegistryRest:
 
     def artifact_uri(self, name: str, version: str) -> str:
         """Where version `version` of `name` keeps its files, resolved to a storage URI."""
-        uri = self._json(f"{API}/model-versions/get-download-uri", {"name": name, "version": version})["artifact_uri"]
+        uri = self._json(f"{API}/model-versions/get-download-uri", {"name": name, "version": version})[
+            "artifact_uri"
+        ]
         if uri.startswith("runs:/"):
             run_id, _, sub = uri[len("runs:/") :].partition("/")
             base = self._json(f"{API}/runs/get", {"run_id": run_id})["run"]["info"]["artifact_uri"]
@@ -93,7 +97,9 @@ class RegistryRest:
                 src = subs[0] if len(subs) == 1 else src
             for f in (MODEL_FILE, MANIFEST_FILE):
                 if not (src / f).is_file():
-                    raise KairosError(f"artifact folder {src} has no {f}; the registered version is not a serving bundle")
+                    raise KairosError(
+                        f"artifact folder {src} has no {f}; the registered version is not a serving bundle"
+                    )
                 shutil.copyfile(src / f, dest / f)
             return dest
         if parsed.scheme != "mlflow-artifacts":
@@ -112,7 +118,9 @@ class RegistryRest:
                     break
         for f in (MODEL_FILE, MANIFEST_FILE):
             if f not in files:
-                raise KairosError(f"artifacts at {uri} have no {f}; the registered version is not a serving bundle")
+                raise KairosError(
+                    f"artifacts at {uri} have no {f}; the registered version is not a serving bundle"
+                )
             self._download(f"{path}/{f}", dest / f)
         return dest
 
@@ -130,7 +138,9 @@ class RegistryRest:
                     for chunk in r.iter_bytes(1 << 20):
                         size += len(chunk)
                         if size > MAX_FILE_BYTES:
-                            raise KairosError(f"artifact {path} is larger than {MAX_FILE_BYTES} bytes; refusing it")
+                            raise KairosError(
+                                f"artifact {path} is larger than {MAX_FILE_BYTES} bytes; refusing it"
+                            )
                         fh.write(chunk)
         except httpx.HTTPError as e:
             raise RegistryUnavailable(f"download {path} failed ({type(e).__name__}: {e})") from None

@@ -76,8 +76,14 @@ class FeatureState:
     (`arrays_from_records`: numpy arrays, no pandas anywhere in the serving process).
     """
 
-    def __init__(self, name: str, n_features: int, seq_len: int, interval_ms: int | None,
-                 history: Sequence[Mapping[str, Any]] = ()):
+    def __init__(
+        self,
+        name: str,
+        n_features: int,
+        seq_len: int,
+        interval_ms: int | None,
+        history: Sequence[Mapping[str, Any]] = (),
+    ):
         from pipelines import features
 
         self.name = name
@@ -114,7 +120,9 @@ class FeatureState:
 
 
 _IDS = itertools.count()
-_ID_PREFIX = f"{os.getpid():x}-{uuid.uuid4().hex[:8]}-"  # unique per process start; uuid4 per call costs ~3 µs
+_ID_PREFIX = (
+    f"{os.getpid():x}-{uuid.uuid4().hex[:8]}-"  # unique per process start; uuid4 per call costs ~3 µs
+)
 
 
 def new_request_id() -> str:
@@ -238,14 +246,19 @@ class Predictor:
                 if st2.ready:  # a challenger with a new feature set may still be warming up
                     x2 = st2.model_input(len(other.manifest.input.shape))
                     t1 = time.perf_counter_ns()
-                    shadow = self._score(other, route.shadow, x2, candle["open_time"], t1 - (t_feat - t0), pred.request_id)
+                    shadow = self._score(
+                        other, route.shadow, x2, candle["open_time"], t1 - (t_feat - t0), pred.request_id
+                    )
         self._log(pred, True, routing_key or self.symbol)
         if shadow is not None:
             self._log(shadow, False, routing_key or self.symbol)
         return pred
 
     def predict(
-        self, window: Sequence[Mapping[str, Any]], routing_key: str | None = None, request_id: str | None = None
+        self,
+        window: Sequence[Mapping[str, Any]],
+        routing_key: str | None = None,
+        request_id: str | None = None,
     ) -> Prediction:
         """Stateless: features over `window` (consecutive candles, oldest first) → prediction at its
         last candle. Raises InputError if the window is shorter than the warm-up or not consecutive."""
@@ -268,7 +281,9 @@ class Predictor:
                 if m.feature_set.name not in states:
                     seq = m.sequence_length or 1
                     # the batch kernel over all but the last T candles, then T streamed to fill the rows
-                    st = FeatureState(m.feature_set.name, len(m.feature_set.names), seq, self.interval_ms, window[:-seq])
+                    st = FeatureState(
+                        m.feature_set.name, len(m.feature_set.names), seq, self.interval_ms, window[:-seq]
+                    )
                     for c in window[-seq:]:
                         st.update(c)
                     states[m.feature_set.name] = st
@@ -279,7 +294,9 @@ class Predictor:
         if not st.ready:
             raise InputError(f"window of {len(window)} candles is too short for the features to be ready")
         t_feat = time.perf_counter_ns()
-        pred = self._score(served, route.served, st.model_input(len(served.manifest.input.shape)), last, t0, request_id)
+        pred = self._score(
+            served, route.served, st.model_input(len(served.manifest.input.shape)), last, t0, request_id
+        )
         self._log(pred, True, routing_key or self.symbol)
         if route.shadow is not None:
             other = arms[route.shadow]
@@ -301,8 +318,17 @@ class Predictor:
             )
         latency = (time.perf_counter_ns() - t0) / 1e3
         return Prediction(
-            request_id or new_request_id(), self.symbol, self.interval, int(open_time), model.name, model.version,
-            arm, model.horizons_tuple, tuple(r), None if conf is None else tuple(conf[0].tolist()), latency,
+            request_id or new_request_id(),
+            self.symbol,
+            self.interval,
+            int(open_time),
+            model.name,
+            model.version,
+            arm,
+            model.horizons_tuple,
+            tuple(r),
+            None if conf is None else tuple(conf[0].tolist()),
+            latency,
             model.signed,
         )
 
@@ -316,11 +342,22 @@ class Predictor:
 def _record(p: Prediction, served: bool, mode: str, routing_key: str, at: float) -> dict[str, Any]:
     """The prediction-log record (schema in serving/predlog.py) of one arm's answer made at `at` (epoch s)."""
     return {
-        "v": SCHEMA_VERSION, "request_id": p.request_id, "time": iso_from_epoch(at), "symbol": p.symbol,
-        "interval": p.interval, "open_time": p.open_time, "arm": p.arm, "served": served,
-        "mode": mode, "routing_key": routing_key, "model": p.model, "version": p.version,
-        "horizons": list(p.horizons), "predictions": list(p.values),
-        "confidence": None if p.confidence is None else list(p.confidence), "latency_us": p.latency_us,
+        "v": SCHEMA_VERSION,
+        "request_id": p.request_id,
+        "time": iso_from_epoch(at),
+        "symbol": p.symbol,
+        "interval": p.interval,
+        "open_time": p.open_time,
+        "arm": p.arm,
+        "served": served,
+        "mode": mode,
+        "routing_key": routing_key,
+        "model": p.model,
+        "version": p.version,
+        "horizons": list(p.horizons),
+        "predictions": list(p.values),
+        "confidence": None if p.confidence is None else list(p.confidence),
+        "latency_us": p.latency_us,
     }
 
 

@@ -49,7 +49,13 @@ Record = dict[str, Any] | Callable[[], dict[str, Any]]  # a record, or a builder
 class PredictionLog:
     """Batched, fsynced JSONL writer on a daemon thread. `start()` it, `append()` records, `close()` it."""
 
-    def __init__(self, directory: Path, flush_every: int = 256, flush_interval_ms: float = 50.0, queue_size: int = 100_000):
+    def __init__(
+        self,
+        directory: Path,
+        flush_every: int = 256,
+        flush_interval_ms: float = 50.0,
+        queue_size: int = 100_000,
+    ):
         self.directory = Path(directory)
         self.flush_every = flush_every
         self.flush_interval_s = flush_interval_ms / 1e3
@@ -160,4 +166,3 @@ class PredictionLog:
         for f in self._files.values():
             f.close()
         self._files.clear()
-

@@ -54,8 +54,11 @@ def choose_providers(wanted: tuple[str, ...], available: list[str] | None = None
     new = [p for p in missing if p not in _REPORTED_MISSING]
     if new:
         _REPORTED_MISSING.update(new)
-        log.warning("onnxruntime providers %s are not available here; using %s", ", ".join(new),
-                    " → ".join(chosen + (["CPUExecutionProvider"] if "CPUExecutionProvider" not in chosen else [])))
+        log.warning(
+            "onnxruntime providers %s are not available here; using %s",
+            ", ".join(new),
+            " → ".join(chosen + (["CPUExecutionProvider"] if "CPUExecutionProvider" not in chosen else [])),
+        )
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
@@ -67,7 +70,9 @@ def session_options(cfg: RuntimeConfig, cache_path: Path | None = None) -> ort.S
     so.intra_op_num_threads = cfg.intra_op_threads
     so.inter_op_num_threads = cfg.inter_op_threads
     so.execution_mode = (
-        ort.ExecutionMode.ORT_SEQUENTIAL if cfg.execution_mode == "sequential" else ort.ExecutionMode.ORT_PARALLEL
+        ort.ExecutionMode.ORT_SEQUENTIAL
+        if cfg.execution_mode == "sequential"
+        else ort.ExecutionMode.ORT_PARALLEL
     )
     so.graph_optimization_level = _OPT_LEVELS[cfg.graph_optimization]
     spin = "1" if cfg.allow_spinning else "0"
@@ -130,7 +135,9 @@ def _check_graph(session: ort.InferenceSession, manifest: Manifest) -> tuple[str
         )
     rank = len(manifest.input.shape)
     if len(inputs[0].shape) != rank or rank not in (2, 3):
-        raise ModelLoadError(f"graph input rank {len(inputs[0].shape)} != manifest rank {rank} (expected 2 or 3)")
+        raise ModelLoadError(
+            f"graph input rank {len(inputs[0].shape)} != manifest rank {rank} (expected 2 or 3)"
+        )
     if manifest.input.shape[-1] != len(manifest.feature_set.names):
         raise ModelLoadError(
             f"manifest input width {manifest.input.shape[-1]} != {len(manifest.feature_set.names)} feature names"
@@ -139,7 +146,9 @@ def _check_graph(session: ort.InferenceSession, manifest: Manifest) -> tuple[str
     wanted = [o.name for o in manifest.outputs]
     missing = [n for n in wanted if n not in graph_outs]
     if missing or not wanted:
-        raise ModelLoadError(f"graph outputs {graph_outs} lack manifest outputs {missing or wanted}; re-export")
+        raise ModelLoadError(
+            f"graph outputs {graph_outs} lack manifest outputs {missing or wanted}; re-export"
+        )
     return inputs[0].name, wanted[:2]
 
 
@@ -155,7 +164,9 @@ def warm_up(model: LoadedModel, runs: int) -> float:
         times.append(time.perf_counter_ns() - t0)
     h = len(model.horizons)
     if ret.shape != (1, h):
-        raise ModelLoadError(f"warm-up: returns output has shape {ret.shape}, expected (1, {h}) from the manifest")
+        raise ModelLoadError(
+            f"warm-up: returns output has shape {ret.shape}, expected (1, {h}) from the manifest"
+        )
     if not np.all(np.isfinite(ret)) or (conf is not None and not np.all(np.isfinite(conf))):
         raise ModelLoadError("warm-up: the model returned NaN/inf on a zero row; refusing to serve it")
     return float(np.median(times)) / 1e3
@@ -177,7 +188,9 @@ def load_model(
     try:
         session = make_session(onnx_bytes, providers=providers, options=session_options(cfg, cache))
     except Exception as e:  # onnxruntime raises its own exception zoo for corrupt graphs
-        raise ModelLoadError(f"onnxruntime cannot load {bundle_dir}/model.onnx: {str(e).splitlines()[0][:300]}") from None
+        raise ModelLoadError(
+            f"onnxruntime cannot load {bundle_dir}/model.onnx: {str(e).splitlines()[0][:300]}"
+        ) from None
     input_name, output_names = _check_graph(session, manifest)
     model = LoadedModel(
         manifest=manifest,

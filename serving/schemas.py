@@ -27,7 +27,9 @@ class Candle(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    open_time: int | str = Field(description="epoch milliseconds, or ISO-8601 UTC (e.g. 2023-08-01T00:00:00Z)")
+    open_time: int | str = Field(
+        description="epoch milliseconds, or ISO-8601 UTC (e.g. 2023-08-01T00:00:00Z)"
+    )
     open: Price
     high: Price
     low: Price
@@ -52,14 +54,18 @@ class Candle(BaseModel):
             try:
                 dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
             except ValueError:
-                raise ValueError(f"open_time {v[:40]!r} is not ISO-8601 (e.g. 2023-08-01T00:00:00Z)") from None
+                raise ValueError(
+                    f"open_time {v[:40]!r} is not ISO-8601 (e.g. 2023-08-01T00:00:00Z)"
+                ) from None
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=UTC)
             v = round(dt.timestamp() * 1000)
         if not isinstance(v, int):
             raise ValueError("open_time must be epoch milliseconds or an ISO-8601 UTC string")
         if not MIN_MS <= v < MAX_MS:
-            raise ValueError(f"open_time {v} is outside 2000..2100 in epoch milliseconds (seconds or µs by mistake?)")
+            raise ValueError(
+                f"open_time {v} is outside 2000..2100 in epoch milliseconds (seconds or µs by mistake?)"
+            )
         return v
 
     @model_validator(mode="after")
@@ -84,7 +90,9 @@ class CandlesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     symbol: Symbol
-    interval: str | None = Field(None, max_length=8, description="must match the model's; default: the model's")
+    interval: str | None = Field(
+        None, max_length=8, description="must match the model's; default: the model's"
+    )
     candles: list[Candle] = Field(min_length=1, max_length=100_000)
 
 

@@ -56,13 +56,19 @@ def build_state(
 
 
 def serve(
-    model: Annotated[list[str] | None, typer.Option("--model", help="registered model name to follow (repeatable)")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="registered model name to follow (repeatable)")
+    ] = None,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     config: Annotated[Path | None, typer.Option(help="serving YAML (default configs/serving.yaml)")] = None,
-    bundle: Annotated[list[Path] | None, typer.Option("--bundle", help="serve a local bundle directory")] = None,
+    bundle: Annotated[
+        list[Path] | None, typer.Option("--bundle", help="serve a local bundle directory")
+    ] = None,
     challenger_bundle: Annotated[Path | None, typer.Option(help="local challenger bundle")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow server URL (default MLFLOW_TRACKING_URI)")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow server URL (default MLFLOW_TRACKING_URI)")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn/kairos log level")] = "info",
 ) -> None:
     """Serve predictions over HTTP/WebSocket, following the registry's champion/challenger aliases."""
@@ -78,7 +84,12 @@ def serve(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     uvicorn.run(
-        create_app(state), host=host, port=port, log_level=log_level, access_log=False, **uvicorn_impl(),
+        create_app(state),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        **uvicorn_impl(),
     )
 
 

@@ -99,7 +99,10 @@ class ServingState:
                 if alias != "champion":
                     raise ValueError("a challenger cannot be served before a champion is loaded")
                 slot.predictor = Predictor(
-                    model, routing=self.cfg.routing, log=self.log, history=self.cfg.api.history_candles,
+                    model,
+                    routing=self.cfg.routing,
+                    log=self.log,
+                    history=self.cfg.api.history_candles,
                     observer=self.metrics.observe,
                 )
             else:
@@ -135,10 +138,15 @@ class ServingState:
             if s.predictor is not None:
                 for arm, m in s.predictor.arms.items():
                     arms[arm] = {
-                        "version": m.version, "source": m.source, "sha256": m.sha256,
-                        "feature_set": m.manifest.feature_set.name, "horizons": m.horizons,
-                        "model_type": m.manifest.model_type, "providers": m.providers,
-                        "loaded_at": m.loaded_at, "warmup_us": round(m.warmup_us, 1),
+                        "version": m.version,
+                        "source": m.source,
+                        "sha256": m.sha256,
+                        "feature_set": m.manifest.feature_set.name,
+                        "horizons": m.horizons,
+                        "model_type": m.manifest.model_type,
+                        "providers": m.providers,
+                        "loaded_at": m.loaded_at,
+                        "warmup_us": round(m.warmup_us, 1),
                     }
             out.append(
                 {

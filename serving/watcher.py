@@ -29,8 +29,15 @@ log = logging.getLogger("kairos.serving")
 class Watcher:
     """Follows the aliases of one registered model `name` on `tracking_uri`."""
 
-    def __init__(self, state: ServingState, name: str, tracking_uri: str, cache_dir: Path, cfg: WatcherConfig,
-                 runtime: RuntimeConfig):
+    def __init__(
+        self,
+        state: ServingState,
+        name: str,
+        tracking_uri: str,
+        cache_dir: Path,
+        cfg: WatcherConfig,
+        runtime: RuntimeConfig,
+    ):
         self.state, self.name, self.cfg, self.runtime = state, name, cfg, runtime
         self.rest = RegistryRest(tracking_uri, cfg.timeout_s)
         self.cache_dir = Path(cache_dir)

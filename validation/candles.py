@@ -129,11 +129,18 @@ class CandleReport:
                 rows = "n/a" if r.unexpected_count is None else str(r.unexpected_count)
                 check = r.description + (f" (error: {r.error})" if r.error else "")
                 lines.append(f"| {r.expectation} | {', '.join(r.columns)} | {rows} | {check} |")
-        lines += ["", "## Gaps (reported, not failed)", "", "| symbol | interval | gaps | missing candles "
-                  "| longest span | longest after |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Gaps (reported, not failed)",
+            "",
+            "| symbol | interval | gaps | missing candles | longest span | longest after |",
+            "|---|---|---|---|---|---|",
+        ]
         for g in self.gaps:
-            lines.append(f"| {g.symbol} | {g.interval} | {g.gaps} | {g.missing_candles} | {g.longest_span} "
-                         f"| {g.longest_after} |")
+            lines.append(
+                f"| {g.symbol} | {g.interval} | {g.gaps} | {g.missing_candles} | {g.longest_span} "
+                f"| {g.longest_after} |"
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -164,9 +171,11 @@ def candle_expectations() -> list[Expectation]:
         for c in CANDLE_COLUMNS
         if c not in NULLABLE
     ]
-    exps.append(gxe.ExpectColumnValuesToBeInSet(
-        column="interval", value_set=sorted(INTERVALS), description="interval is a known candle length"
-    ))
+    exps.append(
+        gxe.ExpectColumnValuesToBeInSet(
+            column="interval", value_set=sorted(INTERVALS), description="interval is a known candle length"
+        )
+    )
     exps += [
         gxe.ExpectColumnValuesToBeBetween(
             column=c, min_value=0, max_value=FLOAT_MAX, strict_min=True, description=f"{c} is finite and > 0"
@@ -179,27 +188,47 @@ def candle_expectations() -> list[Expectation]:
         )
         for c in [*VOLUME_COLUMNS, "spread_bps"]
     ]
-    exps.append(gxe.ExpectColumnValuesToBeBetween(
-        column="taker_buy_ratio", min_value=0, max_value=1, description="taker_buy_ratio is in [0, 1]"
-    ))
-    exps.append(gxe.ExpectCompoundColumnsToBeUnique(
-        column_list=["symbol", "interval", "open_time"], description="one row per (symbol, interval, open_time)"
-    ))
-    exps.append(gxe.ExpectColumnValuesToBeInSet(
-        column="_open_time_increasing", value_set=[True], meta=meta("symbol", "interval", "open_time"),
-        description="open_time strictly increases within each (symbol, interval)",
-    ))
+    exps.append(
+        gxe.ExpectColumnValuesToBeBetween(
+            column="taker_buy_ratio", min_value=0, max_value=1, description="taker_buy_ratio is in [0, 1]"
+        )
+    )
+    exps.append(
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=["symbol", "interval", "open_time"],
+            description="one row per (symbol, interval, open_time)",
+        )
+    )
+    exps.append(
+        gxe.ExpectColumnValuesToBeInSet(
+            column="_open_time_increasing",
+            value_set=[True],
+            meta=meta("symbol", "interval", "open_time"),
+            description="open_time strictly increases within each (symbol, interval)",
+        )
+    )
     pairs = [
         ("high", "_oc_max", ("high", "open", "close"), "high >= max(open, close)"),
         ("_oc_min", "low", ("low", "open", "close"), "low <= min(open, close)"),
         ("volume", "taker_buy_base_asset_volume", None, "taker buy volume <= volume"),
-        ("quote_asset_volume", "taker_buy_quote_asset_volume", None, "taker buy quote volume <= quote volume"),
+        (
+            "quote_asset_volume",
+            "taker_buy_quote_asset_volume",
+            None,
+            "taker buy quote volume <= quote volume",
+        ),
     ]
     for a, b, cols, text in pairs:
-        exps.append(gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-            column_A=a, column_B=b, or_equal=True, ignore_row_if="either_value_is_missing",
-            meta=meta(*(cols or (a, b))), description=text,
-        ))
+        exps.append(
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A=a,
+                column_B=b,
+                or_equal=True,
+                ignore_row_if="either_value_is_missing",
+                meta=meta(*(cols or (a, b))),
+                description=text,
+            )
+        )
     return exps
 
 
@@ -269,14 +298,16 @@ def find_gaps(df: pd.DataFrame) -> list[GapSummary]:
         is_gap = d > step
         longest = int(d.max()) if is_gap.any() else 0
         after = pd.Timestamp(int(times[np.argmax(d)]), tz="UTC") if is_gap.any() else None
-        out.append(GapSummary(
-            symbol=str(symbol),
-            interval=interval,
-            gaps=int(is_gap.sum()),
-            missing_candles=int(((d[is_gap] + step - 1) // step - 1).sum()),
-            longest_span=pd.Timedelta(longest, unit="ns"),
-            longest_after=after,
-        ))
+        out.append(
+            GapSummary(
+                symbol=str(symbol),
+                interval=interval,
+                gaps=int(is_gap.sum()),
+                missing_candles=int(((d[is_gap] + step - 1) // step - 1).sum()),
+                longest_span=pd.Timedelta(longest, unit="ns"),
+                longest_after=after,
+            )
+        )
     return out
 
 

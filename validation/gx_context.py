@@ -45,8 +45,6 @@ class ExpectationOutcome:
         return f"{self.expectation}({', '.join(self.columns)})"
 
 
-
-
 def _error_text(info: dict[str, Any]) -> str | None:
     """First exception message in a GX exception_info: flat, or keyed by metric id when a metric failed."""
     infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
@@ -61,9 +59,11 @@ def _outcome(res: Any) -> ExpectationOutcome:
     """Our summary of one GX ExpectationValidationResult."""
     cfg = res.expectation_config
     kw = cfg.kwargs
-    cols = (cfg.meta or {}).get("columns") or kw.get("column_list") or [
-        kw[k] for k in ("column", "column_A", "column_B") if k in kw
-    ]
+    cols = (
+        (cfg.meta or {}).get("columns")
+        or kw.get("column_list")
+        or [kw[k] for k in ("column", "column_A", "column_B") if k in kw]
+    )
     missing = ((res.result or {}).get("details") or {}).get("mismatched", {}).get("missing")
     if missing:  # expect_table_columns_to_match_set: name the absent columns
         cols = list(missing)
@@ -186,15 +186,17 @@ def run_suite(
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{suite_name}_definition", data=batch_def, suite=suite)
     )
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name=f"{suite_name}_checkpoint",
-        validation_definitions=[definition],
-        actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[SITE_NAME])],
-        result_format="SUMMARY",  # counts + a few example rows; COMPLETE would list every bad row
-    ))
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"{suite_name}_checkpoint",
+            validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[SITE_NAME])],
+            result_format="SUMMARY",  # counts + a few example rows; COMPLETE would list every bad row
+        )
+    )
     run_id = RunIdentifier(run_name=run_name, run_time=datetime.now(UTC))
     result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
-    (identifier, suite_result), = result.run_results.items()
+    ((identifier, suite_result),) = result.run_results.items()
 
     outcomes = [_outcome(r) for r in suite_result.results]
     evaluated = int(suite_result.statistics["evaluated_expectations"])

@@ -19,8 +19,9 @@ err_console = Console(stderr=True, width=_WIDTH)
 
 SymbolOpt = typer.Option(..., "--symbol", "-s", help="Symbol as stored, e.g. FILUSDT.")
 IntervalOpt = typer.Option("1m", "--interval", "-i", help="Candle interval, e.g. 1m, 1h.")
-TaskOpt = typer.Option("returns", "--task", "-t", help="What to predict: a task of configs/tasks/ "
-                                                      "(returns, volatility, ...).")
+TaskOpt = typer.Option(
+    "returns", "--task", "-t", help="What to predict: a task of configs/tasks/ (returns, volatility, ...)."
+)
 
 
 def fail(msg: str) -> None:
@@ -74,8 +75,15 @@ def progress():
     from flows.runtime import set_reporter
 
     tasks: dict[str, int] = {}
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=False) as prog:
+    with Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as prog:
+
         def report(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
                 tasks[stage] = prog.add_task(stage, total=total)
@@ -86,8 +94,6 @@ def progress():
             yield
         finally:
             set_reporter(None)
-
-
 
 
 def user_actor() -> str:

@@ -9,7 +9,9 @@ from rich.table import Table
 
 from flows.cli._common import IntervalOpt, SymbolOpt, console, errors, prepare
 
-ingest_app = typer.Typer(help="Ingest candles from a source into the store (validated first).", no_args_is_help=True)
+ingest_app = typer.Typer(
+    help="Ingest candles from a source into the store (validated first).", no_args_is_help=True
+)
 data_app = typer.Typer(help="Inspect the candle store.", no_args_is_help=True)
 
 
@@ -42,7 +44,9 @@ def ingest_binance_files(
 def ingest_synthetic(
     symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s", help="Synthetic symbol (must contain SYNTH)."),
     interval: str = IntervalOpt,
-    days: float = typer.Option(30.0, help="Days of candles to generate (continues after the last stored candle)."),
+    days: float = typer.Option(
+        30.0, help="Days of candles to generate (continues after the last stored candle)."
+    ),
     seed: int = typer.Option(7, help="Seed of the synthetic market."),
 ) -> None:
     """Ingest seeded synthetic candles (labelled synthetic everywhere)."""
@@ -59,10 +63,13 @@ def ingest_ccxt(
     market: str = typer.Option(..., help="Exchange market symbol, e.g. FIL/USDT."),
     symbol: str = SymbolOpt,
     interval: str = IntervalOpt,
-    since: str | None = typer.Option(None, help="Backfill start (ISO, UTC); default: after the last stored candle."),
+    since: str | None = typer.Option(
+        None, help="Backfill start (ISO, UTC); default: after the last stored candle."
+    ),
     until: str | None = typer.Option(None, help="Backfill end (ISO, UTC); default: now."),
     exchange_config: str | None = typer.Option(
-        None, help='ccxt exchange constructor options as JSON, e.g. \'{"options": {"defaultType": "spot"}}\'.'),
+        None, help='ccxt exchange constructor options as JSON, e.g. \'{"options": {"defaultType": "spot"}}\'.'
+    ),
 ) -> None:
     """Backfill or incrementally fetch candles from an exchange through ccxt."""
     prepare()
@@ -75,8 +82,20 @@ def ingest_ccxt(
             config = json.loads(exchange_config) if exchange_config else None
         except json.JSONDecodeError as e:
             raise ValueError(f"--exchange-config is not valid JSON: {e}") from None
-        _print_ingest(ingest("ccxt", symbol, interval, {"exchange": exchange, "market": market, "since": since,
-                                                        "until": until, "exchange_config": config}))
+        _print_ingest(
+            ingest(
+                "ccxt",
+                symbol,
+                interval,
+                {
+                    "exchange": exchange,
+                    "market": market,
+                    "since": since,
+                    "until": until,
+                    "exchange_config": config,
+                },
+            )
+        )
 
 
 @data_app.command("status")
@@ -94,8 +113,14 @@ def data_status() -> None:
         for col in ["symbol", "interval", "first", "last", "candles", "gaps", "missing", "longest gap"]:
             t.add_column(col, justify="right" if col in ("candles", "gaps", "missing") else "left")
         for r in st.itertuples(index=False):
-            t.add_row(str(r.symbol), str(r.interval), str(r.first), str(r.last), f"{int(r.candles):,}",
-                      str(int(r.gaps)), f"{int(r.missing):,}", str(r.longest_gap))
+            t.add_row(
+                str(r.symbol),
+                str(r.interval),
+                str(r.first),
+                str(r.last),
+                f"{int(r.candles):,}",
+                str(int(r.gaps)),
+                f"{int(r.missing):,}",
+                str(r.longest_gap),
+            )
         console.print(t)
-
-

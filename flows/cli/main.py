@@ -12,8 +12,12 @@ import typer
 
 from flows.cli import data, review, serve, train, tune
 
-app = typer.Typer(help="Kairos: ingest → validate → train walk-forward → ONNX → MLflow registry → serve.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Kairos: ingest → validate → train walk-forward → ONNX → MLflow registry → serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(data.ingest_app, name="ingest")
 app.add_typer(data.data_app, name="data")
 app.command()(train.train)

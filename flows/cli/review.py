@@ -17,7 +17,9 @@ def review(
     predlog_dir: Path | None = typer.Option(
         None, "--predlog-dir", help="Prediction log directory (default: serving's)."
     ),
-    apply: bool = typer.Option(True, "--apply/--no-apply", help="Apply the policy's decision to the aliases."),
+    apply: bool = typer.Option(
+        True, "--apply/--no-apply", help="Apply the policy's decision to the aliases."
+    ),
 ) -> None:
     """Review champion vs challenger: outcomes, statistics, HTML report, MLflow run, promotion policy."""
 
@@ -33,8 +35,10 @@ def review(
         console.print(f"review: {d.reason}", highlight=False, soft_wrap=True)
         return
     c = out["counts"]
-    console.print(f"{model}: champion v{out['champion']} vs challenger v{out['challenger']} — outcomes "
-                  f"{c['resolved']:,} resolved, {c['pending']:,} pending, {c['missing']:,} missing candles")
+    console.print(
+        f"{model}: champion v{out['champion']} vs challenger v{out['challenger']} — outcomes "
+        f"{c['resolved']:,} resolved, {c['pending']:,} pending, {c['missing']:,} missing candles"
+    )
     t = Table(title="verdict per horizon (always-valid sequential test)")
     t.add_column("horizon")
     t.add_column("verdict")
@@ -69,10 +73,11 @@ def rollback(
     console.print(f"rolled back: {move.describe()}", highlight=False, soft_wrap=True)
 
 
-
-
-def history(symbol: str = typer.Option(None, "--symbol", "-s"), interval: str = IntervalOpt,
-            model: str | None = typer.Option(None, "--model", help="Registered model name (instead of --symbol).")) -> None:
+def history(
+    symbol: str = typer.Option(None, "--symbol", "-s"),
+    interval: str = IntervalOpt,
+    model: str | None = typer.Option(None, "--model", help="Registered model name (instead of --symbol)."),
+) -> None:
     """Every alias move (from, to, reason, time) and which version served as champion when."""
     prepare()
     with errors():
@@ -88,31 +93,54 @@ def history(symbol: str = typer.Option(None, "--symbol", "-s"), interval: str = 
         sync_external_moves(client, name)
         moves = alias_history(client, name)
         if not moves:
-            raise ValueError(f"no alias moves recorded for {name}; train a model first (kairos train --symbol ...)")
+            raise ValueError(
+                f"no alias moves recorded for {name}; train a model first (kairos train --symbol ...)"
+            )
         t = Table(title=f"alias history — {name}")
         for col in ["time (UTC)", "alias", "from", "to", "actor", "reason"]:
             t.add_column(col)
         for m in moves:
-            t.add_row(f"{m.time:%Y-%m-%d %H:%M:%S}", m.alias, str(m.from_version or "—"), str(m.to_version or "—"),
-                      m.actor, m.reason)
+            t.add_row(
+                f"{m.time:%Y-%m-%d %H:%M:%S}",
+                m.alias,
+                str(m.from_version or "—"),
+                str(m.to_version or "—"),
+                m.actor,
+                m.reason,
+            )
         console.print(t)
         from flows.review import default_predlog_dir, served_history
 
         served = served_history(client, name, default_predlog_dir(Runtime.from_env()))
         metric = next((str(m) for m in served["metric"] if isinstance(m, str)), "—")
         t = Table(title=f"which version served as champion when, with live metrics — {name}")
-        for col in ["version", "from (UTC)", "until (UTC)", "requests", "resolved", f"live {metric}",
-                    "accuracy [95% CI]", "IC", "P&L"]:
+        for col in [
+            "version",
+            "from (UTC)",
+            "until (UTC)",
+            "requests",
+            "resolved",
+            f"live {metric}",
+            "accuracy [95% CI]",
+            "IC",
+            "P&L",
+        ]:
             t.add_column(col)
         for r in served.itertuples(index=False):
-            acc = (f"{r.accuracy:.2%} [{r.accuracy_ci_low:.2%}, {r.accuracy_ci_high:.2%}]"
-                   if r.accuracy == r.accuracy else "—")
-            t.add_row(str(r.version), f"{r.start:%Y-%m-%d %H:%M:%S}",
-                      f"{r.end:%Y-%m-%d %H:%M:%S}" if r.end == r.end and r.end is not None else "now",
-                      f"{int(r.requests):,}", f"{int(r.resolved):,}",
-                      f"{r.value:.4f}" if isinstance(r.value, float) and r.value == r.value else "—", acc,
-                      f"{r.ic:+.4f}" if r.ic == r.ic else "—",
-                      f"{r.pnl_total_return:+.2%}" if r.pnl_total_return == r.pnl_total_return else "—")
+            acc = (
+                f"{r.accuracy:.2%} [{r.accuracy_ci_low:.2%}, {r.accuracy_ci_high:.2%}]"
+                if r.accuracy == r.accuracy
+                else "—"
+            )
+            t.add_row(
+                str(r.version),
+                f"{r.start:%Y-%m-%d %H:%M:%S}",
+                f"{r.end:%Y-%m-%d %H:%M:%S}" if r.end == r.end and r.end is not None else "now",
+                f"{int(r.requests):,}",
+                f"{int(r.resolved):,}",
+                f"{r.value:.4f}" if isinstance(r.value, float) and r.value == r.value else "—",
+                acc,
+                f"{r.ic:+.4f}" if r.ic == r.ic else "—",
+                f"{r.pnl_total_return:+.2%}" if r.pnl_total_return == r.pnl_total_return else "—",
+            )
         console.print(t)
-
-

@@ -23,8 +23,12 @@ def _report_table(result, title: str) -> Table:
     for h in result.horizons:
         for who in ("model", *members, *task.baselines):
             m = result.report[who][f"h{h}"]
-            t.add_row(f"{h}" if who == "model" else "", who, *(c.render(m) for c in task.columns),
-                      style="bold" if who == "model" else None)
+            t.add_row(
+                f"{h}" if who == "model" else "",
+                who,
+                *(c.render(m) for c in task.columns),
+                style="bold" if who == "model" else None,
+            )
     return t
 
 
@@ -47,14 +51,22 @@ def _print_decision(out: dict) -> None:
     console.print(f"promotion decision: {verdict} — {d.reason}")
 
 
-
-def train(symbol: str = SymbolOpt, interval: str = IntervalOpt,
-          model: str = typer.Option("lightgbm", "--model", "-m",
-                                    help="A model family of configs/models/ (lightgbm, lstm_attention, transformer, "
-                                         "tft, mamba, ensemble, ...)."),
-          preset: str | None = typer.Option(None, help="A preset of configs/models/<model>.yaml (deep models: small, "
-                                                          "tiny, seed000; lightgbm: fast)."),
-          task: str = TaskOpt) -> None:
+def train(
+    symbol: str = SymbolOpt,
+    interval: str = IntervalOpt,
+    model: str = typer.Option(
+        "lightgbm",
+        "--model",
+        "-m",
+        help="A model family of configs/models/ (lightgbm, lstm_attention, transformer, "
+        "tft, mamba, ensemble, ...).",
+    ),
+    preset: str | None = typer.Option(
+        None,
+        help="A preset of configs/models/<model>.yaml (deep models: small, tiny, seed000; lightgbm: fast).",
+    ),
+    task: str = TaskOpt,
+) -> None:
     """Walk-forward train and evaluate vs the task's naive baselines, export ONNX, register in MLflow."""
     prepare()
     with errors(), progress():
@@ -62,7 +74,6 @@ def train(symbol: str = SymbolOpt, interval: str = IntervalOpt,
 
         out = train_flow(symbol, interval, model, preset, task)
     _print_training(out)
-
 
 
 def promote(symbol: str = SymbolOpt, interval: str = IntervalOpt, task: str = TaskOpt) -> None:
@@ -74,13 +85,17 @@ def promote(symbol: str = SymbolOpt, interval: str = IntervalOpt, task: str = Ta
         _print_decision(promote_flow(symbol, interval, task))
 
 
-
-def retrain(symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s"), interval: str = IntervalOpt,
-            source: str = typer.Option("synthetic", help="synthetic | ccxt | binance-files"),
-            days: float = typer.Option(1.0, help="synthetic: days to add"),
-            exchange: str | None = typer.Option(None), market: str | None = typer.Option(None),
-            path: list[Path] = typer.Option([], help="binance-files: files to ingest"),
-            model: str = typer.Option("lightgbm", "--model", "-m"), task: str = TaskOpt) -> None:
+def retrain(
+    symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s"),
+    interval: str = IntervalOpt,
+    source: str = typer.Option("synthetic", help="synthetic | ccxt | binance-files"),
+    days: float = typer.Option(1.0, help="synthetic: days to add"),
+    exchange: str | None = typer.Option(None),
+    market: str | None = typer.Option(None),
+    path: list[Path] = typer.Option([], help="binance-files: files to ingest"),
+    model: str = typer.Option("lightgbm", "--model", "-m"),
+    task: str = TaskOpt,
+) -> None:
     """The daily loop once: ingest → validate → train → register → promote."""
     prepare()
     opts = {"days": days, "exchange": exchange, "market": market, "paths": [str(p.resolve()) for p in path]}
@@ -93,9 +108,10 @@ def retrain(symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s"), interval:
     _print_decision(out["promote"])
 
 
-
-def demo(days: float = typer.Option(30.0, help="Days of synthetic 1m candles for the first run."),
-         symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s")) -> None:
+def demo(
+    days: float = typer.Option(30.0, help="Days of synthetic 1m candles for the first run."),
+    symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s"),
+) -> None:
     """The whole loop twice on synthetic data: champion, then a challenger judged by the promotion policy."""
     prepare()
     from flows.runtime import Runtime
@@ -115,5 +131,3 @@ def demo(days: float = typer.Option(30.0, help="Days of synthetic 1m candles for
         console.rule("look at it")
         console.print(f"mlflow ui --backend-store-uri {s.tracking_uri} --port 5000")
         console.print(f"kairos history --symbol {symbol}")
-
-

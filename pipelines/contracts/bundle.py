@@ -58,7 +58,9 @@ class Manifest:
     interval: str
     feature_set: FeatureSetSpec
     input: TensorSpec  # "features" float32 [N, F] or [N, T, F]
-    outputs: list[OutputSpec]  # first is the task's output float32 [N, H] ("returns", "log_variance"); optional "confidence"
+    outputs: list[
+        OutputSpec
+    ]  # first is the task's output float32 [N, H] ("returns", "log_variance"); optional "confidence"
     training: dict[str, Any]  # {"start", "end", "rows", "data_hash"}
     metrics: dict[str, Any]  # walk-forward summary metrics
     code_version: str

@@ -28,6 +28,13 @@ from pipelines.features.base import (
 from pipelines.features.streaming import StreamingFeatures
 
 __all__ = [
-    "FeatureError", "FeatureSet", "StreamingFeatures", "UnknownFeatureSet", "arrays_from_records", "compute_features",
-    "feature_matrix", "get_feature_set", "known_feature_sets",
+    "FeatureError",
+    "FeatureSet",
+    "StreamingFeatures",
+    "UnknownFeatureSet",
+    "arrays_from_records",
+    "compute_features",
+    "feature_matrix",
+    "get_feature_set",
+    "known_feature_sets",
 ]

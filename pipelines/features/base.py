@@ -124,9 +124,7 @@ def _epoch_ms(times: Any) -> np.ndarray:
             return times.astype(np.int64, copy=False)
         if times.dtype.kind == "M":  # naive datetime64 = UTC
             return times.astype("datetime64[ms]").astype(np.int64)
-        raise FeatureError(
-            f"open_time array has dtype {times.dtype}; give int64 epoch ms or datetime64"
-        )
+        raise FeatureError(f"open_time array has dtype {times.dtype}; give int64 epoch ms or datetime64")
     import pandas as pd
 
     if pd.api.types.is_integer_dtype(times.dtype):
@@ -197,7 +195,9 @@ def _work_matrix(candles: Candles, impl: _Impl) -> np.ndarray:
     return X
 
 
-def arrays_from_records(records: Sequence[Mapping[str, Any]], feature_set: str = "core27") -> dict[str, np.ndarray]:
+def arrays_from_records(
+    records: Sequence[Mapping[str, Any]], feature_set: str = "core27"
+) -> dict[str, np.ndarray]:
     """Candle dicts (contract names, open_time epoch ms) → the mapping of arrays the batch functions take.
 
     Only `open_time` and the feature set's input fields are copied; a missing optional field

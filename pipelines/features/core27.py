@@ -122,8 +122,11 @@ def lag_view(X: np.ndarray, row: int, n_series: int, lo: int, hi: int, lags: int
     buffer: ~3x cheaper per call than as_strided/sliding_window_view, which matters per candle.
     """
     return np.ndarray(
-        shape=(lags, n_series, hi - lo), dtype=np.float64, buffer=X,
-        offset=(row * X.shape[1] + lo) * X.itemsize, strides=(-X.itemsize, X.strides[0], X.itemsize),
+        shape=(lags, n_series, hi - lo),
+        dtype=np.float64,
+        buffer=X,
+        offset=(row * X.shape[1] + lo) * X.itemsize,
+        strides=(-X.itemsize, X.strides[0], X.itemsize),
     )
 
 

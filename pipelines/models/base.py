@@ -35,7 +35,12 @@ class ReturnsModel(Protocol):
     parity_tolerance: float  # max abs ONNX-vs-native allowed (1e-5 LightGBM, 1e-4 deep)
 
     def fit(
-        self, X: np.ndarray, Y: np.ndarray, *, X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        *,
+        X_val: np.ndarray | None = None,
+        Y_val: np.ndarray | None = None,
     ) -> Self:
         """X float32 [N, F] or [N, T, F]; Y float64 [N, H] log returns (no NaN); X_val/Y_val purged slice."""
         ...
@@ -76,7 +81,9 @@ def check_Y(Y: np.ndarray, n_rows: int, n_horizons: int, *, who: str = "model") 
     if Y.shape != (n_rows, n_horizons):
         raise ModelError(f"{who}: Y has shape {Y.shape}; expected ({n_rows}, {n_horizons}) (rows, horizons)")
     if not np.isfinite(Y).all():
-        raise ModelError(f"{who}: Y has {int((~np.isfinite(Y)).sum())} non-finite labels; drop those rows before fit")
+        raise ModelError(
+            f"{who}: Y has {int((~np.isfinite(Y)).sum())} non-finite labels; drop those rows before fit"
+        )
     return Y
 
 

@@ -54,10 +54,13 @@ class LightGBMReturns:
     sequence_length: int | None = None
     parity_tolerance = 1e-5
 
-    def __init__(self, cfg: LightGBMConfig, horizons: Sequence[int], target_opset: int = 15,
-                 objective: str = "l2") -> None:
+    def __init__(
+        self, cfg: LightGBMConfig, horizons: Sequence[int], target_opset: int = 15, objective: str = "l2"
+    ) -> None:
         if objective not in OBJECTIVES:
-            raise ModelError(f"LightGBM cannot train with objective {objective!r}; it supports {list(OBJECTIVES)}")
+            raise ModelError(
+                f"LightGBM cannot train with objective {objective!r}; it supports {list(OBJECTIVES)}"
+            )
         self.cfg = cfg
         self.horizons = list(horizons)
         self.target_opset = target_opset
@@ -85,7 +88,12 @@ class LightGBMReturns:
         }
 
     def fit(
-        self, X: np.ndarray, Y: np.ndarray, *, X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None,
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        *,
+        X_val: np.ndarray | None = None,
+        Y_val: np.ndarray | None = None,
         callbacks: Sequence[Any] = (),
     ) -> Self:
         """Fit one booster per horizon on X float32 [N, F], Y float64 [N, H].
@@ -140,15 +148,22 @@ class LightGBMReturns:
 
     def get_params(self) -> dict[str, Any]:
         """Flat hyperparameters (config fields + horizons), for MLflow."""
-        params = {**self.cfg.model_dump(), "horizons": ",".join(map(str, self.horizons)), "model_type": self.model_type}
+        params = {
+            **self.cfg.model_dump(),
+            "horizons": ",".join(map(str, self.horizons)),
+            "model_type": self.model_type,
+        }
         if self.objective != "l2":  # l2 runs stay exactly as they were logged before objectives existed
             params["objective"] = self.objective
         return params
 
 
-def _build(cfg: LightGBMConfig, n_features: int, horizons: Sequence[int], *, objective: str,
-           context: ModelContext) -> LightGBMReturns:
-    return LightGBMReturns(cfg, horizons, target_opset=context.training.export.target_opset, objective=objective)
+def _build(
+    cfg: LightGBMConfig, n_features: int, horizons: Sequence[int], *, objective: str, context: ModelContext
+) -> LightGBMReturns:
+    return LightGBMReturns(
+        cfg, horizons, target_opset=context.training.export.target_opset, objective=objective
+    )
 
 
 def _pruning(req: PruningRequest) -> list[Any]:

@@ -205,9 +205,7 @@ def compare_arms(
         seq = sequential_paired(la - lb, ca, alpha=alpha, min_samples=min_samples, plan_n=plan_n, horizon=h)
         dm = diebold_mariano(la, lb, horizon=h)
     else:
-        seq = sequential_split(
-            la, lb, ca, cb, alpha=alpha, min_samples=min_samples, plan_n=plan_n, horizon=h
-        )
+        seq = sequential_split(la, lb, ca, cb, alpha=alpha, min_samples=min_samples, plan_n=plan_n, horizon=h)
         boot = block_bootstrap_diff_ci(la, lb, confidence=1 - alpha, reps=bootstrap_reps, seed=seed)
     return ABResult(
         verdict=_verdict(seq, min_samples),

@@ -75,16 +75,26 @@ def decide(
         metric, higher_is_better: the task's promotion metric and its direction.
     """
     sign = 1.0 if higher_is_better else -1.0
-    base = dict(challenger_score=challenger_score, champion_score=champion_score, n_rows=n_rows,
-                baseline_score=baseline_score, metric=metric, higher_is_better=higher_is_better)
+    base = dict(
+        challenger_score=challenger_score,
+        champion_score=champion_score,
+        n_rows=n_rows,
+        baseline_score=baseline_score,
+        metric=metric,
+        higher_is_better=higher_is_better,
+    )
     failed = tuple(sorted(g for g, ok in gates.items() if not ok))
     if not gates:
         why = "no gate results given (expected at least 'parity'); refusing to promote an unchecked model"
         return Decision(False, why, **base)
     if failed:
-        return Decision(False, f"gate(s) failed: {', '.join(failed)}; not promoted", failed_gates=failed, **base)
+        return Decision(
+            False, f"gate(s) failed: {', '.join(failed)}; not promoted", failed_gates=failed, **base
+        )
     if not math.isfinite(challenger_score):
-        return Decision(False, f"challenger {metric} is {challenger_score} (no comparable rows?); not promoted", **base)
+        return Decision(
+            False, f"challenger {metric} is {challenger_score} (no comparable rows?); not promoted", **base
+        )
     rows = f"{n_rows:,} rows of the newest window"
     beats = ""
     if policy.require_beats_baselines:
@@ -92,15 +102,23 @@ def decide(
             why = "policy requires beating the naive baselines but no baseline score was given"
             return Decision(False, why, **base)
         if sign * (challenger_score - baseline_score) <= 0:
-            return Decision(False, f"challenger {_fmt(metric, challenger_score)} does not beat the best naive "
-                                   f"baseline {_fmt(metric, baseline_score)} on {rows}", **base)
+            return Decision(
+                False,
+                f"challenger {_fmt(metric, challenger_score)} does not beat the best naive "
+                f"baseline {_fmt(metric, baseline_score)} on {rows}",
+                **base,
+            )
         beats = f"; beats best baseline {_fmt(metric, baseline_score)}"
     if champion_score is None:
         why = f"first version: no champion yet (challenger {_fmt(metric, challenger_score)} on {rows}{beats})"
         return Decision(True, why, **base)
     if n_rows < policy.min_samples:
-        return Decision(False, f"only {n_rows:,} comparable rows < min_samples {policy.min_samples:,}; "
-                               "champion kept until more rows exist", **base)
+        return Decision(
+            False,
+            f"only {n_rows:,} comparable rows < min_samples {policy.min_samples:,}; "
+            "champion kept until more rows exist",
+            **base,
+        )
     lift = sign * (challenger_score - champion_score)
     need = min_lift(policy, metric)
     # Tolerance: scores are ratios of counts; a lift equal to the threshold must not fail on rounding.
@@ -110,8 +128,10 @@ def decide(
         margin = f"{100 * lift:+.2f} pp {cmp} {100 * need:.2f} pp"
     else:
         margin = f"{'lower' if not higher_is_better else 'higher'} by {lift:+.5g} {cmp} {need:.5g}"
-    reason = (f"challenger {_fmt(metric, challenger_score)} vs champion {_fmt(metric, champion_score)} "
-              f"on {rows}: {margin}{beats}")
+    reason = (
+        f"challenger {_fmt(metric, challenger_score)} vs champion {_fmt(metric, champion_score)} "
+        f"on {rows}: {margin}{beats}"
+    )
     return Decision(ok, reason, lift=lift, **base)
 
 
@@ -123,7 +143,9 @@ class ReviewDecision:
     reason: str
     horizon: int
     verdict: str  # ABResult.verdict at `horizon`, or "no experiment"
-    lift: float | None  # mean loss(champion) - mean loss(challenger), the task's loss units (> 0 favours challenger)
+    lift: (
+        float | None
+    )  # mean loss(champion) - mean loss(challenger), the task's loss units (> 0 favours challenger)
     p_value: float | None  # always-valid p-value
     n: int  # rows per arm with a known outcome at `horizon`
     loss: str = "direction"
@@ -151,12 +173,24 @@ def decide_review(policy: PromotionPolicy, result: Any | None, *, loss: str = "d
     """
     h = policy.horizon
     if result is None:
-        return ReviewDecision(False, f"no champion/challenger outcomes at horizon {h} yet; nothing to decide",
-                              h, "no experiment", None, None, 0, loss)
+        return ReviewDecision(
+            False,
+            f"no champion/challenger outcomes at horizon {h} yet; nothing to decide",
+            h,
+            "no experiment",
+            None,
+            None,
+            0,
+            loss,
+        )
     if result.horizon != h:
-        raise ValueError(f"decide_review got the horizon-{result.horizon} result; the policy decides at horizon {h}")
+        raise ValueError(
+            f"decide_review got the horizon-{result.horizon} result; the policy decides at horizon {h}"
+        )
     if result.loss != loss:
-        raise ValueError(f"the task compares the {loss!r} loss; the review was computed with loss={result.loss!r}")
+        raise ValueError(
+            f"the task compares the {loss!r} loss; the review was computed with loss={result.loss!r}"
+        )
     n = int(result.sequential.n[-1])
     lift, p = float(result.loss_diff), float(result.p_value)
     base = dict(horizon=h, verdict=result.verdict, lift=lift, p_value=p, n=n, loss=loss)
@@ -169,13 +203,24 @@ def decide_review(policy: PromotionPolicy, result: Any | None, *, loss: str = "d
     fmt = (lambda x: f"{scale * x:+.2f}{unit}") if loss == "direction" else (lambda x: f"{x:+.4g}")
     stats = f"{loss} lift {fmt(lift)} (always-valid {level} CI {fmt(lo)}..{fmt(hi)}, p={p:.3g}, n={n:,})"
     if n < policy.min_samples:
-        return ReviewDecision(False, f"only {n:,} resolved rows per arm < min_samples {policy.min_samples:,}; "
-                              "champion kept, review again later", **base)
+        return ReviewDecision(
+            False,
+            f"only {n:,} resolved rows per arm < min_samples {policy.min_samples:,}; "
+            "champion kept, review again later",
+            **base,
+        )
     if result.verdict != "challenger better":
         why = "champion is better" if result.verdict == "champion better" else "no significant difference yet"
         return ReviewDecision(False, f"{why} at h{h}: {stats}; champion kept", **base)
     if lift < need - 1e-9:
-        return ReviewDecision(False, f"challenger significantly better at h{h} but {stats} < min lift "
-                              f"{fmt(need).lstrip('+')}; champion kept", **base)
-    return ReviewDecision(True, f"challenger better at h{h}: {stats} >= min lift {fmt(need).lstrip('+')} "
-                          f"at alpha {policy.alpha}", **base)
+        return ReviewDecision(
+            False,
+            f"challenger significantly better at h{h} but {stats} < min lift "
+            f"{fmt(need).lstrip('+')}; champion kept",
+            **base,
+        )
+    return ReviewDecision(
+        True,
+        f"challenger better at h{h}: {stats} >= min lift {fmt(need).lstrip('+')} at alpha {policy.alpha}",
+        **base,
+    )

@@ -96,7 +96,7 @@ def _block_means(x: np.ndarray, block: int, n_blocks: int, starts: np.ndarray) -
     and truncates to len(x); its mean only needs block sums, read off one cumulative sum.
     """
     n = x.size
-    wrapped = np.concatenate([x, x[: block]])  # circular: a block may run past the end
+    wrapped = np.concatenate([x, x[:block]])  # circular: a block may run past the end
     c = np.concatenate([[0.0], np.cumsum(wrapped)])
     full = c[starts + block] - c[starts]  # (reps, n_blocks)
     last_len = n - (n_blocks - 1) * block  # the last block is cut to fill exactly n rows

@@ -64,8 +64,11 @@ def compare_on_newest_window(
     sel = times[mask]
 
     def score(pred: np.ndarray) -> float:
-        return float(task.score(pred, actual, task.promotion_metric, horizon, interval=interval, cfg=cfg)) \
-            if actual.size else float("nan")
+        return (
+            float(task.score(pred, actual, task.promotion_metric, horizon, interval=interval, cfg=cfg))
+            if actual.size
+            else float("nan")
+        )
 
     champ_score = None
     if champion_predictions is not None:
@@ -93,7 +96,9 @@ def training_end(manifest: Any) -> pd.Timestamp:
     return end.tz_localize("UTC") if end.tzinfo is None else end
 
 
-def champion_candle_range(newest: NewestWindow, manifest: Any, interval: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+def champion_candle_range(
+    newest: NewestWindow, manifest: Any, interval: str
+) -> tuple[pd.Timestamp, pd.Timestamp]:
     """Candles a bundle needs to predict every newest-window row: its warm-up (+ window length) before the
     first row, through the last row."""
     from pipelines.contracts.schema import interval_delta

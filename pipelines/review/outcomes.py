@@ -28,11 +28,29 @@ from pipelines.tasks import DEFAULT_TASK, Task, get_task
 
 # Columns of the long (record x horizon) frames.
 LONG_COLUMNS = [
-    "request_id", "time", "time_ms", "open_time", "arm", "version", "served", "mode",
-    "horizon", "prediction", "target_time", "realised",
+    "request_id",
+    "time",
+    "time_ms",
+    "open_time",
+    "arm",
+    "version",
+    "served",
+    "mode",
+    "horizon",
+    "prediction",
+    "target_time",
+    "realised",
 ]
 _LOG_REQUIRED = [
-    "request_id", "time", "symbol", "interval", "open_time", "arm", "version", "horizons", "predictions",
+    "request_id",
+    "time",
+    "symbol",
+    "interval",
+    "open_time",
+    "arm",
+    "version",
+    "horizons",
+    "predictions",
 ]
 
 
@@ -150,9 +168,7 @@ def join_outcomes(
     if candles.empty:
         close = pd.Series(dtype="float64")
     else:
-        close = pd.Series(
-            candles["close"].to_numpy(np.float64), index=_to_ms(candles["open_time"])
-        )
+        close = pd.Series(candles["close"].to_numpy(np.float64), index=_to_ms(candles["open_time"]))
         close = close[~close.index.duplicated(keep="last")]
     if store_last is None and len(close):
         store_last = pd.Timestamp(int(close.index.max()), unit="ms", tz="UTC")
@@ -245,8 +261,11 @@ def experiment_arms(
     def arm(df: pd.DataFrame, name: str) -> ArmData:
         df = df.sort_values(["time_ms", "request_id"], kind="mergesort")
         return ArmData(
-            name, df["prediction"].to_numpy(np.float64), df["realised"].to_numpy(np.float64),
-            df["time_ms"].to_numpy(np.int64), horizon,
+            name,
+            df["prediction"].to_numpy(np.float64),
+            df["realised"].to_numpy(np.float64),
+            df["time_ms"].to_numpy(np.int64),
+            horizon,
         )
 
     return Experiment(

@@ -56,8 +56,9 @@ def _loss_rows(arm: ArmData, loss: Callable | None) -> tuple[np.ndarray, np.ndar
     return arm.time[keep], np.asarray(values, np.float64)
 
 
-def cumulative_loss_difference(champion: ArmData, challenger: ArmData,
-                               loss: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cumulative_loss_difference(
+    champion: ArmData, challenger: ArmData, loss: Callable | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(time ms (k,), D (k,)) with D(t) = n_a(t) · (mean loss_a(t) − mean loss_b(t)).
 
     `loss` is the task's `row_loss` (default: the direction loss). Evaluated at every champion row time
@@ -115,8 +116,14 @@ def _time_axis(ax) -> None:
     ax.set_xlabel("request time (UTC)")
 
 
-def _plot_all(out_dir: Path, arms: dict[int, tuple[ArmData, ArmData]], results: dict[int, ABResult],
-              fee_bps: float, loss: Callable | None = None, directional: bool = True) -> tuple[Path, ...]:
+def _plot_all(
+    out_dir: Path,
+    arms: dict[int, tuple[ArmData, ArmData]],
+    results: dict[int, ABResult],
+    fee_bps: float,
+    loss: Callable | None = None,
+    directional: bool = True,
+) -> tuple[Path, ...]:
     hs = sorted(arms)
     fig_d, ax_d = _figure(len(hs))
     fig_a, ax_a = _figure(len(hs))
@@ -149,7 +156,7 @@ def _plot_all(out_dir: Path, arms: dict[int, tuple[ArmData, ArmData]], results: 
     fig_p.suptitle(f"Cumulative fee-aware P&L of the sign strategy ({fee_bps:g} bp per unit turnover)")
     paths = []
     figs = (fig_d, fig_a, fig_p) if directional else (fig_d,)  # accuracy and sign P&L only mean something
-    for fig, name in zip(figs, FIGURES):                          # for signed-return predictions
+    for fig, name in zip(figs, FIGURES):  # for signed-return predictions
         fig.savefig(out_dir / name, format="png")
         paths.append(out_dir / name)
     return tuple(paths)
@@ -164,27 +171,56 @@ def _num(x: float | None, fmt: str = "{:+.4g}") -> str:
 
 
 def _table(results: dict[int, ABResult]) -> str:
-    head = ("horizon", "arm", "n", "accuracy [CI]", "IC", "MSE", "P&L (fees)", "verdict (always-valid)",
-            "p (always-valid)", "DM p / bootstrap CI", "naive Welch p (1 look)")
+    head = (
+        "horizon",
+        "arm",
+        "n",
+        "accuracy [CI]",
+        "IC",
+        "MSE",
+        "P&L (fees)",
+        "verdict (always-valid)",
+        "p (always-valid)",
+        "DM p / bootstrap CI",
+        "naive Welch p (1 look)",
+    )
     rows = []
     for h, r in sorted(results.items()):
-        fixed = (f"DM {r.dm.dm_hln:+.2f}, p={r.dm.p_value:.3g}" if r.dm else
-                 f"[{_num(r.bootstrap.low)}, {_num(r.bootstrap.high)}]" if r.bootstrap else "—")
+        fixed = (
+            f"DM {r.dm.dm_hln:+.2f}, p={r.dm.p_value:.3g}"
+            if r.dm
+            else f"[{_num(r.bootstrap.low)}, {_num(r.bootstrap.high)}]"
+            if r.bootstrap
+            else "—"
+        )
         welch = f"{r.welch.p_value:.3g} (d={r.welch.cohens_d:+.3f})" if r.welch else "—"
         for k, (who, m) in enumerate((("champion", r.champion), ("challenger", r.challenger))):
-            cells = [str(h) if k == 0 else "", who, f"{m.n:,}",
-                     f"{_pct(m.accuracy)} [{_pct(m.accuracy_ci[0])}, {_pct(m.accuracy_ci[1])}]",
-                     _num(m.ic), _num(m.mse, "{:.3e}"), _num(m.pnl_total_return * 100, "{:+.3f}%")]
+            cells = [
+                str(h) if k == 0 else "",
+                who,
+                f"{m.n:,}",
+                f"{_pct(m.accuracy)} [{_pct(m.accuracy_ci[0])}, {_pct(m.accuracy_ci[1])}]",
+                _num(m.ic),
+                _num(m.mse, "{:.3e}"),
+                _num(m.pnl_total_return * 100, "{:+.3f}%"),
+            ]
             cells += [r.verdict, f"{r.p_value:.3g}", fixed, welch] if k == 0 else [""] * 4
             rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return ("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")
+    return (
+        "<table><thead><tr>"
+        + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
 
 
-_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-        ".verdict{font-size:1.2em;padding:.6em;border-left:5px solid #555;background:#f5f5f5}"
-        "img{max-width:100%}")
+_CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+    ".verdict{font-size:1.2em;padding:.6em;border-left:5px solid #555;background:#f5f5f5}"
+    "img{max-width:100%}"
+)
 
 
 def write_review_report(
@@ -239,16 +275,16 @@ def write_review_report(
 <style>{_CSS}</style></head><body>
 <h1>A/B review — {html.escape(model)}: champion v{html.escape(str(champion_version))} vs challenger
 v{html.escape(str(challenger_version))}</h1>
-<p>{when} · traffic: {mode} · outcomes: {counts.get('resolved', 0):,} resolved,
-{counts.get('pending', 0):,} pending (kept for the next review), {counts.get('missing', 0):,} with missing
+<p>{when} · traffic: {mode} · outcomes: {counts.get("resolved", 0):,} resolved,
+{counts.get("pending", 0):,} pending (kept for the next review), {counts.get("missing", 0):,} with missing
 candles {html.escape(missing_note)}</p>
 <div class="verdict"><b>Decision:</b> {html.escape(decision)}</div>
-<h2>Verdict per horizon</h2><ul>{summaries or '<li>no horizon has enough resolved rows yet</li>'}</ul>
+<h2>Verdict per horizon</h2><ul>{summaries or "<li>no horizon has enough resolved rows yet</li>"}</ul>
 <p>Verdicts come from {html.escape(method)}: valid however many times this review has run. The
 Diebold–Mariano / bootstrap and the naive Welch figures hold for a single look only and are shown for
 reference (the naive Welch test assumes independent rows and overstates certainty on per-minute errors).</p>
 {_table(results)}
-<h2>Figures</h2>{imgs or '<p>no figures: no resolved rows yet</p>'}
+<h2>Figures</h2>{imgs or "<p>no figures: no resolved rows yet</p>"}
 </body></html>"""
     path = out_dir / "report.html"
     path.write_text(body, encoding="utf-8")

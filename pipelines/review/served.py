@@ -52,9 +52,17 @@ def live_metrics(rows: pd.DataFrame, horizon: int, fee_bps: float, task: Any = N
         return {"resolved": float(len(r))}
     out: dict[str, Any] = {}
     if task is not None:
-        out = {"metric": task.promotion_metric,
-               "value": task.score(r["prediction"].to_numpy(np.float64), r["realised"].to_numpy(np.float64),
-                                   task.promotion_metric, horizon, interval="1m", cfg=None)}
+        out = {
+            "metric": task.promotion_metric,
+            "value": task.score(
+                r["prediction"].to_numpy(np.float64),
+                r["realised"].to_numpy(np.float64),
+                task.promotion_metric,
+                horizon,
+                interval="1m",
+                cfg=None,
+            ),
+        }
         if not task.directional:
             return {"resolved": float(len(r)), **out}
     arm = ArmData(

@@ -119,9 +119,7 @@ def simulate(
     z_crit = stats.norm.ppf(1 - alpha / 2)
     for start in range(0, experiments, block):
         e = min(block, experiments - start)
-        la, lb = simulate_losses(
-            rng, scenario, paired, e, n, rho=rho, effect=effect, arm_corr=arm_corr
-        )
+        la, lb = simulate_losses(rng, scenario, paired, e, n, rho=rho, effect=effect, arm_corr=arm_corr)
         if paired:
             res = sequential_paired(la - lb, cuts, alpha=alpha, min_samples=min_samples, plan_n=plan_n)
         else:

@@ -216,7 +216,9 @@ class BinanceFilesSource:
     def __init__(self, config: BinanceFilesConfig) -> None:
         self.config = config
 
-    def fetch(self, symbol: str, interval: str, *, last_open_time: pd.Timestamp | None = None) -> pd.DataFrame:
+    def fetch(
+        self, symbol: str, interval: str, *, last_open_time: pd.Timestamp | None = None
+    ) -> pd.DataFrame:
         return read_many(self.config.paths, symbol, interval)
 
 

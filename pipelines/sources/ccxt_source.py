@@ -246,13 +246,22 @@ class CcxtSource:
     def __init__(self, config: CcxtConfig) -> None:
         self.config = config
 
-    def fetch(self, symbol: str, interval: str, *, last_open_time: pd.Timestamp | None = None) -> pd.DataFrame:
+    def fetch(
+        self, symbol: str, interval: str, *, last_open_time: pd.Timestamp | None = None
+    ) -> pd.DataFrame:
         c = self.config
         if c.since is None and last_open_time is None:
             raise SourceError(f"ccxt backfill needs --since (no {symbol} {interval} candles stored yet)")
-        return incremental(c.exchange, c.market or symbol, interval, None if c.since else last_open_time,
-                           default_since=c.since, until=c.until, exchange_config=c.exchange_config,
-                           store_symbol=symbol)
+        return incremental(
+            c.exchange,
+            c.market or symbol,
+            interval,
+            None if c.since else last_open_time,
+            default_since=c.since,
+            until=c.until,
+            exchange_config=c.exchange_config,
+            store_symbol=symbol,
+        )
 
 
 SOURCE = CcxtSource

@@ -301,7 +301,9 @@ class SyntheticConfig(SourceConfig):
 
     days: float = Field(30.0, gt=0, description="days of candles per fetch")
     seed: int = Field(7, description="series identity: the same seed is the same market")
-    start: datetime = Field(datetime(2024, 1, 1), description="first open time when nothing is stored (UTC if naive)")
+    start: datetime = Field(
+        datetime(2024, 1, 1), description="first open time when nothing is stored (UTC if naive)"
+    )
 
 
 class SyntheticSource:
@@ -313,11 +315,15 @@ class SyntheticSource:
     def __init__(self, config: SyntheticConfig) -> None:
         self.config = config
 
-    def fetch(self, symbol: str, interval: str, *, last_open_time: pd.Timestamp | None = None) -> pd.DataFrame:
+    def fetch(
+        self, symbol: str, interval: str, *, last_open_time: pd.Timestamp | None = None
+    ) -> pd.DataFrame:
         step = pd.Timedelta(minutes=_interval_minutes(interval))
         n = int(round(self.config.days * pd.Timedelta(days=1) / step))
         if n < 1:
-            raise SourceError(f"days={self.config.days} is less than one {interval} candle; ask for more days")
+            raise SourceError(
+                f"days={self.config.days} is less than one {interval} candle; ask for more days"
+            )
         start = pd.Timestamp(last_open_time) + step if last_open_time is not None else self.config.start
         return generate(symbol, interval=interval, start=start, n=n, seed=self.config.seed)
 

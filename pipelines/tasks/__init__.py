@@ -50,8 +50,10 @@ def read_task_file(configs_dir: Path, name: str) -> TaskFile:
         raise TaskError(f"task name {name!r} is not valid; expected lower-case letters, digits and _")
     path = Path(configs_dir) / "tasks" / f"{name}.yaml"
     if not path.exists():
-        raise TaskError(f"unknown task {name!r}; known tasks: {available_tasks(configs_dir)} "
-                        f"(a task is pipelines/tasks/<name>.py + configs/tasks/<name>.yaml)")
+        raise TaskError(
+            f"unknown task {name!r}; known tasks: {available_tasks(configs_dir)} "
+            f"(a task is pipelines/tasks/<name>.py + configs/tasks/<name>.yaml)"
+        )
     return _parse(TaskFile, _read_yaml(path), path)
 
 
@@ -65,12 +67,18 @@ def task_class(name: str) -> type[Task]:
         raise
     cls = getattr(module, "TASK", None)
     if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise TaskError(f"pipelines/tasks/{name}.py must define TASK = <a subclass of pipelines.tasks.base.Task>")
+        raise TaskError(
+            f"pipelines/tasks/{name}.py must define TASK = <a subclass of pipelines.tasks.base.Task>"
+        )
     return cls
 
 
-def get_task(name: str, horizons: tuple[int, ...] | list[int], options: dict[str, Any] | None = None,
-             objective: str | None = None) -> Task:
+def get_task(
+    name: str,
+    horizons: tuple[int, ...] | list[int],
+    options: dict[str, Any] | None = None,
+    objective: str | None = None,
+) -> Task:
     """A task instance at `horizons` (normally `TrainingConfig.labels.horizons`)."""
     opts = dict(options or {})
     if objective:
@@ -92,5 +100,17 @@ def load_task(configs_dir: Path, name: str, horizons: tuple[int, ...] | list[int
     return get_task(name, horizons, tf.options, tf.objective)
 
 
-__all__ = ["DEFAULT_TASK", "Column", "Task", "TaskError", "TaskFile", "available_tasks", "get_task",
-           "load_task", "nested_report", "read_task_file", "task_class", "task_of_model"]
+__all__ = [
+    "DEFAULT_TASK",
+    "Column",
+    "Task",
+    "TaskError",
+    "TaskFile",
+    "available_tasks",
+    "get_task",
+    "load_task",
+    "nested_report",
+    "read_task_file",
+    "task_class",
+    "task_of_model",
+]

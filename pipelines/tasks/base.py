@@ -78,8 +78,10 @@ class Task(ABC):
     def __post_init__(self) -> None:
         hs = [int(h) for h in self.horizons]
         if not hs or any(h < 1 for h in hs) or hs != sorted(set(hs)) or hs != list(self.horizons):
-            raise TaskError(f"task {self.name}: horizons must be strictly increasing whole candle counts >= 1, "
-                            f"got {list(self.horizons)}")
+            raise TaskError(
+                f"task {self.name}: horizons must be strictly increasing whole candle counts >= 1, "
+                f"got {list(self.horizons)}"
+            )
         object.__setattr__(self, "horizons", tuple(hs))
 
     # ------------------------------------------------------------------ labels and training target
@@ -125,8 +127,14 @@ class Task(ABC):
     # ------------------------------------------------------------------ judging
     @abstractmethod
     def evaluate(
-        self, pred: np.ndarray, actual: np.ndarray, baselines: dict[str, np.ndarray], *, interval: str,
-        cfg: Any, segments: Sequence[int] | None = None,
+        self,
+        pred: np.ndarray,
+        actual: np.ndarray,
+        baselines: dict[str, np.ndarray],
+        *,
+        interval: str,
+        cfg: Any,
+        segments: Sequence[int] | None = None,
     ) -> dict[str, float]:
         """Model and baselines on the same rows: flat `{who}.h{h}.{metric}` floats.
 
@@ -138,8 +146,9 @@ class Task(ABC):
         """
 
     @abstractmethod
-    def score(self, pred: np.ndarray, actual: np.ndarray, metric: str, horizon: int, *, interval: str,
-              cfg: Any) -> float:
+    def score(
+        self, pred: np.ndarray, actual: np.ndarray, metric: str, horizon: int, *, interval: str, cfg: Any
+    ) -> float:
         """One metric of one horizon's (n,) forecasts, for promotion and tuning (NaN when undefined)."""
 
     @abstractmethod
@@ -156,12 +165,16 @@ class Task(ABC):
     def check(self, pred: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pred, actual = np.asarray(pred, float), np.asarray(actual, float)
         if pred.ndim != 2 or pred.shape != actual.shape or pred.shape[1] != len(self.horizons):
-            raise TaskError(f"task {self.name}: shapes disagree: pred {pred.shape}, actual {actual.shape}; "
-                            f"both must be (n, {len(self.horizons)})")
+            raise TaskError(
+                f"task {self.name}: shapes disagree: pred {pred.shape}, actual {actual.shape}; "
+                f"both must be (n, {len(self.horizons)})"
+            )
         for label, arr in (("pred", pred), ("actual", actual)):
             if not np.isfinite(arr).all():
-                raise TaskError(f"task {self.name}: {label} has {int((~np.isfinite(arr)).sum())} non-finite values; "
-                                "drop those rows first")
+                raise TaskError(
+                    f"task {self.name}: {label} has {int((~np.isfinite(arr)).sum())} non-finite values; "
+                    "drop those rows first"
+                )
         return pred, actual
 
 

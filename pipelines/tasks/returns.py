@@ -55,8 +55,14 @@ def last_move_sign(last_return: np.ndarray) -> np.ndarray:
 
 
 def evaluate_forecast(
-    pred: np.ndarray, actual: np.ndarray, horizon: int, *, interval: str, cfg: Any,
-    segments: Sequence[int] | None = None, value_forecast: np.ndarray | None = None,
+    pred: np.ndarray,
+    actual: np.ndarray,
+    horizon: int,
+    *,
+    interval: str,
+    cfg: Any,
+    segments: Sequence[int] | None = None,
+    value_forecast: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All metrics of one forecaster at one horizon.
 
@@ -72,8 +78,16 @@ def evaluate_forecast(
     out = M.direction_accuracy(pred, actual, cfg.confidence)
     out["ic"] = M.spearman_ic(values, actual)
     out["rmse"] = M.rmse(values, actual)
-    out.update(M.sign_pnl(pred, actual, horizon, fee_bps=cfg.fee_bps,
-                          periods_per_year=M.periods_per_year(interval, horizon), segments=segments))
+    out.update(
+        M.sign_pnl(
+            pred,
+            actual,
+            horizon,
+            fee_bps=cfg.fee_bps,
+            periods_per_year=M.periods_per_year(interval, horizon),
+            segments=segments,
+        )
+    )
     return out
 
 
@@ -123,14 +137,30 @@ class ReturnsTask(Task):
         pred, actual = self.check(pred, actual)
         out: dict[str, float] = {}
         for j, h in enumerate(self.horizons):
-            out.update({f"model.h{h}.{k}": v for k, v in
-                        evaluate_forecast(pred[:, j], actual[:, j], h, interval=interval, cfg=cfg,
-                                          segments=segments).items()})
+            out.update(
+                {
+                    f"model.h{h}.{k}": v
+                    for k, v in evaluate_forecast(
+                        pred[:, j], actual[:, j], h, interval=interval, cfg=cfg, segments=segments
+                    ).items()
+                }
+            )
             for who in self.baselines:
                 b = baselines[who]
-                out.update({f"{who}.h{h}.{k}": v for k, v in
-                            evaluate_forecast(b[:, 0], actual[:, j], h, interval=interval, cfg=cfg,
-                                              segments=segments, value_forecast=b[:, 1]).items()})
+                out.update(
+                    {
+                        f"{who}.h{h}.{k}": v
+                        for k, v in evaluate_forecast(
+                            b[:, 0],
+                            actual[:, j],
+                            h,
+                            interval=interval,
+                            cfg=cfg,
+                            segments=segments,
+                            value_forecast=b[:, 1],
+                        ).items()
+                    }
+                )
         return out
 
     def score(self, pred, actual, metric, horizon, *, interval, cfg) -> float:
@@ -142,8 +172,13 @@ class ReturnsTask(Task):
         if metric == "ic":
             return M.spearman_ic(pred, actual)
         if metric == "sharpe":
-            return M.sign_pnl(pred, actual, horizon, fee_bps=cfg.fee_bps,
-                              periods_per_year=M.periods_per_year(interval, horizon))["pnl_sharpe"]
+            return M.sign_pnl(
+                pred,
+                actual,
+                horizon,
+                fee_bps=cfg.fee_bps,
+                periods_per_year=M.periods_per_year(interval, horizon),
+            )["pnl_sharpe"]
         raise TaskError(f"task returns has no metric {metric!r}; expected accuracy, ic or sharpe")
 
     def row_loss(self, pred: np.ndarray, realised: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -66,8 +66,9 @@ def _window_sums(r2: np.ndarray, m: int) -> np.ndarray:
 class VolatilityTask(Task):
     name: ClassVar[str] = "volatility"
     output_name: ClassVar[str] = "log_variance"
-    output_meaning: ClassVar[str] = ("predicted log realised variance ln(sum_{k=1..h} r_{t+k}^2 + h*floor), "
-                                     "r = 1-candle log return")
+    output_meaning: ClassVar[str] = (
+        "predicted log realised variance ln(sum_{k=1..h} r_{t+k}^2 + h*floor), r = 1-candle log return"
+    )
     label_prefix: ClassVar[str] = "lrv"
     baselines: ClassVar[tuple[str, ...]] = ("persistence", "ewma", "har_rv")
     columns: ClassVar[tuple[Column, ...]] = (
@@ -112,7 +113,9 @@ class VolatilityTask(Task):
         bad = ~np.isfinite(c) | (c <= 0)
         if c.ndim == 1 and bad.any():
             i = int(np.argmax(bad))
-            raise TaskError(f"close[{i}] = {c[i]}; labels need finite prices > 0 (validate the candles first)")
+            raise TaskError(
+                f"close[{i}] = {c[i]}; labels need finite prices > 0 (validate the candles first)"
+            )
         return self.realised(c, np.arange(c.size), None)
 
     def realised(self, close: np.ndarray, base: np.ndarray, horizon: int | None) -> np.ndarray:
@@ -208,7 +211,9 @@ class VolatilityTask(Task):
             return m[metric]
         if metric in ("neg_qlike", "neg_mse"):
             return -m[metric.removeprefix("neg_")]
-        raise TaskError(f"task volatility has no metric {metric!r}; expected one of {sorted(m)} or neg_qlike/neg_mse")
+        raise TaskError(
+            f"task volatility has no metric {metric!r}; expected one of {sorted(m)} or neg_qlike/neg_mse"
+        )
 
     def row_loss(self, pred: np.ndarray, realised: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pred, realised = np.asarray(pred, float), np.asarray(realised, float)

@@ -43,7 +43,9 @@ def prefix_graph(
     nodes = []
     for node in graph.node:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            raise ExportError(f"node {node.name!r} ({node.op_type}) has a subgraph; merging supports flat graphs only")
+            raise ExportError(
+                f"node {node.name!r} ({node.op_type}) has a subgraph; merging supports flat graphs only"
+            )
         new = onnx.NodeProto()
         new.CopyFrom(node)
         new.name = prefix + (node.name or node.op_type)
@@ -62,7 +64,11 @@ def prefix_graph(
 
 
 def merge_column_models(
-    parts: Sequence[onnx.ModelProto], n_features: int, *, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME
+    parts: Sequence[onnx.ModelProto],
+    n_features: int,
+    *,
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
 ) -> onnx.ModelProto:
     """Merge single-output models (each [N, F] → [N, 1], same input name) into one [N, F] → [N, H].
 
@@ -76,9 +82,13 @@ def merge_column_models(
     opsets: dict[str, int] = {}
     for j, part in enumerate(parts):
         if [i.name for i in part.graph.input] != [input_name]:
-            raise ExportError(f"part {j} reads inputs {[i.name for i in part.graph.input]}; expected [{input_name!r}]")
+            raise ExportError(
+                f"part {j} reads inputs {[i.name for i in part.graph.input]}; expected [{input_name!r}]"
+            )
         if len(part.graph.output) != 1:
-            raise ExportError(f"expected one output per horizon graph, got {[o.name for o in part.graph.output]}")
+            raise ExportError(
+                f"expected one output per horizon graph, got {[o.name for o in part.graph.output]}"
+            )
         n, i, renamed = prefix_graph(part.graph, f"h{j}_", keep={input_name})
         o = next(iter(renamed.values()))
         nodes += n
@@ -157,7 +167,11 @@ def round_thresholds_down(part: onnx.ModelProto, booster: Any) -> int:
                 continue
             i = position[(tree_id, node_id)]
             t = float(dump["threshold"])
-            if modes[i] != b"BRANCH_LEQ" or features[i] != dump["split_feature"] or np.float32(t) != np.float32(values[i]):
+            if (
+                modes[i] != b"BRANCH_LEQ"
+                or features[i] != dump["split_feature"]
+                or np.float32(t) != np.float32(values[i])
+            ):
                 raise ExportError(
                     f"tree {tree_id} node {node_id}: ONNX split does not match the booster dump; "
                     "onnxmltools changed its LightGBM layout - pin onnxmltools or update the export"
@@ -182,7 +196,9 @@ def lightgbm_to_onnx(boosters: Sequence[Any], n_features: int, *, target_opset: 
     from onnxmltools.convert.common.data_types import FloatTensorType
 
     if target_opset > 15:
-        raise ExportError(f"target_opset {target_opset} is unsupported for LightGBM; set export.target_opset <= 15")
+        raise ExportError(
+            f"target_opset {target_opset} is unsupported for LightGBM; set export.target_opset <= 15"
+        )
     parts = [
         onnxmltools.convert_lightgbm(
             b, initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))], target_opset=target_opset

@@ -111,7 +111,12 @@ def fee_aware_pnl(pred: np.ndarray, actual: np.ndarray, fee_bps: float) -> np.nd
 
 
 def sign_pnl(
-    pred: np.ndarray, actual: np.ndarray, horizon: int, *, fee_bps: float, periods_per_year: float,
+    pred: np.ndarray,
+    actual: np.ndarray,
+    horizon: int,
+    *,
+    fee_bps: float,
+    periods_per_year: float,
     segments: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Summary of the sign strategy (`fee_aware_pnl` on `trade_rows`).

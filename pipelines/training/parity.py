@@ -51,10 +51,14 @@ def check_parity(
     if want.ndim == 1:
         want = want[:, None]
     if got.shape != want.shape:
-        raise ParityError(f"ONNX output shape {got.shape} differs from native {want.shape}; re-export the model")
+        raise ParityError(
+            f"ONNX output shape {got.shape} differs from native {want.shape}; re-export the model"
+        )
     diff = np.abs(got - want)
     if not np.isfinite(diff).all():
-        raise ParityError(f"ONNX or native output has non-finite values on {int((~np.isfinite(diff)).sum())} cells")
+        raise ParityError(
+            f"ONNX or native output has non-finite values on {int((~np.isfinite(diff)).sum())} cells"
+        )
     max_abs = float(diff.max())
     excess = diff - (tolerance + rtol * np.abs(want))
     if (excess > 0).any():

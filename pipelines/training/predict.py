@@ -17,7 +17,9 @@ def horizon_columns(horizons: list[int]) -> list[str]:
     return [f"h{h}" for h in horizons]
 
 
-def predict_bundle(onnx_bytes: bytes, manifest: Manifest, candles: pd.DataFrame, *, threads: int = 1) -> pd.DataFrame:
+def predict_bundle(
+    onnx_bytes: bytes, manifest: Manifest, candles: pd.DataFrame, *, threads: int = 1
+) -> pd.DataFrame:
     """Predictions of a bundle for every candle with exact features.
 
     Args:

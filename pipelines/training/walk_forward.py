@@ -46,7 +46,9 @@ class TrainResult:
     feature_names: list[str]
     horizons: list[int]
     params: dict[str, Any]  # model hyperparameters, flat
-    fold_metrics: list[dict[str, float]]  # per fold, flat "{who}.h{h}.{metric}" (who: model | the task's baselines)
+    fold_metrics: list[
+        dict[str, float]
+    ]  # per fold, flat "{who}.h{h}.{metric}" (who: model | the task's baselines)
     summary_metrics: dict[str, float]  # overall (all test rows pooled), same flat keys
     report: dict[str, Any]  # nested: {who: {"h1": {metric: value, ...}}} for tables
     newest_window: NewestWindow
@@ -57,9 +59,13 @@ class TrainResult:
     manifest: Manifest
     parity_max_abs: float
     gates: dict[str, bool] = field(default_factory=dict)  # {"parity": True, ...}
-    folds: list[Any] = field(default_factory=list)  # pipelines.training.splits.Fold, oldest first (rows index [lo, end))
+    folds: list[Any] = field(
+        default_factory=list
+    )  # pipelines.training.splits.Fold, oldest first (rows index [lo, end))
     model: Any = None  # the final fitted model (native), e.g. for an ensemble or an ad-hoc check
-    run_tags: dict[str, str] = field(default_factory=dict)  # extra tags for the training run (e.g. tuning provenance)
+    run_tags: dict[str, str] = field(
+        default_factory=dict
+    )  # extra tags for the training run (e.g. tuning provenance)
 
 
 class TrainingError(KairosError):
@@ -83,8 +89,12 @@ def code_version() -> str:
     """`git rev-parse HEAD` of this repository, or "unknown" outside a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2],
-            capture_output=True, text=True, timeout=5, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -93,20 +103,29 @@ def code_version() -> str:
 
 def data_hash(candles: pd.DataFrame) -> str:
     """sha256 over open_time (epoch ms) and OHLCV of the candle rows, in order."""
-    times = pd.to_datetime(candles["open_time"], utc=True).astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+    times = (
+        pd.to_datetime(candles["open_time"], utc=True)
+        .astype("datetime64[ms, UTC]")
+        .astype("int64")
+        .to_numpy()
+    )
     values = np.ascontiguousarray(candles[HASHED_COLUMNS].to_numpy(np.float64))
     h = hashlib.sha256(np.ascontiguousarray(times, dtype=np.int64).tobytes())
     h.update(values.tobytes())
     return h.hexdigest()
 
 
-def _prepare(candles: pd.DataFrame, cfg: TrainingConfig, fs: Any, seq_len: int | None, task: Task) -> _Dataset:
+def _prepare(
+    candles: pd.DataFrame, cfg: TrainingConfig, fs: Any, seq_len: int | None, task: Task
+) -> _Dataset:
     """Features, the task's labels and baseline inputs, and the usable row range [lo, end) (module docstring)."""
     from pipelines.features import compute_features
 
     times = pd.to_datetime(candles["open_time"], utc=True).reset_index(drop=True)
     if not times.is_monotonic_increasing or times.duplicated().any():
-        raise TrainingError("candles are not strictly increasing in open_time; sort and de-duplicate them first")
+        raise TrainingError(
+            "candles are not strictly increasing in open_time; sort and de-duplicate them first"
+        )
     feats = compute_features(candles, fs.name)
     X_all = np.ascontiguousarray(feats[list(fs.names)].to_numpy(np.float64), dtype=np.float32)  # (N, F)
     close = candles["close"].to_numpy(np.float64)
@@ -114,7 +133,9 @@ def _prepare(candles: pd.DataFrame, cfg: TrainingConfig, fs: Any, seq_len: int |
     A_all = np.asarray(task.baseline_inputs(close), dtype=np.float64)  # (N, K)
 
     n_rows, T = len(candles), seq_len or 1
-    start = max(int(fs.warmup), int(task.warmup), 1) + T - 1  # a window ending at `start` holds only exact rows
+    start = (
+        max(int(fs.warmup), int(task.warmup), 1) + T - 1
+    )  # a window ending at `start` holds only exact rows
     end = n_rows - task.lookahead
     if end <= start:
         raise TrainingError(
@@ -122,8 +143,10 @@ def _prepare(candles: pd.DataFrame, cfg: TrainingConfig, fs: Any, seq_len: int |
             "supply more candles"
         )
     if not np.isfinite(A_all[start:end]).all() or not np.isfinite(Y_all[start:end]).all():
-        raise TrainingError(f"task {task.name}: labels or baseline inputs are not finite past warm-up row {start}; "
-                            "check the candles for gaps or bad values (validation.candles)")
+        raise TrainingError(
+            f"task {task.name}: labels or baseline inputs are not finite past warm-up row {start}; "
+            "check the candles for gaps or bad values (validation.candles)"
+        )
     first_row = start - T + 1
     bad = ~np.isfinite(X_all[first_row:end]).all(axis=1)
     if bad.any():
@@ -141,8 +164,13 @@ def _prepare(candles: pd.DataFrame, cfg: TrainingConfig, fs: Any, seq_len: int |
     else:
         X = X_all[lo:end]
     return _Dataset(
-        X=X, Y=Y_all[lo:end], A=A_all[lo:end],
-        open_time=times[lo:end].reset_index(drop=True), lo=lo, end=end, start=start,
+        X=X,
+        Y=Y_all[lo:end],
+        A=A_all[lo:end],
+        open_time=times[lo:end].reset_index(drop=True),
+        lo=lo,
+        end=end,
+        start=start,
     )
 
 
@@ -203,14 +231,24 @@ def train_walk_forward(
     horizons = list(cfg.labels.horizons)
     task = task or get_task(DEFAULT_TASK, horizons)
     if list(task.horizons) != horizons:
-        raise TrainingError(f"task {task.name} horizons {list(task.horizons)} != labels.horizons {horizons}; "
-                            "build the task from the training config")
+        raise TrainingError(
+            f"task {task.name} horizons {list(task.horizons)} != labels.horizons {horizons}; "
+            "build the task from the training config"
+        )
     fs = get_feature_set(cfg.features.feature_set)
     n_features = len(fs.names)
 
     def new_model() -> Any:
-        return make_model(model_type, cfg, n_features, horizons, preset=preset, overrides=model_overrides,
-                          objective=task.training_objective, task=task.name)
+        return make_model(
+            model_type,
+            cfg,
+            n_features,
+            horizons,
+            preset=preset,
+            overrides=model_overrides,
+            objective=task.training_objective,
+            task=task.name,
+        )
 
     probe = new_model()  # __init__ only stores params: tells us the input kind and T
     seq_len = probe.sequence_length if probe.input_kind == "sequence" else None
@@ -231,7 +269,9 @@ def train_walk_forward(
         model = _fit(new_model(), ds, fold.train_start, fold.train_end, wf.purge)
         test = slice(fold.test_start, fold.test_end)
         pred = np.asarray(model.predict(ds.X[test]), dtype=np.float64)  # (test_rows, H)
-        state = task.fit_baselines(ds.A[fold.train_start : fold.train_end], ds.Y[fold.train_start : fold.train_end])
+        state = task.fit_baselines(
+            ds.A[fold.train_start : fold.train_end], ds.Y[fold.train_start : fold.train_end]
+        )
         base = task.baseline_forecasts(state, ds.A[test])
         fold_metrics.append(task.evaluate(pred, ds.Y[test], base, interval=interval, cfg=ev))
         keep = max(fold.test_start, covered) - fold.test_start
@@ -253,9 +293,17 @@ def train_walk_forward(
         for who in pooled_members[0]:
             if who == "ensemble":
                 continue
-            flat = task.evaluate(np.concatenate([m[who] for m in pooled_members]), ds.Y[rows], base_rows,
-                                 interval=interval, cfg=ev, segments=segments)
-            summary.update({f"member_{who}.{k.split('.', 1)[1]}": v for k, v in flat.items() if k.startswith("model.")})
+            flat = task.evaluate(
+                np.concatenate([m[who] for m in pooled_members]),
+                ds.Y[rows],
+                base_rows,
+                interval=interval,
+                cfg=ev,
+                segments=segments,
+            )
+            summary.update(
+                {f"member_{who}.{k.split('.', 1)[1]}": v for k, v in flat.items() if k.startswith("model.")}
+            )
     newest_fold, newest_pred = folds[-1], pred
     newest_times = ds.open_time[newest_fold.test_start : newest_fold.test_end]
     newest = NewestWindow(
@@ -291,24 +339,65 @@ def train_walk_forward(
         "candles": len(used),
     }
     manifest = _manifest(
-        onnx_bytes, task=task, fs=fs, model_type=model_type, symbol=symbol, interval=interval, horizons=horizons,
-        seq_len=seq_len, training=data_window, metrics=summary, synthetic=synthetic,
-        extra={"parity_max_abs": parity, "parity_tolerance": tolerance, "parity_rtol": cfg.export.parity_rtol,
-               "n_folds": len(folds),
-               "fold_test_starts": [ds.open_time[f.test_start].isoformat() for f in folds]},
+        onnx_bytes,
+        task=task,
+        fs=fs,
+        model_type=model_type,
+        symbol=symbol,
+        interval=interval,
+        horizons=horizons,
+        seq_len=seq_len,
+        training=data_window,
+        metrics=summary,
+        synthetic=synthetic,
+        extra={
+            "parity_max_abs": parity,
+            "parity_tolerance": tolerance,
+            "parity_rtol": cfg.export.parity_rtol,
+            "n_folds": len(folds),
+            "fold_test_starts": [ds.open_time[f.test_start].isoformat() for f in folds],
+        },
     )
     return TrainResult(
-        task=task.name, model_type=model_type, symbol=symbol, interval=interval, feature_names=list(fs.names),
-        horizons=horizons, params=final.get_params(), fold_metrics=fold_metrics, summary_metrics=summary,
-        report=nested_report(summary), newest_window=newest, data_window=data_window,
+        task=task.name,
+        model_type=model_type,
+        symbol=symbol,
+        interval=interval,
+        feature_names=list(fs.names),
+        horizons=horizons,
+        params=final.get_params(),
+        fold_metrics=fold_metrics,
+        summary_metrics=summary,
+        report=nested_report(summary),
+        newest_window=newest,
+        data_window=data_window,
         newest_metric=task.promotion_metric,
-        newest_scores={h: (float(task.score(newest.predictions[:, j], newest.actuals[:, j], task.promotion_metric, h,
-                                            interval=interval, cfg=ev)),
-                           int(task.score(newest.predictions[:, j], newest.actuals[:, j], "n", h,
-                                          interval=interval, cfg=ev)))
-                       for j, h in enumerate(horizons)},
-        onnx_bytes=onnx_bytes, manifest=manifest, parity_max_abs=parity, gates={"parity": True},
-        folds=folds, model=final,
+        newest_scores={
+            h: (
+                float(
+                    task.score(
+                        newest.predictions[:, j],
+                        newest.actuals[:, j],
+                        task.promotion_metric,
+                        h,
+                        interval=interval,
+                        cfg=ev,
+                    )
+                ),
+                int(
+                    task.score(
+                        newest.predictions[:, j], newest.actuals[:, j], "n", h, interval=interval, cfg=ev
+                    )
+                ),
+            )
+            for j, h in enumerate(horizons)
+        },
+        onnx_bytes=onnx_bytes,
+        manifest=manifest,
+        parity_max_abs=parity,
+        gates={"parity": True},
+        folds=folds,
+        model=final,
     )
 
 
@@ -320,8 +409,18 @@ CONFIDENCE_MEANING = {
 
 
 def _manifest(
-    onnx_bytes: bytes, *, task: Task, fs: Any, model_type: str, symbol: str, interval: str, horizons: list[int],
-    seq_len: int | None, training: dict[str, Any], metrics: dict[str, float], synthetic: bool,
+    onnx_bytes: bytes,
+    *,
+    task: Task,
+    fs: Any,
+    model_type: str,
+    symbol: str,
+    interval: str,
+    horizons: list[int],
+    seq_len: int | None,
+    training: dict[str, Any],
+    metrics: dict[str, float],
+    synthetic: bool,
     extra: dict[str, Any],
 ) -> Manifest:
     """The bundle manifest; outputs are read from the graph so an optional "confidence" is declared."""
@@ -331,18 +430,33 @@ def _manifest(
 
     graph_outputs = {o.name for o in onnx.load_model_from_string(onnx_bytes).graph.output}
     n_f, n_h = len(fs.names), len(horizons)
-    outputs = [OutputSpec(task.output_name, [None, n_h], horizons=horizons, meaning=task.output_meaning,
-                          signed=task.directional)]
+    outputs = [
+        OutputSpec(
+            task.output_name,
+            [None, n_h],
+            horizons=horizons,
+            meaning=task.output_meaning,
+            signed=task.directional,
+        )
+    ]
     if CONFIDENCE_NAME in graph_outputs:
-        outputs.append(OutputSpec(CONFIDENCE_NAME, [None, n_h], horizons=horizons,
-                                  meaning=CONFIDENCE_MEANING.get(model_type, CONFIDENCE_MEANING["default"])))
+        outputs.append(
+            OutputSpec(
+                CONFIDENCE_NAME,
+                [None, n_h],
+                horizons=horizons,
+                meaning=CONFIDENCE_MEANING.get(model_type, CONFIDENCE_MEANING["default"]),
+            )
+        )
     return Manifest(
         task=task.name,
         model_name=f"{task.name}-{symbol}-{interval}",
         model_type=model_type,
         symbol=symbol,
         interval=interval,
-        feature_set=FeatureSetSpec(name=fs.name, version=int(fs.version), names=list(fs.names), warmup=int(fs.warmup)),
+        feature_set=FeatureSetSpec(
+            name=fs.name, version=int(fs.version), names=list(fs.names), warmup=int(fs.warmup)
+        ),
         input=TensorSpec(INPUT_NAME, [None, seq_len, n_f] if seq_len else [None, n_f]),
         outputs=outputs,
         training=training,

@@ -34,7 +34,9 @@ def sliding_windows(X: np.ndarray, length: int) -> np.ndarray:
     """
     X = np.asarray(X)
     if X.ndim != 2:
-        raise WindowError(f"sliding_windows needs rows of shape (N, F), got shape {X.shape}; pass a 2-D array")
+        raise WindowError(
+            f"sliding_windows needs rows of shape (N, F), got shape {X.shape}; pass a 2-D array"
+        )
     if length < 1:
         raise WindowError(f"window length must be >= 1, got {length}")
     if X.shape[0] < length:
@@ -60,9 +62,7 @@ def align_to_windows(Y: np.ndarray, length: int) -> np.ndarray:
     return Y[length - 1 :]
 
 
-def window_dataset(
-    X: np.ndarray, Y: np.ndarray, length: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def window_dataset(X: np.ndarray, Y: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Windows and their labels, keeping only windows with finite features and finite labels.
 
     Warm-up rows (NaN features) poison every window that contains them and the last `max(h)` rows

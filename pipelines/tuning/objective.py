@@ -79,11 +79,15 @@ def load_search_space(configs_dir: Path, model_type: str) -> TuningConfig:
     tunable = model.tunable_fields()
     for name, spec in tuning.params.items():
         if name not in tunable:
-            raise ConfigError(f"{path}: params.{name}: not a tunable field of {model_type}; tunable: {tunable}")
+            raise ConfigError(
+                f"{path}: params.{name}: not a tunable field of {model_type}; tunable: {tunable}"
+            )
         for which, value in _probe_values(spec):
             err = _rejects(model, tuning, configs_dir, name, value)
             if err:
-                raise ConfigError(f"{path}: params.{name}: {which}={value!r} is not accepted ({err}); fix the range")
+                raise ConfigError(
+                    f"{path}: params.{name}: {which}={value!r} is not accepted ({err}); fix the range"
+                )
     return tuning
 
 
@@ -150,19 +154,33 @@ class TuningData:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, X=self.X, Y=self.Y, horizons=np.asarray(self.horizons, np.int64), task=np.asarray(self.task),
-                     open_time_ms=self.open_time_ms, held_out_from_ms=np.int64(self.held_out_from_ms))
+            np.savez(
+                fh,
+                X=self.X,
+                Y=self.Y,
+                horizons=np.asarray(self.horizons, np.int64),
+                task=np.asarray(self.task),
+                open_time_ms=self.open_time_ms,
+                held_out_from_ms=np.int64(self.held_out_from_ms),
+            )
         os.replace(tmp, path)
         return path
 
     @classmethod
     def load(cls, path: Path) -> TuningData:
         if not Path(path).exists():
-            raise TuningError(f"tuning data file {path} is missing; run `kairos tune` (it writes it) or pass --data")
+            raise TuningError(
+                f"tuning data file {path} is missing; run `kairos tune` (it writes it) or pass --data"
+            )
         with np.load(path) as z:
-            return cls(X=z["X"], Y=z["Y"], horizons=tuple(int(h) for h in z["horizons"]),
-                       open_time_ms=z["open_time_ms"], held_out_from_ms=int(z["held_out_from_ms"]),
-                       task=str(z["task"]) if "task" in z.files else "returns")
+            return cls(
+                X=z["X"],
+                Y=z["Y"],
+                horizons=tuple(int(h) for h in z["horizons"]),
+                open_time_ms=z["open_time_ms"],
+                held_out_from_ms=int(z["held_out_from_ms"]),
+                task=str(z["task"]) if "task" in z.files else "returns",
+            )
 
 
 def prepare_tuning_data(candles: Any, cfg: TrainingConfig, task: Any = None) -> TuningData:
@@ -188,9 +206,14 @@ def prepare_tuning_data(candles: Any, cfg: TrainingConfig, task: Any = None) -> 
             f"({cfg.walk_forward.test_size}) and purge ({cfg.walk_forward.purge}); supply more candles"
         )
     ms = ds.open_time.astype("datetime64[ms, UTC]").astype("int64").to_numpy()
-    return TuningData(X=np.ascontiguousarray(ds.X[:cut]), Y=np.ascontiguousarray(ds.Y[:cut]),
-                      horizons=tuple(cfg.labels.horizons), open_time_ms=ms[:cut], held_out_from_ms=int(ms[cut]),
-                      task=task.name)
+    return TuningData(
+        X=np.ascontiguousarray(ds.X[:cut]),
+        Y=np.ascontiguousarray(ds.Y[:cut]),
+        horizons=tuple(cfg.labels.horizons),
+        open_time_ms=ms[:cut],
+        held_out_from_ms=int(ms[cut]),
+        task=task.name,
+    )
 
 
 def inner_folds(n_rows: int, wf: WalkForwardConfig, n_folds: int) -> list[Any]:
@@ -214,17 +237,29 @@ def for_task(tuning: TuningConfig, task: Any, horizon: int) -> TuningConfig:
     """
     metric = tuning.metric or task.tuning_metrics[0]
     if metric not in task.tuning_metrics:
-        raise ConfigError(f"search space {tuning.model_type}: metric {metric!r} is not a tuning metric of task "
-                          f"{task.name}; choose one of {list(task.tuning_metrics)} (higher is better)")
+        raise ConfigError(
+            f"search space {tuning.model_type}: metric {metric!r} is not a tuning metric of task "
+            f"{task.name}; choose one of {list(task.tuning_metrics)} (higher is better)"
+        )
     h = tuning.horizon or horizon
     if h not in task.horizons:
-        raise ConfigError(f"search space {tuning.model_type}: horizon {h} is not a horizon of task {task.name} "
-                          f"{list(task.horizons)}")
+        raise ConfigError(
+            f"search space {tuning.model_type}: horizon {h} is not a horizon of task {task.name} "
+            f"{list(task.horizons)}"
+        )
     return tuning.model_copy(update={"metric": metric, "horizon": h})
 
 
-def score(metric: str, pred: np.ndarray, actual: np.ndarray, horizon: int, *, interval: str,
-          ev: EvaluationConfig, task: Any = None) -> float:
+def score(
+    metric: str,
+    pred: np.ndarray,
+    actual: np.ndarray,
+    horizon: int,
+    *,
+    interval: str,
+    ev: EvaluationConfig,
+    task: Any = None,
+) -> float:
     """One number to maximise: the task's tuning metric (returns: direction accuracy, Spearman IC or
     fee-aware Sharpe of sign(pred); volatility: -QLIKE, -MSE or MZ R²).
 
@@ -251,7 +286,9 @@ class _FoldTrial:
         return self._trial.study
 
     def report(self, value: float, step: int) -> None:
-        self._trial.report(self._sign * float(value), self._fold * STEPS_PER_FOLD + min(int(step), STEPS_PER_FOLD - 2))
+        self._trial.report(
+            self._sign * float(value), self._fold * STEPS_PER_FOLD + min(int(step), STEPS_PER_FOLD - 2)
+        )
 
     def should_prune(self) -> bool:
         return self._trial.should_prune()
@@ -276,8 +313,18 @@ class Objective:
         task: the task the rows were labelled for (default: `data.task` at `data.horizons`).
     """
 
-    def __init__(self, data: TuningData, cfg: TrainingConfig, tuning: TuningConfig, *, interval: str,
-                 threads: int, configs_dir: Path | None = None, objective: str = "l2", task: Any = None) -> None:
+    def __init__(
+        self,
+        data: TuningData,
+        cfg: TrainingConfig,
+        tuning: TuningConfig,
+        *,
+        interval: str,
+        threads: int,
+        configs_dir: Path | None = None,
+        objective: str = "l2",
+        task: Any = None,
+    ) -> None:
         from pipelines.models import ModelContext, get_spec
         from pipelines.tasks import get_task
 
@@ -285,14 +332,21 @@ class Objective:
         tuning = for_task(tuning, self.task, tuning.horizon or data.horizons[0])
 
         if tuning.horizon not in data.horizons:
-            raise TuningError(f"tuning horizon {tuning.horizon} is not a label horizon {list(data.horizons)}; "
-                              "set `horizon` in the search space to one of them")
+            raise TuningError(
+                f"tuning horizon {tuning.horizon} is not a label horizon {list(data.horizons)}; "
+                "set `horizon` in the search space to one of them"
+            )
         if configs_dir is None:
             from pipelines.contracts.settings import get_settings
 
             configs_dir = get_settings().configs_dir
         self.data, self.cfg, self.tuning = data, cfg, tuning
-        self.interval, self.threads, self.configs_dir, self.objective = interval, threads, Path(configs_dir), objective
+        self.interval, self.threads, self.configs_dir, self.objective = (
+            interval,
+            threads,
+            Path(configs_dir),
+            objective,
+        )
         self.spec = get_spec(tuning.model_type, self.configs_dir)
         self.spec.check_objective(objective)
         self.context = ModelContext(cfg, self.configs_dir)
@@ -314,16 +368,31 @@ class Objective:
         return float(np.mean(scores))
 
     def _score(self, pred: np.ndarray, actual: np.ndarray) -> float:
-        return score(self.tuning.metric, pred, actual, self.tuning.horizon, interval=self.interval,
-                     ev=self.cfg.evaluation, task=self.task)
+        return score(
+            self.tuning.metric,
+            pred,
+            actual,
+            self.tuning.horizon,
+            interval=self.interval,
+            ev=self.cfg.evaluation,
+            task=self.task,
+        )
 
     def model(self, params: dict[str, Any]) -> Any:
         """An unfitted model of the tuned family with `params`, predicting the tuned horizon only."""
         threads = {self.spec.threads_field: self.threads} if self.spec.threads_field else {}
-        return self.spec.build(self.context, self.data.X.shape[1], [self.tuning.horizon], preset=self.tuning.preset,
-                               overrides={**params, **threads}, objective=self.objective)
+        return self.spec.build(
+            self.context,
+            self.data.X.shape[1],
+            [self.tuning.horizon],
+            preset=self.tuning.preset,
+            overrides={**params, **threads},
+            objective=self.objective,
+        )
 
-    def fit_predict(self, params: dict[str, Any], fold: Any, trial: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def fit_predict(
+        self, params: dict[str, Any], fold: Any, trial: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Fit on `fold`'s train range (the training fit path) and return (pred, actual) (n,) on its test range.
 
         With a `trial` and `in_fold_pruning`, the family's pruning callbacks report inside the fold.
@@ -336,11 +405,24 @@ class Objective:
         Y = self.data.Y[off:, [self.col]]
         callbacks = None
         if trial is not None and self.tuning.in_fold_pruning and self.spec.pruning is not None:
-            callbacks = self.spec.pruning(PruningRequest(
-                trial=_FoldTrial(trial, fold.index), loss_trial=_FoldTrial(trial, fold.index, -1.0),
-                metric=self.tuning.metric, score=self._score, report_interval=self.tuning.report_interval))
-        fit_fold(model, X, Y, max(0, fold.train_start - off), fold.train_end - off, self.cfg.walk_forward.purge,
-                 callbacks)
+            callbacks = self.spec.pruning(
+                PruningRequest(
+                    trial=_FoldTrial(trial, fold.index),
+                    loss_trial=_FoldTrial(trial, fold.index, -1.0),
+                    metric=self.tuning.metric,
+                    score=self._score,
+                    report_interval=self.tuning.report_interval,
+                )
+            )
+        fit_fold(
+            model,
+            X,
+            Y,
+            max(0, fold.train_start - off),
+            fold.train_end - off,
+            self.cfg.walk_forward.purge,
+            callbacks,
+        )
         test = slice(fold.test_start - off, fold.test_end - off)
         return np.asarray(model.predict(X[test]), dtype=np.float64)[:, 0], Y[test, 0]
 
@@ -371,21 +453,35 @@ def redact_storage(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
-def write_best_params(home: Path, model_type: str, symbol: str, interval: str,
-                      overrides: dict[str, dict[str, Any]], provenance: dict[str, Any], task: str = "returns") -> Path:
+def write_best_params(
+    home: Path,
+    model_type: str,
+    symbol: str,
+    interval: str,
+    overrides: dict[str, dict[str, Any]],
+    provenance: dict[str, Any],
+    task: str = "returns",
+) -> Path:
     """Write the tuned overrides + provenance where `kairos train` looks (atomic replace)."""
     path = best_params_path(home, model_type, symbol, interval, task)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"model_type": model_type, "task": task, "symbol": symbol, "interval": interval, "overrides": overrides,
-           "provenance": {**provenance, "storage": redact_storage(str(provenance.get("storage", "")))}}
+    doc = {
+        "model_type": model_type,
+        "task": task,
+        "symbol": symbol,
+        "interval": interval,
+        "overrides": overrides,
+        "provenance": {**provenance, "storage": redact_storage(str(provenance.get("storage", "")))},
+    }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
     os.replace(tmp, path)
     return path
 
 
-def load_best_params(home: Path, model_type: str, symbol: str, interval: str,
-                     task: str = "returns") -> tuple[dict, dict] | None:
+def load_best_params(
+    home: Path, model_type: str, symbol: str, interval: str, task: str = "returns"
+) -> tuple[dict, dict] | None:
     """(config overrides, provenance) written by `kairos tune`, or None when never tuned.
 
     Overrides are {<model_type>: {param: value}} (older files: {"lightgbm": ...} or {"preset": ...});
@@ -399,9 +495,15 @@ def load_best_params(home: Path, model_type: str, symbol: str, interval: str,
         return None
     doc = _read_yaml(path)
     overrides, prov = doc.get("overrides"), doc.get("provenance")
-    if not isinstance(overrides, dict) or not isinstance(prov, dict) or not all(isinstance(v, dict) for v in overrides.values()):
-        raise ConfigError(f"{path}: not a tuned-parameters file (needs `overrides` and `provenance` mappings); "
-                          "delete it or re-run kairos tune")
+    if (
+        not isinstance(overrides, dict)
+        or not isinstance(prov, dict)
+        or not all(isinstance(v, dict) for v in overrides.values())
+    ):
+        raise ConfigError(
+            f"{path}: not a tuned-parameters file (needs `overrides` and `provenance` mappings); "
+            "delete it or re-run kairos tune"
+        )
     return overrides, prov
 
 
@@ -412,6 +514,12 @@ def provenance_tags(provenance: dict[str, Any]) -> dict[str, str]:
 
 def provenance_of(study: Any, trial: Any, storage: str, tuning: TuningConfig) -> dict[str, Any]:
     """Where the best parameters came from: study, storage (no password), trial, value, metric, time."""
-    return {"study_name": study.study_name, "storage": redact_storage(storage), "trial_number": trial.number,
-            "value": float(trial.value), "metric": tuning.metric, "horizon": tuning.horizon,
-            "time": datetime.now(UTC).isoformat(timespec="seconds")}
+    return {
+        "study_name": study.study_name,
+        "storage": redact_storage(storage),
+        "trial_number": trial.number,
+        "value": float(trial.value),
+        "metric": tuning.metric,
+        "horizon": tuning.horizon,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }

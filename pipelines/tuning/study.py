@@ -62,12 +62,17 @@ def _storage_class() -> Any:
             stale = list(super()._get_stale_trial_ids(study_id))
             grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 0))
             now = datetime.now()
-            old = [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-                   if t._trial_id not in stale and t.datetime_start is not None and now - t.datetime_start > grace]
+            old = [
+                t._trial_id
+                for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if t._trial_id not in stale
+                and t.datetime_start is not None
+                and now - t.datetime_start > grace
+            ]
             if old:
-                query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
-                    sqlalchemy.bindparam("ids", expanding=True)
-                )
+                query = sqlalchemy.text(
+                    "SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids"
+                ).bindparams(sqlalchemy.bindparam("ids", expanding=True))
                 with self.engine.connect() as conn:
                     beating = {row[0] for row in conn.execute(query, {"ids": old})}
                 stale += [i for i in old if i not in beating]
@@ -95,9 +100,13 @@ def make_storage(url: str, tuning: TuningConfig) -> Any:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(driver_url(url), engine_kwargs=engine, heartbeat_interval=tuning.heartbeat_interval,
-                                  grace_period=tuning.grace_period,
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+                return RDBStorage(
+                    driver_url(url),
+                    engine_kwargs=engine,
+                    heartbeat_interval=tuning.heartbeat_interval,
+                    grace_period=tuning.grace_period,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
         except DBAPIError:
             # Workers started together on an empty database race to create Optuna's schema (PostgreSQL:
             # "duplicate key ... pg_type"); the loser finds the tables on its next try.
@@ -114,15 +123,25 @@ def make_pruner(tuning: TuningConfig) -> Any:
 
     p = tuning.pruner
     if p.kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
     if p.kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tuning.inner_folds * STEPS_PER_FOLD,
-                                              reduction_factor=p.reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1,
+            max_resource=tuning.inner_folds * STEPS_PER_FOLD,
+            reduction_factor=p.reduction_factor,
+        )
     return optuna.pruners.NopPruner()
 
 
-def open_study(storage: Any, study_name: str, tuning: TuningConfig, worker_index: int = 0,
-               attrs: dict[str, Any] | None = None) -> Any:
+def open_study(
+    storage: Any,
+    study_name: str,
+    tuning: TuningConfig,
+    worker_index: int = 0,
+    attrs: dict[str, Any] | None = None,
+) -> Any:
     """Create or load the study; seed TPE per worker and per resume so no two draw the same sequence.
 
     Raises:
@@ -130,17 +149,28 @@ def open_study(storage: Any, study_name: str, tuning: TuningConfig, worker_index
     """
     import optuna
 
-    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True)
-    want = {"model_type": tuning.model_type, "metric": tuning.metric, "horizon": tuning.horizon, **(attrs or {})}
+    study = optuna.create_study(
+        storage=storage, study_name=study_name, direction="maximize", load_if_exists=True
+    )
+    want = {
+        "model_type": tuning.model_type,
+        "metric": tuning.metric,
+        "horizon": tuning.horizon,
+        **(attrs or {}),
+    }
     have = study.user_attrs
     for key, value in want.items():
         if key not in have:
             study.set_user_attr(key, value)
         elif have[key] != value:
-            raise TuningError(f"study {study_name!r} was created with {key}={have[key]!r}, not {value!r}; "
-                              "pass another --study name (or delete that study) to tune differently")
+            raise TuningError(
+                f"study {study_name!r} was created with {key}={have[key]!r}, not {value!r}; "
+                "pass another --study name (or delete that study) to tune differently"
+            )
     seed = tuning.seed + 1000 * worker_index + len(study.get_trials(deepcopy=False))
-    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=tuning.n_startup_trials, constant_liar=True)
+    study.sampler = optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=tuning.n_startup_trials, constant_liar=True
+    )
     study.pruner = make_pruner(tuning)
     return study
 
@@ -173,12 +203,43 @@ def run_budget(study: Any, objective: Any, n_trials: int, poll_s: float = 1.0) -
         ran += 1
 
 
-def worker_command(*, study: str, storage: str, model: str, symbol: str, interval: str, trials: int,
-                   worker_index: int, threads: int, data: Path | None = None, task: str = "returns") -> list[str]:
+def worker_command(
+    *,
+    study: str,
+    storage: str,
+    model: str,
+    symbol: str,
+    interval: str,
+    trials: int,
+    worker_index: int,
+    threads: int,
+    data: Path | None = None,
+    task: str = "returns",
+) -> list[str]:
     """The argv of one worker process (this module, run by the current interpreter)."""
-    cmd = [sys.executable, "-m", "flows.tune_worker", "--study", study, "--storage", storage,
-           "--model", model, "--symbol", symbol, "--interval", interval, "--trials", str(trials),
-           "--worker-index", str(worker_index), "--threads", str(threads), "--task", task]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.tune_worker",
+        "--study",
+        study,
+        "--storage",
+        storage,
+        "--model",
+        model,
+        "--symbol",
+        symbol,
+        "--interval",
+        interval,
+        "--trials",
+        str(trials),
+        "--worker-index",
+        str(worker_index),
+        "--threads",
+        str(threads),
+        "--task",
+        task,
+    ]
     return cmd + (["--data", str(data)] if data else [])
 
 
@@ -189,8 +250,18 @@ def launch_workers(k: int, log_dir: Path, **kw: Any) -> list[tuple[subprocess.Po
     for i in range(k):
         log = log_dir / f"worker-{i}.log"
         with open(log, "w") as fh:
-            procs.append((subprocess.Popen(worker_command(worker_index=i, **kw), cwd=REPO, stdout=fh,
-                                           stderr=subprocess.STDOUT, env=os.environ.copy()), log))
+            procs.append(
+                (
+                    subprocess.Popen(
+                        worker_command(worker_index=i, **kw),
+                        cwd=REPO,
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                        env=os.environ.copy(),
+                    ),
+                    log,
+                )
+            )
     return procs
 
 
@@ -200,6 +271,8 @@ def wait_workers(procs: list[tuple[subprocess.Popen, Path]]) -> None:
     for proc, log in procs:
         if proc.wait() != 0:
             lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-            failed.append(f"worker exited {proc.returncode}: {lines[-1] if lines else '(no output)'} (log {log})")
+            failed.append(
+                f"worker exited {proc.returncode}: {lines[-1] if lines else '(no output)'} (log {log})"
+            )
     if failed:
         raise TuningError("; ".join(failed))

@@ -35,7 +35,8 @@ def one_feature_bundle(directory: Path, feature: str, weight: float) -> Path:
     W = np.zeros((len(fs.names), len(HORIZONS)), dtype=np.float32)
     W[list(fs.names).index(feature), :] = weight
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "W"], ["returns"])], "one_feature",
+        [helper.make_node("MatMul", ["features", "W"], ["returns"])],
+        "one_feature",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, len(fs.names)])],
         [helper.make_tensor_value_info("returns", TensorProto.FLOAT, [None, len(HORIZONS)])],
         initializer=[numpy_helper.from_array(W, "W")],
@@ -51,7 +52,9 @@ def register_version(client, bundle_dir: Path) -> str:
     run = client.create_run(ensure_experiment(client, "kairos-training"))
     client.log_artifacts(run.info.run_id, str(bundle_dir), "bundle")
     client.set_terminated(run.info.run_id)
-    return str(client.create_model_version(NAME, f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id).version)
+    return str(
+        client.create_model_version(NAME, f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id).version
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,6 @@ def candles(shared_data):
 
 
 def test_shadow_review_promotes_then_rollback_restores(kairos_home, harness, candles, tmp_path, monkeypatch):
-
 
     from flows.cli import app
     from flows.review import served_history
@@ -98,7 +100,9 @@ def test_shadow_review_promotes_then_rollback_restores(kairos_home, harness, can
     # serving: both arms from the registry, shadow mode, every request logged for both arms
     rtc = RuntimeConfig(warmup_runs=2)
     champ = load_model(download_bundle(client, NAME, alias="champion", dst=tmp_path / "dl1"), rtc, version=v1)
-    chall = load_model(download_bundle(client, NAME, alias="challenger", dst=tmp_path / "dl2"), rtc, version=v2)
+    chall = load_model(
+        download_bundle(client, NAME, alias="challenger", dst=tmp_path / "dl2"), rtc, version=v2
+    )
     predlog_dir = kairos_home / "predictions"  # serving's default directory
     log = PredictionLog(predlog_dir, flush_every=512).start()
     pred = Predictor(champ, chall, RoutingConfig(mode="shadow"), log=log)
@@ -122,11 +126,17 @@ def test_shadow_review_promotes_then_rollback_restores(kairos_home, harness, can
     exp = client.get_experiment_by_name(REVIEW_EXPERIMENT)
     (run,) = client.search_runs([exp.experiment_id])
     files = {f.path for f in client.list_artifacts(run.info.run_id, "review")}
-    assert {"review/report.html", "review/cumulative_loss_difference.png", "review/accuracy_over_time.png",
-            "review/pnl_curves.png"} <= files
+    assert {
+        "review/report.html",
+        "review/cumulative_loss_difference.png",
+        "review/accuracy_over_time.png",
+        "review/pnl_curves.png",
+    } <= files
     m = run.data.metrics
     assert m["h1.seq.p_value"] < 0.05 and m["h1.accuracy_lift_pp"] > 5 and m["decision.promote"] == 1.0
-    assert m["outcomes.resolved"] > 5 * 2900 * 2 * 0.99 and m["outcomes.pending"] > 0  # last candles: not yet known
+    assert (
+        m["outcomes.resolved"] > 5 * 2900 * 2 * 0.99 and m["outcomes.pending"] > 0
+    )  # last candles: not yet known
     assert m["h1.champion.n"] == m["h1.challenger.n"] > 2900  # paired on request id
     assert run.data.tags["review.alias_moves"] != "none"
     report = Path(run.info.artifact_uri.removeprefix("file://")) / "review" / "report.html"

@@ -53,10 +53,22 @@ def mlflow_server(tmp_path_factory):
     port = _free_port()
     log = open(d / "server.log", "w")
     proc = subprocess.Popen(
-        [str(REPO / ".venv/bin/mlflow"), "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
-         "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(REPO / ".venv/bin/mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{d}/mlflow.db",
+            "--artifacts-destination",
+            str(d / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -102,14 +114,32 @@ def test_champion_moves_without_failed_requests(mlflow_server, tmp_path):
     env.pop("MLFLOW_TRACKING_URI", None)
     serve_log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model", NAME, "--tracking-uri", mlflow_server,
-         "--port", str(port), "--config", str(cfg), "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=serve_log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "serving.server",
+            "--model",
+            NAME,
+            "--tracking-uri",
+            mlflow_server,
+            "--port",
+            str(port),
+            "--config",
+            str(cfg),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=serve_log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     warm = feature_spec().warmup
     feed = [api_candle(r) for r in candle_records(read_klines(FIL_FILES[0], "FILUSDT").iloc[: warm + 20_000])]
-    results: list[tuple[float, float, int, str | None, float | None]] = []  # (sent, received, status, version, out)
+    results: list[
+        tuple[float, float, int, str | None, float | None]
+    ] = []  # (sent, received, status, version, out)
     stop = threading.Event()
 
     def hammer() -> None:
@@ -122,14 +152,23 @@ def test_champion_moves_without_failed_requests(mlflow_server, tmp_path):
                 try:
                     r = http.post("/v1/candles", json={"symbol": "FILUSDT", "candles": [candle]})
                     body = r.json()["prediction"] if r.status_code == 200 else None
-                    results.append((t0, time.monotonic(), r.status_code, body and body["version"],
-                                    body and body["horizons"][0]["log_return"]))
+                    results.append(
+                        (
+                            t0,
+                            time.monotonic(),
+                            r.status_code,
+                            body and body["version"],
+                            body and body["horizons"][0]["log_return"],
+                        )
+                    )
                 except httpx.HTTPError:
                     results.append((t0, time.monotonic(), -1, None, None))
 
     try:
         _wait(f"{base}/readyz", proc, 60, tmp_path / "serve.log")
-        warm_up = httpx.post(f"{base}/v1/candles", json={"symbol": "FILUSDT", "candles": feed[:warm]}, timeout=60)
+        warm_up = httpx.post(
+            f"{base}/v1/candles", json={"symbol": "FILUSDT", "candles": feed[:warm]}, timeout=60
+        )
         assert warm_up.status_code == 200 and warm_up.json()["warmup_remaining"] == 0, warm_up.text
         worker = threading.Thread(target=hammer)
         worker.start()

@@ -21,8 +21,11 @@ from tests.fixtures.bundles import api_candle, candle_records, feature_spec, lin
 
 CASES = 170  # per (operation with inputs, mode): 3 operations x 2 modes x 170 = 1,020 cases (+4 GETs)
 FAST = dict(
-    deadline=None, database=None, derandomize=True,
-    suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate],
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
 )
 
 
@@ -42,14 +45,21 @@ def test_generated_requests_never_get_a_server_error(state):
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     ops = [r.ok() for r in schema.get_all_operations()]
     assert {f"{o.method.upper()} {o.path}" for o in ops} >= {
-        "POST /v1/predict", "POST /v1/candles", "DELETE /v1/streams/{symbol}", "GET /v1/models",
-        "GET /healthz", "GET /readyz", "GET /metrics",
+        "POST /v1/predict",
+        "POST /v1/candles",
+        "DELETE /v1/streams/{symbol}",
+        "GET /v1/models",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
     }
     count = {"cases": 0, "4xx": 0}
     for op in ops:
         # GET endpoints take no input: one case covers them, and nothing can violate their schema
         has_input = op.method.upper() != "GET"
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_input else (GenerationMode.POSITIVE,):
+        for mode in (
+            (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_input else (GenerationMode.POSITIVE,)
+        ):
 
             @settings(max_examples=CASES if has_input else 3, **FAST)
             @given(case=op.as_strategy(generation_mode=mode))
@@ -61,16 +71,33 @@ def test_generated_requests_never_get_a_server_error(state):
 
             t0 = time.perf_counter()
             run()
-            print(f"{op.method.upper()} {op.path} {mode.value}: {count['cases']} cases so far, {time.perf_counter() - t0:.1f}s")
+            print(
+                f"{op.method.upper()} {op.path} {mode.value}: {count['cases']} cases so far, {time.perf_counter() - t0:.1f}s"
+            )
     assert count["cases"] >= 1000, count
     assert count["4xx"] > count["cases"] // 4, "the generator should mostly be probing bad input"
 
 
-_NUMERIC = ["open", "high", "low", "close", "volume", "quote_asset_volume", "number_of_trades",
-            "taker_buy_base_asset_volume", "taker_buy_quote_asset_volume", "open_time"]
+_NUMERIC = [
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_asset_volume",
+    "number_of_trades",
+    "taker_buy_base_asset_volume",
+    "taker_buy_quote_asset_volume",
+    "open_time",
+]
 _WEIRD = st.one_of(
-    st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**70), 2**70), st.text(max_size=30),
-    st.none(), st.booleans(), st.lists(st.integers(), max_size=3), st.sampled_from([0, -1, 1e308, 1e-308]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**70), 2**70),
+    st.text(max_size=30),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(), max_size=3),
+    st.sampled_from([0, -1, 1e308, 1e-308]),
 )
 
 
@@ -79,12 +106,25 @@ def test_mutated_real_windows_never_get_a_server_error(state):
 
     from pipelines.sources.binance_files import read_klines
 
-    window = [api_candle(r) for r in candle_records(read_klines(FIL_FILES[0], "FILUSDT").iloc[: feature_spec().warmup + 2])]
+    window = [
+        api_candle(r)
+        for r in candle_records(read_klines(FIL_FILES[0], "FILUSDT").iloc[: feature_spec().warmup + 2])
+    ]
     client = TestClient(create_app(state))
 
-    @settings(max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(i=st.integers(0, len(window) - 1), field=st.sampled_from(_NUMERIC), value=_WEIRD,
-           endpoint=st.sampled_from(["/v1/predict", "/v1/candles"]))
+    @settings(
+        max_examples=150,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        i=st.integers(0, len(window) - 1),
+        field=st.sampled_from(_NUMERIC),
+        value=_WEIRD,
+        endpoint=st.sampled_from(["/v1/predict", "/v1/candles"]),
+    )
     def run(i, field, value, endpoint):
         w = [dict(c) for c in window]
         w[i][field] = value

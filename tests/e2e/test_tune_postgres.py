@@ -38,15 +38,18 @@ def _as_postgres(cmd: list[str]) -> list[str]:
         return cmd
     # runuser lives in /usr/sbin, which a minimal PATH (cron, CI) may lack
     runuser = shutil.which("runuser") or next(
-        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), "runuser")
+        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), "runuser"
+    )
     return [runuser, "-u", "postgres", "--", *cmd]
 
 
 @pytest.fixture(scope="module")
 def postgres_url():
     if not INITDB:
-        pytest.skip("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); "
-                    "apt-get install postgresql, as .ci/run does")
+        pytest.skip(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); "
+            "apt-get install postgresql, as .ci/run does"
+        )
     bin_dir = Path(INITDB[-1]).parent
     root = Path(tempfile.mkdtemp(prefix="kairos-pg-", dir="/tmp"))
     data, sock = root / "data", root / "sock"
@@ -56,11 +59,41 @@ def postgres_url():
         shutil.chown(sock, "postgres", "postgres")
     port = _free_port()
     run = dict(check=True, capture_output=True, text=True, timeout=120)
-    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                                 "--no-sync", "-E", "UTF8"]), **run)
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]
+        ),
+        **run,
+    )
     opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"),
-                                 "-w", "-t", "60", "start"]), **run)
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                opts,
+                "-l",
+                str(root / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
+        **run,
+    )
     try:
         import psycopg2
 
@@ -70,8 +103,11 @@ def postgres_url():
         con.close()
         yield f"postgresql://postgres@127.0.0.1:{port}/optuna_test"
     finally:
-        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -92,8 +128,18 @@ def test_two_workers_share_one_study_on_postgres(postgres_url, tmp_path):
     os.environ.update(env)  # launch_workers passes this process's environment on
     try:
         t0 = time.perf_counter()
-        procs = launch_workers(2, tmp_path / "logs", study=name, storage=postgres_url, model="lightgbm",
-                               symbol="SYNTHUSDT", interval="1m", trials=n, threads=1, data=rows)
+        procs = launch_workers(
+            2,
+            tmp_path / "logs",
+            study=name,
+            storage=postgres_url,
+            model="lightgbm",
+            symbol="SYNTHUSDT",
+            interval="1m",
+            trials=n,
+            threads=1,
+            data=rows,
+        )
         wait_workers(procs)
         elapsed = time.perf_counter() - t0
     finally:
@@ -109,7 +155,9 @@ def test_two_workers_share_one_study_on_postgres(postgres_url, tmp_path):
     assert optuna.study.get_all_study_names(storage) == [name]  # one study, not one per worker
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     numbers = [t.number for t in trials]
-    assert len(set(numbers)) == len(numbers) == sum(ran)  # every trial each worker ran landed in the study once
+    assert (
+        len(set(numbers)) == len(numbers) == sum(ran)
+    )  # every trial each worker ran landed in the study once
     assert numbers == list(range(len(trials)))
     finished = sum(t.state in FINISHED for t in trials)
     assert n <= finished <= n + 1  # two workers can both take the last slot in the same instant

@@ -37,8 +37,21 @@ def test_every_command_has_help():
     runner = CliRunner()
     top = runner.invoke(app, ["--help"])
     assert top.exit_code == 0
-    commands = ["demo", "train", "promote", "retrain", "history", "serve", "tune", "review", "rollback",
-                "ingest binance-files", "ingest synthetic", "ingest ccxt", "data status"]
+    commands = [
+        "demo",
+        "train",
+        "promote",
+        "retrain",
+        "history",
+        "serve",
+        "tune",
+        "review",
+        "rollback",
+        "ingest binance-files",
+        "ingest synthetic",
+        "ingest ccxt",
+        "data status",
+    ]
     for cmd in commands:
         res = runner.invoke(app, cmd.split() + ["--help"])
         assert res.exit_code == 0, (cmd, res.output)
@@ -56,11 +69,15 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 def test_bad_input_ends_with_one_line_error(cli_env, tmp_path):
-    _one_line_error(run(["ingest", "binance-files", str(tmp_path / "nope.zip"), "--symbol", "FILUSDT"], cli_env),
-                    "nope.zip")
+    _one_line_error(
+        run(["ingest", "binance-files", str(tmp_path / "nope.zip"), "--symbol", "FILUSDT"], cli_env),
+        "nope.zip",
+    )
     corrupt = tmp_path / "FILUSDT-1m-corrupt.csv"
     corrupt.write_text("open_time,open,high\n1690848000000,4.2,4.3\n")
-    _one_line_error(run(["ingest", "binance-files", str(corrupt), "--symbol", "FILUSDT"], cli_env), corrupt.name)
+    _one_line_error(
+        run(["ingest", "binance-files", str(corrupt), "--symbol", "FILUSDT"], cli_env), corrupt.name
+    )
     _one_line_error(run(["train", "--symbol", "NOPEUSDT"], cli_env), "NOPEUSDT")
     _one_line_error(run(["ingest", "synthetic", "--symbol", "BTCUSDT", "--days", "1"], cli_env), "SYNTH")
 

@@ -27,11 +27,20 @@ def test_prefect_yaml_deploys_daily_retrain_and_hourly_review(harness):
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="kairos", type="process"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_API_URL=PREFECT_API_URL.value(), KAIROS_REPO=str(REPO),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(
+        PREFECT_API_URL=PREFECT_API_URL.value(),
+        KAIROS_REPO=str(REPO),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
     prefect = str(Path(sys.executable).with_name("prefect"))
-    proc = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     with get_client(sync_client=True) as client:

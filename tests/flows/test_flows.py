@@ -112,18 +112,26 @@ def test_real_fil_months_ingest_validate_train_and_bundle_parity(small, harness,
     assert result.parity_max_abs <= 1e-5
     # the report holds the model and the three naive baselines on the same rows
     for h in result.horizons:
-        ns = {who: result.report[who][f"h{h}"]["n"] for who in ("model", "always_up", "persistence", "reversal")}
+        ns = {
+            who: result.report[who][f"h{h}"]["n"] for who in ("model", "always_up", "persistence", "reversal")
+        }
         assert len(set(ns.values())) == 1, ns
 
     # model.onnx + manifest.json ALONE (downloaded from the registry) reproduce the native model
-    onnx_bytes, manifest = read_bundle(download_bundle(rt.mlflow, reg.name, version=reg.version, dst=tmp_path / "b"))
+    onnx_bytes, manifest = read_bundle(
+        download_bundle(rt.mlflow, reg.name, version=reg.version, dst=tmp_path / "b")
+    )
     candles = rt.store().load("FILUSDT", "1m").tail(3000)
     from_bundle = predict_bundle(onnx_bytes, manifest, candles)
     X = feature_matrix(candles)
     ok = np.isfinite(X).all(axis=1)
     pred = result.model.predict(X[ok])  # the native LightGBM boosters
-    native = pd.DataFrame({"open_time": candles["open_time"].to_numpy()[ok],
-                           **{f"h{h}": pred[:, j] for j, h in enumerate(result.horizons)}})
+    native = pd.DataFrame(
+        {
+            "open_time": candles["open_time"].to_numpy()[ok],
+            **{f"h{h}": pred[:, j] for j, h in enumerate(result.horizons)},
+        }
+    )
     both = from_bundle.merge(native, on="open_time", suffixes=("_onnx", "_native")).dropna()
     assert len(both) > 2000
     for h in manifest.horizons:
@@ -140,10 +148,20 @@ def test_train_uses_tuned_params_and_records_their_study(small, harness):
 
     ingest("synthetic", "SYNTHUSDT", "1m", {"days": 5})
     rt = Runtime.from_env()
-    write_best_params(rt.settings.home_abs, "lightgbm", "SYNTHUSDT", "1m",
-                      {"lightgbm": {"num_leaves": 7, "learning_rate": 0.11}},
-                      {"study_name": "lgbm-SYNTHUSDT", "storage": "postgresql://u:secret@db/optuna",
-                       "trial_number": 17, "value": 0.531, "metric": "accuracy"})
+    write_best_params(
+        rt.settings.home_abs,
+        "lightgbm",
+        "SYNTHUSDT",
+        "1m",
+        {"lightgbm": {"num_leaves": 7, "learning_rate": 0.11}},
+        {
+            "study_name": "lgbm-SYNTHUSDT",
+            "storage": "postgresql://u:secret@db/optuna",
+            "trial_number": 17,
+            "value": 0.531,
+            "metric": "accuracy",
+        },
+    )
     out = train("SYNTHUSDT", "1m", "lightgbm")
     result, reg = out["result"], out["registered"]
     assert result.params["num_leaves"] == 7 and result.params["learning_rate"] == 0.11

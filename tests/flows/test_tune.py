@@ -39,9 +39,16 @@ from tests.fixtures.flow_helpers import REPO, write_small_configs
 WF = {"train_size": 2000, "test_size": 300, "step": 300, "purge": 5, "max_folds": 2, "window": 0}
 BAD_FROM = 900  # min_child_samples above ~half the 1795 fit rows: no split possible
 SPACE = {
-    "model_type": "lightgbm", "metric": "ic", "horizon": 1, "inner_folds": 2, "seed": 1, "n_startup_trials": 3,
-    "pruner": {"kind": "median", "n_startup_trials": 2}, "report_interval": 10,
-    "heartbeat_interval": 1, "grace_period": 3,
+    "model_type": "lightgbm",
+    "metric": "ic",
+    "horizon": 1,
+    "inner_folds": 2,
+    "seed": 1,
+    "n_startup_trials": 3,
+    "pruner": {"kind": "median", "n_startup_trials": 2},
+    "report_interval": 10,
+    "heartbeat_interval": 1,
+    "grace_period": 3,
     "params": {
         "num_leaves": {"type": "int", "low": 4, "high": 16},
         "n_estimators": {"type": "int", "low": 20, "high": 60, "step": 20},
@@ -89,15 +96,18 @@ def test_shipped_search_spaces_parse():
         assert t.params and t.model_type == path.stem
 
 
-@pytest.mark.parametrize("param, spec, named", [
-    ("num_leaves", {"type": "int", "low": 1, "high": 64}, "num_leaves: low=1"),  # LightGBMConfig: ge=2
-    ("subsample", {"type": "float", "low": 0.5, "high": 1.5}, "subsample: high=1.5"),  # le=1
-    ("leaves", {"type": "int", "low": 2, "high": 64}, "params.leaves: not a tunable field"),
-    ("num_threads", {"type": "int", "low": 1, "high": 4}, "params.num_threads: not a tunable field"),
-    ("learning_rate", {"type": "float", "low": 0.0, "high": 0.1, "log": True}, "learning_rate"),
-    ("num_leaves", {"type": "int", "low": 64, "high": 8}, "num_leaves"),
-    ("num_leaves", {"type": "categorical", "choices": []}, "num_leaves"),
-])
+@pytest.mark.parametrize(
+    "param, spec, named",
+    [
+        ("num_leaves", {"type": "int", "low": 1, "high": 64}, "num_leaves: low=1"),  # LightGBMConfig: ge=2
+        ("subsample", {"type": "float", "low": 0.5, "high": 1.5}, "subsample: high=1.5"),  # le=1
+        ("leaves", {"type": "int", "low": 2, "high": 64}, "params.leaves: not a tunable field"),
+        ("num_threads", {"type": "int", "low": 1, "high": 4}, "params.num_threads: not a tunable field"),
+        ("learning_rate", {"type": "float", "low": 0.0, "high": 0.1, "log": True}, "learning_rate"),
+        ("num_leaves", {"type": "int", "low": 64, "high": 8}, "num_leaves"),
+        ("num_leaves", {"type": "categorical", "choices": []}, "num_leaves"),
+    ],
+)
 def test_bad_search_space_is_rejected_naming_the_parameter(tmp_path, param, spec, named):
     (tmp_path / "search_spaces").mkdir()
     (tmp_path / "search_spaces" / "lightgbm.yaml").write_text(yaml.safe_dump({"params": {param: spec}}))
@@ -138,8 +148,11 @@ def test_final_test_window_is_cut_off_and_never_read(configs):
 def test_pruner_prunes_the_planted_bad_region(configs, data):
     cfg, tuning = load_training_config(configs), load_search_space(configs, "lightgbm")
     objective = Objective(data, cfg, tuning, interval="1m", threads=1)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=3, n_startup_trials=6),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=3, n_startup_trials=6),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
+    )
     study.enqueue_trial(GOOD)
     study.enqueue_trial({**GOOD, "num_leaves": 12})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -169,10 +182,20 @@ def test_constant_forecast_scores_no_skill(configs, data):
 # ---------------------------------------------------------------- best params on disk
 def test_best_params_round_trip_without_password(tmp_path):
     assert load_best_params(tmp_path, "lightgbm", "FILUSDT", "1m") is None
-    prov = {"study_name": "s", "storage": "postgresql://kairos:s3cret@db:5432/optuna", "trial_number": 7,
-            "value": 0.52, "metric": "accuracy", "time": "2024-01-01T00:00:00+00:00"}
+    prov = {
+        "study_name": "s",
+        "storage": "postgresql://kairos:s3cret@db:5432/optuna",
+        "trial_number": 7,
+        "value": 0.52,
+        "metric": "accuracy",
+        "time": "2024-01-01T00:00:00+00:00",
+    }
     path = write_best_params(tmp_path, "lightgbm", "FILUSDT", "1m", {"lightgbm": {"num_leaves": 63}}, prov)
-    assert path == best_params_path(tmp_path, "lightgbm", "FILUSDT", "1m") == tmp_path / "tuned" / "lightgbm-FILUSDT-1m.yaml"
+    assert (
+        path
+        == best_params_path(tmp_path, "lightgbm", "FILUSDT", "1m")
+        == tmp_path / "tuned" / "lightgbm-FILUSDT-1m.yaml"
+    )
     assert "s3cret" not in path.read_text()
     overrides, got = load_best_params(tmp_path, "lightgbm", "FILUSDT", "1m")
     assert overrides == {"lightgbm": {"num_leaves": 63}}
@@ -201,15 +224,26 @@ def test_killed_worker_resumes_without_losing_or_duplicating_trials(configs, dat
     # Trials long enough to be caught running: 300-500 trees take ~0.3 s (40 take ~0.03 s, and a worker
     # can then finish its whole budget between two polls).
     trees = {"type": "int", "low": 300, "high": 500, "step": 100}
-    env = worker_env(tuning_configs(tmp_path / "configs", params={**SPACE["params"], "n_estimators": trees}),
-                     tmp_path / "home")
+    env = worker_env(
+        tuning_configs(tmp_path / "configs", params={**SPACE["params"], "n_estimators": trees}),
+        tmp_path / "home",
+    )
     rows = data.save(tmp_path / "rows.npz")
     # The kill must land inside a trial. A trial can finish between our read and the SIGKILL, so a
     # miss is retried on a fresh study (the miss itself proves nothing either way).
     for attempt in range(4):
         name = f"kill-resume-{attempt}"
-        cmd = worker_command(study=name, storage=url, model="lightgbm", symbol="SYNTHUSDT", interval="1m",
-                             trials=n, worker_index=0, threads=1, data=rows)
+        cmd = worker_command(
+            study=name,
+            storage=url,
+            model="lightgbm",
+            symbol="SYNTHUSDT",
+            interval="1m",
+            trials=n,
+            worker_index=0,
+            threads=1,
+            data=rows,
+        )
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.time() + 90
         while time.time() < deadline:  # kill once 2 trials finished and a third is mid-run
@@ -241,7 +275,9 @@ def test_killed_worker_resumes_without_losing_or_duplicating_trials(configs, dat
     # Its parameters were re-run. The kill can land between two suggest calls, so the killed trial may hold
     # only the first few; the retry re-uses those and samples the rest.
     assert trials[killed[0]].params.items() <= retried[0].params.items()
-    assert len({frozenset(t.params) for t in trials if t.state in FINISHED}) == 1  # every finished trial is whole
+    assert (
+        len({frozenset(t.params) for t in trials if t.state in FINISHED}) == 1
+    )  # every finished trial is whole
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
@@ -256,10 +292,20 @@ def test_trial_killed_before_its_first_heartbeat_is_failed_and_retried(configs, 
     study = optuna.create_study(storage=make_storage(url, tuning), study_name=name, direction="maximize")
     orphan = study.ask()  # RUNNING, no heartbeat: what the kill leaves behind
     orphan.suggest_int("num_leaves", 4, 16)
-    cmd = worker_command(study=name, storage=url, model="lightgbm", symbol="SYNTHUSDT", interval="1m",
-                         trials=n, worker_index=0, threads=1, data=data.save(tmp_path / "rows.npz"))
-    out = subprocess.run(cmd, cwd=REPO, env=worker_env(configs, tmp_path / "home"), capture_output=True,
-                         text=True, timeout=300)
+    cmd = worker_command(
+        study=name,
+        storage=url,
+        model="lightgbm",
+        symbol="SYNTHUSDT",
+        interval="1m",
+        trials=n,
+        worker_index=0,
+        threads=1,
+        data=data.save(tmp_path / "rows.npz"),
+    )
+    out = subprocess.run(
+        cmd, cwd=REPO, env=worker_env(configs, tmp_path / "home"), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     trials = _trials(url, name)
     assert trials[0].state == optuna.trial.TrialState.FAIL  # failed once the grace period had passed
@@ -290,8 +336,10 @@ def test_tune_flow_resumes_writes_best_params_and_logs_the_study(kairos_home, tm
     from flows.tune import tune
     from pipelines.contracts.settings import get_settings
 
-    monkeypatch.setenv("KAIROS_CONFIGS_DIR", str(tuning_configs(tmp_path / "configs", grace_period=30,
-                                                                heartbeat_interval=10)))
+    monkeypatch.setenv(
+        "KAIROS_CONFIGS_DIR",
+        str(tuning_configs(tmp_path / "configs", grace_period=30, heartbeat_interval=10)),
+    )
     get_settings.cache_clear()
     Runtime.from_env().store().upsert(synthetic_candles())
     first = tune("SYNTHUSDT", "lightgbm", n_trials=4)
@@ -303,22 +351,31 @@ def test_tune_flow_resumes_writes_best_params_and_logs_the_study(kairos_home, tm
     overrides, prov = load_best_params(kairos_home, "lightgbm", "SYNTHUSDT", "1m")
     assert set(overrides["lightgbm"]) == set(SPACE["params"])
     assert prov["study_name"] == "lightgbm-SYNTHUSDT-1m" and prov["metric"] == "ic"
-    study = optuna.load_study(study_name="lightgbm-SYNTHUSDT-1m", storage=f"sqlite:///{kairos_home.resolve()}/optuna.db")
+    study = optuna.load_study(
+        study_name="lightgbm-SYNTHUSDT-1m", storage=f"sqlite:///{kairos_home.resolve()}/optuna.db"
+    )
     finished = [t for t in study.trials if t.state in FINISHED]
     assert len(finished) == 6 and prov["trial_number"] == study.best_trial.number
 
     client = Runtime.from_env().mlflow
     exp = client.get_experiment_by_name("kairos-tuning")
-    parents = client.search_runs([exp.experiment_id], "tags.`kairos.study` = 'lightgbm-SYNTHUSDT-1m' "
-                                 "and attributes.run_name = 'study-lightgbm-SYNTHUSDT-1m'")
+    parents = client.search_runs(
+        [exp.experiment_id],
+        "tags.`kairos.study` = 'lightgbm-SYNTHUSDT-1m' "
+        "and attributes.run_name = 'study-lightgbm-SYNTHUSDT-1m'",
+    )
     assert len(parents) == 1  # one parent per study, reused on resume
     parent = parents[0]
     nested = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(int(r.data.tags["kairos.trial_number"]) for r in nested) == [t.number for t in study.trials]
     assert {r.data.tags["optuna.state"] for r in nested} <= {"COMPLETE", "PRUNED"}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"optimization_history.png", "param_importances.png", "lightgbm.yaml",
-            "lightgbm-SYNTHUSDT-1m.yaml"} <= artifacts
+    assert {
+        "optimization_history.png",
+        "param_importances.png",
+        "lightgbm.yaml",
+        "lightgbm-SYNTHUSDT-1m.yaml",
+    } <= artifacts
     assert parent.data.tags["kairos.best_trial"] == str(study.best_trial.number)
 
 
@@ -346,8 +403,9 @@ def test_lightning_pruning_callback_prunes_a_deep_model_inside_a_fold():
     assert frozen.intermediate_values[steps[0]] < 0
 
 
-def test_tune_volatility_scores_the_task_metric_and_keeps_its_params_apart(kairos_home, tmp_path, monkeypatch,
-                                                                           harness):
+def test_tune_volatility_scores_the_task_metric_and_keeps_its_params_apart(
+    kairos_home, tmp_path, monkeypatch, harness
+):
     """`kairos tune --task volatility`: labels, metric (-QLIKE) and horizon (the policy's, 15) come from the task;
     study and tuned-params file carry the task, so the returns study of the same model is untouched."""
     from flows.runtime import Runtime
@@ -363,6 +421,8 @@ def test_tune_volatility_scores_the_task_metric_and_keeps_its_params_apart(kairo
     out = tune("SYNTHUSDT", "lightgbm", n_trials=3, task="volatility")
     assert out["study_name"] == "volatility-lightgbm-SYNTHUSDT-1m" and out["trials_run"] == 3
     assert (out["metric"], out["horizon"]) == ("neg_qlike", 15) and out["best_value"] < 0
-    assert load_best_params(kairos_home, "lightgbm", "SYNTHUSDT", "1m") is None  # the returns file: not written
+    assert (
+        load_best_params(kairos_home, "lightgbm", "SYNTHUSDT", "1m") is None
+    )  # the returns file: not written
     overrides, prov = load_best_params(kairos_home, "lightgbm", "SYNTHUSDT", "1m", "volatility")
     assert set(overrides["lightgbm"]) == set(SPACE["params"]) and prov["metric"] == "neg_qlike"

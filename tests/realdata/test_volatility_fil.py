@@ -44,7 +44,15 @@ def trained(tmp_path_factory, shared_data):
 
 def test_train_prints_the_task_metrics_beside_its_baselines_and_registers(trained, monkeypatch):
     home, env, out = trained
-    for word in ("QLIKE", "MSE (log var)", "MZ R²", "persistence", "ewma", "har_rv", f"registered {NAME} version 1"):
+    for word in (
+        "QLIKE",
+        "MSE (log var)",
+        "MZ R²",
+        "persistence",
+        "ewma",
+        "har_rv",
+        f"registered {NAME} version 1",
+    ):
         assert word in out, out
     monkeypatch.setenv("KAIROS_HOME", str(home))
     from flows.runtime import Runtime
@@ -134,10 +142,17 @@ def test_review_compares_two_volatility_versions_with_qlike(trained, tmp_path, m
     consts = np.array([manifest.metrics[f"model.h{h}.mean_forecast"] for h in manifest.horizons], np.float32)
     n_f = len(manifest.feature_set.names)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "Z"], ["xz"]), helper.make_node("Add", ["xz", "c"], ["log_variance"])],
-        "constant", [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_f])],
+        [
+            helper.make_node("MatMul", ["features", "Z"], ["xz"]),
+            helper.make_node("Add", ["xz", "c"], ["log_variance"]),
+        ],
+        "constant",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_f])],
         [helper.make_tensor_value_info("log_variance", TensorProto.FLOAT, [None, 3])],
-        initializer=[numpy_helper.from_array(np.zeros((n_f, 3), np.float32), "Z"), numpy_helper.from_array(consts, "c")],
+        initializer=[
+            numpy_helper.from_array(np.zeros((n_f, 3), np.float32), "Z"),
+            numpy_helper.from_array(consts, "c"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8
@@ -145,7 +160,9 @@ def test_review_compares_two_volatility_versions_with_qlike(trained, tmp_path, m
     run = client.create_run(ensure_experiment(client, "kairos-training"))
     client.log_artifacts(run.info.run_id, str(v2_dir), "bundle")
     client.set_terminated(run.info.run_id)
-    v2 = str(client.create_model_version(NAME, f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id).version)
+    v2 = str(
+        client.create_model_version(NAME, f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id).version
+    )
     set_alias(client, NAME, "challenger", v2, reason="constant forecast", actor="test")
 
     # shadow serving over the newest 3,000 candles (their outcomes are in the store), every request logged

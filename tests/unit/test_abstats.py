@@ -190,6 +190,7 @@ def test_fee_aware_pnl_by_hand():
 def test_pnl_matches_training_evaluation_definition():
     """Horizon 3: one trade every 3rd request, same total return as pipelines.training.metrics.sign_pnl."""
     from pipelines.training import metrics as evaluate
+
     rng = np.random.default_rng(11)
     pred, real = rng.normal(size=100), rng.normal(size=100) * 1e-3
     m = arm_metrics(ArmData("m", pred, real, np.arange(100), horizon=3), fee_bps=2.0)
@@ -292,8 +293,14 @@ def test_compare_arms_split_and_burn_in():
     res = compare_arms(champ, chall, paired=False, fee_bps=1.0, alpha=0.05, looks=20, bootstrap_reps=500)
     assert res.verdict == "no difference yet" and res.dm is None
     assert res.bootstrap is not None and res.bootstrap.low < res.loss_diff < res.bootstrap.high
-    early = compare_arms(champ.upto(champ.time[50]), chall.upto(chall.time[50]), paired=False,
-                         fee_bps=1.0, min_samples=500, bootstrap_reps=200)
+    early = compare_arms(
+        champ.upto(champ.time[50]),
+        chall.upto(chall.time[50]),
+        paired=False,
+        fee_bps=1.0,
+        min_samples=500,
+        bootstrap_reps=200,
+    )
     assert early.verdict == "no difference yet" and early.p_value == 1.0  # burn-in not reached
     with pytest.raises(ABDataError, match="same requests"):
         compare_arms(champ, chall, paired=True, fee_bps=1.0)

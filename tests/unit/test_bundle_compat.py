@@ -38,16 +38,28 @@ def test_pre_task_bundle_serves_log_return_and_direction(tmp_path):
 
     n = 700
     close = 5 * np.exp(np.cumsum(np.random.default_rng(0).normal(0, 1e-3, n)))
-    candles = pd.DataFrame({
-        "symbol": "FILUSDT", "interval": "1m",
-        "open_time": pd.date_range("2023-08-01", periods=n, freq="1min", tz="UTC"),
-        "open": close, "high": close * 1.001, "low": close * 0.999, "close": close, "volume": 10.0,
-        "quote_asset_volume": 50.0, "number_of_trades": 5, "taker_buy_base_asset_volume": 5.0,
-        "taker_buy_quote_asset_volume": 25.0,
-    })
+    candles = pd.DataFrame(
+        {
+            "symbol": "FILUSDT",
+            "interval": "1m",
+            "open_time": pd.date_range("2023-08-01", periods=n, freq="1min", tz="UTC"),
+            "open": close,
+            "high": close * 1.001,
+            "low": close * 0.999,
+            "close": close,
+            "volume": 10.0,
+            "quote_asset_volume": 50.0,
+            "number_of_trades": 5,
+            "taker_buy_base_asset_volume": 5.0,
+            "taker_buy_quote_asset_volume": 25.0,
+        }
+    )
     state = build_state(load_serving_config(None), [], [d])
     with TestClient(create_app(state)) as api:
-        body = api.post("/v1/candles", json={"symbol": "FILUSDT", "candles": [api_candle(r) for r in candle_records(candles)]})
+        body = api.post(
+            "/v1/candles",
+            json={"symbol": "FILUSDT", "candles": [api_candle(r) for r in candle_records(candles)]},
+        )
     assert body.status_code == 200, body.text
     h1 = body.json()["prediction"]["horizons"][0]
     assert h1["value"] == h1["log_return"] and h1["direction"] == 1

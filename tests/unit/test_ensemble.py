@@ -20,10 +20,15 @@ LGBM = LightGBMConfig(n_estimators=40, num_leaves=15, min_child_samples=50, num_
 
 
 def make_ensemble(weights: tuple[float, float] = (0.5, 0.5), n_features: int = 4, T: int = 16, horizons=H):
-    cfg = load_model_preset(get_settings().configs_dir, "lstm_attention", "tiny",
-                            {**TINY, "sequence_length": T, "opset": 15})
-    return EnsembleRegressor(SequenceRegressor(cfg, n_features, horizons), LightGBMReturns(LGBM, horizons),
-                             sequence_weight=weights[0], tabular_weight=weights[1])
+    cfg = load_model_preset(
+        get_settings().configs_dir, "lstm_attention", "tiny", {**TINY, "sequence_length": T, "opset": 15}
+    )
+    return EnsembleRegressor(
+        SequenceRegressor(cfg, n_features, horizons),
+        LightGBMReturns(LGBM, horizons),
+        sequence_weight=weights[0],
+        tabular_weight=weights[1],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +43,9 @@ def test_blend_is_weighted_members_and_agreement_confidence(planted_ensemble):
     m = ens.predict_members(W)
     assert ens.weights == pytest.approx((0.7, 0.3))
     np.testing.assert_allclose(m["ensemble"], 0.7 * m["sequence"] + 0.3 * m["tabular"])
-    np.testing.assert_allclose(m["tabular"], ens.tabular.predict(np.ascontiguousarray(W[:, -1, :])))  # last row
+    np.testing.assert_allclose(
+        m["tabular"], ens.tabular.predict(np.ascontiguousarray(W[:, -1, :]))
+    )  # last row
     ret, conf = ens.predict_with_confidence(W)
     agree = np.sign(m["sequence"]) == np.sign(m["tabular"])
     np.testing.assert_allclose(conf[agree], 1.0, atol=1e-9)

@@ -32,11 +32,33 @@ from pipelines.features._ewm import Ewm
 from tests.conftest import FIL_FILES, REPO
 
 CORE27 = [
-    "open", "high", "low", "close", "volume", "quote_asset_volume", "taker_buy_base_asset_volume",
-    "taker_buy_quote_asset_volume", "number_of_trades", "spread_bps", "taker_buy_ratio",
-    "log_return_1m", "log_return_5m", "log_return_15m", "volatility_5m", "volatility_15m", "volatility_30m",
-    "sma_5_norm", "sma_15_norm", "sma_30_norm", "ema_5_norm", "ema_15_norm", "ema_30_norm", "rsi_14",
-    "volume_sma_ratio", "vwap_deviation", "price_position",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_asset_volume",
+    "taker_buy_base_asset_volume",
+    "taker_buy_quote_asset_volume",
+    "number_of_trades",
+    "spread_bps",
+    "taker_buy_ratio",
+    "log_return_1m",
+    "log_return_5m",
+    "log_return_15m",
+    "volatility_5m",
+    "volatility_15m",
+    "volatility_30m",
+    "sma_5_norm",
+    "sma_15_norm",
+    "sma_30_norm",
+    "ema_5_norm",
+    "ema_15_norm",
+    "ema_30_norm",
+    "rsi_14",
+    "volume_sma_ratio",
+    "vwap_deviation",
+    "price_position",
 ]
 N_REAL = 20000  # candles of FILUSDT 2023-08 used (keeps the file fast on 2 shared cores)
 
@@ -65,14 +87,23 @@ def frame(close, high=None, low=None, volume=None, qav=None, tbb=None, spread=No
     close = np.asarray(close, dtype=float)
     n = close.size
     vol = np.full(n, 2.0) if volume is None else np.asarray(volume, dtype=float)
-    return pd.DataFrame({
-        "symbol": "TEST", "interval": "1m",
-        "open_time": pd.date_range("2024-01-01", periods=n, freq="1min", tz="UTC"),
-        "open": close, "high": close if high is None else high, "low": close if low is None else low,
-        "close": close, "volume": vol, "quote_asset_volume": vol * close if qav is None else qav,
-        "number_of_trades": np.arange(n), "taker_buy_base_asset_volume": vol / 2 if tbb is None else tbb,
-        "taker_buy_quote_asset_volume": vol * close / 2, "spread_bps": np.nan if spread is None else spread,
-    })
+    return pd.DataFrame(
+        {
+            "symbol": "TEST",
+            "interval": "1m",
+            "open_time": pd.date_range("2024-01-01", periods=n, freq="1min", tz="UTC"),
+            "open": close,
+            "high": close if high is None else high,
+            "low": close if low is None else low,
+            "close": close,
+            "volume": vol,
+            "quote_asset_volume": vol * close if qav is None else qav,
+            "number_of_trades": np.arange(n),
+            "taker_buy_base_asset_volume": vol / 2 if tbb is None else tbb,
+            "taker_buy_quote_asset_volume": vol * close / 2,
+            "spread_bps": np.nan if spread is None else spread,
+        }
+    )
 
 
 def reference(df: pd.DataFrame) -> pd.DataFrame:
@@ -269,7 +300,7 @@ def test_from_history_window_then_stream(fil, fil_records, fil_features):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
         ema_rsi = [CORE27.index(n) for n in ("ema_30_norm", "rsi_14")]
         assert np.abs(got[:, ema_rsi] - want[:, ema_rsi]).max() < 1e-14
-    short = StreamingFeatures.from_history(fil.iloc[:w - 1])
+    short = StreamingFeatures.from_history(fil.iloc[: w - 1])
     assert not short.ready
     assert np.isfinite(short.update(fil_records[w - 1])).all() and short.ready
 
@@ -288,8 +319,10 @@ def test_timestamps_and_ring_wrap(fil, fil_records, fil_features):
     from pipelines.features.streaming import CAPACITY
 
     sf = StreamingFeatures.from_history(fil.iloc[:600])
-    out = [sf.update({**r, "open_time": pd.Timestamp(r["open_time"], unit="ms", tz="UTC")})
-           for r in fil_records[600 : 600 + CAPACITY + 100]]
+    out = [
+        sf.update({**r, "open_time": pd.Timestamp(r["open_time"], unit="ms", tz="UTC")})
+        for r in fil_records[600 : 600 + CAPACITY + 100]
+    ]
     np.testing.assert_allclose(np.array(out), fil_features[600 : 600 + CAPACITY + 100], rtol=1e-9, atol=1e-12)
 
 

@@ -123,17 +123,26 @@ def test_make_model_dispatch(monkeypatch):
     assert model.booster_params()["objective"] == "regression"
     with pytest.raises(KairosError, match="unknown model 'xgboost'.*'lightgbm'"):
         make_model("xgboost", TrainingConfig(), F, H)
-    tiny = ModelSpec(name="tiny_lgbm", factory=lambda cfg, nf, hs, **kw: LightGBMReturns(cfg, hs),
-                     config_class=LightGBMConfig, input_kind="tabular", base_config=lambda ctx: CFG.model_dump())
+    tiny = ModelSpec(
+        name="tiny_lgbm",
+        factory=lambda cfg, nf, hs, **kw: LightGBMReturns(cfg, hs),
+        config_class=LightGBMConfig,
+        input_kind="tabular",
+        base_config=lambda ctx: CFG.model_dump(),
+    )
     monkeypatch.setitem(REGISTERED, "tiny_lgbm", tiny)
     built = make_model("tiny_lgbm", TrainingConfig(), F, [1], overrides={"num_leaves": 5})
     assert built.horizons == [1] and built.cfg == CFG.model_copy(update={"num_leaves": 5})
 
 
-@pytest.mark.parametrize("objective, params", [
-    ("l2", {"objective": "regression"}), ("huber", {"objective": "huber"}),
-    ("quantile", {"objective": "quantile", "alpha": 0.5}),
-])
+@pytest.mark.parametrize(
+    "objective, params",
+    [
+        ("l2", {"objective": "regression"}),
+        ("huber", {"objective": "huber"}),
+        ("quantile", {"objective": "quantile", "alpha": 0.5}),
+    ],
+)
 def test_task_objective_maps_to_lightgbm_and_exports_with_parity(objective, params):
     model = make_model("lightgbm", TrainingConfig(lightgbm=CFG), F, H, objective=objective)
     assert {k: model.booster_params()[k] for k in params} == params
@@ -158,8 +167,9 @@ def test_validation_callbacks_see_every_horizon_and_leave_the_model_unchanged():
         seen.extend((name, env.iteration) for _, name, _, _ in env.evaluation_result_list)
 
     plain = LightGBMReturns(CFG, H).fit(X[:1200], Y[:1200])
-    watched = LightGBMReturns(CFG, H).fit(X[:1200], Y[:1200], X_val=X[1300:], Y_val=Y[1300:],
-                                          callbacks=[ValidationCallback(record, feval)])
+    watched = LightGBMReturns(CFG, H).fit(
+        X[:1200], Y[:1200], X_val=X[1300:], Y_val=Y[1300:], callbacks=[ValidationCallback(record, feval)]
+    )
     assert len(seen) == CFG.n_estimators * len(H) and {n for n, _ in seen} == {"corr"}
     np.testing.assert_array_equal(plain.predict(X[1300:]), watched.predict(X[1300:]))
 
@@ -186,15 +196,25 @@ def test_predict_bundle_tabular_skips_warmup(monkeypatch, fitted, onnx_bytes):
 
     model = fitted[0]
     names, compute = _fake_features(monkeypatch)
-    candles = pd.DataFrame({
-        "open_time": pd.date_range("2023-08-01", periods=50, freq="1min", tz="UTC"),
-        "close": np.linspace(1.0, 2.0, 50),
-    })
+    candles = pd.DataFrame(
+        {
+            "open_time": pd.date_range("2023-08-01", periods=50, freq="1min", tz="UTC"),
+            "close": np.linspace(1.0, 2.0, 50),
+        }
+    )
     manifest = Manifest(
-        task="returns", model_name="returns-X-1m", model_type="lightgbm", symbol="X", interval="1m",
-        feature_set=FeatureSetSpec("fake", 1, names, 3), input=TensorSpec("features", [None, F]),
-        outputs=[OutputSpec("returns", [None, 5], horizons=H)], training={}, metrics={},
-        code_version="x", created_at="now",
+        task="returns",
+        model_name="returns-X-1m",
+        model_type="lightgbm",
+        symbol="X",
+        interval="1m",
+        feature_set=FeatureSetSpec("fake", 1, names, 3),
+        input=TensorSpec("features", [None, F]),
+        outputs=[OutputSpec("returns", [None, 5], horizons=H)],
+        training={},
+        metrics={},
+        code_version="x",
+        created_at="now",
     )
     out = predict_bundle(onnx_bytes, manifest, candles)
     assert list(out.columns) == ["open_time", "h1", "h2", "h3", "h4", "h5"]
@@ -210,24 +230,37 @@ def test_predict_bundle_sequence_windows(monkeypatch):
     names, compute = _fake_features(monkeypatch, n_names=nf, warmup=2)
     W = np.arange(nf * 5, dtype=np.float32).reshape(nf, 5) / 10
     graph = helper.make_graph(  # returns = mean over the window's T rows @ W
-        [helper.make_node("ReduceMean", ["features"], ["m"], axes=[1], keepdims=0),
-         helper.make_node("MatMul", ["m", "W"], ["returns"])],
-        "seq", [helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [None, T, nf])],
+        [
+            helper.make_node("ReduceMean", ["features"], ["m"], axes=[1], keepdims=0),
+            helper.make_node("MatMul", ["m", "W"], ["returns"]),
+        ],
+        "seq",
+        [helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [None, T, nf])],
         [helper.make_tensor_value_info("returns", onnx.TensorProto.FLOAT, [None, 5])],
         initializer=[numpy_helper.from_array(W, "W")],
     )
     seq_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     seq_model.ir_version = 8  # loadable by any current onnxruntime
     seq_bytes = seq_model.SerializeToString()
-    candles = pd.DataFrame({
-        "open_time": pd.date_range("2023-08-01", periods=20, freq="1min", tz="UTC"),
-        "close": np.linspace(1.0, 2.0, 20),
-    })
+    candles = pd.DataFrame(
+        {
+            "open_time": pd.date_range("2023-08-01", periods=20, freq="1min", tz="UTC"),
+            "close": np.linspace(1.0, 2.0, 20),
+        }
+    )
     manifest = Manifest(
-        task="returns", model_name="returns-X-1m", model_type="lstm_attention", symbol="X", interval="1m",
-        feature_set=FeatureSetSpec("fake", 1, names, 2), input=TensorSpec("features", [None, T, nf]),
-        outputs=[OutputSpec("returns", [None, 5], horizons=H)], training={}, metrics={},
-        code_version="x", created_at="now",
+        task="returns",
+        model_name="returns-X-1m",
+        model_type="lstm_attention",
+        symbol="X",
+        interval="1m",
+        feature_set=FeatureSetSpec("fake", 1, names, 2),
+        input=TensorSpec("features", [None, T, nf]),
+        outputs=[OutputSpec("returns", [None, 5], horizons=H)],
+        training={},
+        metrics={},
+        code_version="x",
+        created_at="now",
     )
     out = predict_bundle(seq_bytes, manifest, candles)
     # first exact window covers rows 2..5, so predictions start at row 2 + T - 1 = 5

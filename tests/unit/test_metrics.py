@@ -20,8 +20,18 @@ from pipelines.training.metrics import (
 )
 
 WHO = ("model", *ReturnsTask.baselines)
-METRICS = ("accuracy", "accuracy_lo", "accuracy_hi", "n", "n_flat", "ic", "rmse", "pnl_total_return",
-           "pnl_sharpe", "pnl_max_drawdown")
+METRICS = (
+    "accuracy",
+    "accuracy_lo",
+    "accuracy_hi",
+    "n",
+    "n_flat",
+    "ic",
+    "rmse",
+    "pnl_total_return",
+    "pnl_sharpe",
+    "pnl_max_drawdown",
+)
 EvaluationError = (MetricError, TaskError)
 best_baseline_accuracy = best_baseline
 

@@ -27,13 +27,32 @@ def make_candles(n: int = 20, drop: tuple[int, ...] = ()) -> pd.DataFrame:
     return df.drop(index=list(drop)).reset_index(drop=True)
 
 
-def record(i: int, arm: str = "champion", version: str = "1", rid: str | None = None, preds=(0.1, -0.2, 0.3),
-           mode: str = "shadow", symbol: str = "FILUSDT") -> dict:
+def record(
+    i: int,
+    arm: str = "champion",
+    version: str = "1",
+    rid: str | None = None,
+    preds=(0.1, -0.2, 0.3),
+    mode: str = "shadow",
+    symbol: str = "FILUSDT",
+) -> dict:
     return {
-        "v": 1, "request_id": rid or f"r{i}", "time": (T0 + pd.Timedelta(minutes=i, seconds=59.5)).isoformat(),
-        "symbol": symbol, "interval": "1m", "open_time": T0_MS + i * MIN, "arm": arm, "served": arm == "champion",
-        "mode": mode, "routing_key": "k", "model": "returns-FILUSDT-1m", "version": version, "horizons": [1, 2, 3],
-        "predictions": list(preds), "confidence": None, "latency_us": 50.0,
+        "v": 1,
+        "request_id": rid or f"r{i}",
+        "time": (T0 + pd.Timedelta(minutes=i, seconds=59.5)).isoformat(),
+        "symbol": symbol,
+        "interval": "1m",
+        "open_time": T0_MS + i * MIN,
+        "arm": arm,
+        "served": arm == "champion",
+        "mode": mode,
+        "routing_key": "k",
+        "model": "returns-FILUSDT-1m",
+        "version": version,
+        "horizons": [1, 2, 3],
+        "predictions": list(preds),
+        "confidence": None,
+        "latency_us": 50.0,
     }
 
 
@@ -83,8 +102,13 @@ def test_store_behind_is_pending_not_missing():
     oc = join_outcomes(log, make_candles(0), interval="1m", now=T0 + pd.Timedelta(days=1))
     assert oc.counts() == {"resolved": 0, "pending": 3, "missing": 0}
     # the store says it holds candles up to minute 30 but minute 5 is absent: that is a gap → missing
-    oc = join_outcomes(log, make_candles(20, drop=(5,)), interval="1m", now=T0 + pd.Timedelta(days=1),
-                       store_last=T0 + pd.Timedelta(minutes=30))
+    oc = join_outcomes(
+        log,
+        make_candles(20, drop=(5,)),
+        interval="1m",
+        now=T0 + pd.Timedelta(days=1),
+        store_last=T0 + pd.Timedelta(minutes=30),
+    )
     assert oc.counts() == {"resolved": 0, "pending": 0, "missing": 3}
 
 
@@ -92,7 +116,10 @@ def test_paired_and_split_experiments():
     candles = make_candles(20)
     recs = []
     for i in range(3, 12):
-        recs += [record(i, "champion", "1", f"q{i}", (1e-3,) * 3), record(i, "challenger", "2", f"q{i}", (-1e-3,) * 3)]
+        recs += [
+            record(i, "champion", "1", f"q{i}", (1e-3,) * 3),
+            record(i, "challenger", "2", f"q{i}", (-1e-3,) * 3),
+        ]
     recs.append(record(12, "challenger", "3", "other"))  # another version: not part of the experiment
     oc = join_outcomes(log_frame(recs), candles, interval="1m", now=T0 + pd.Timedelta(hours=1))
     exp = experiment_arms(oc.resolved, "1", "2", horizon=2)
@@ -101,7 +128,10 @@ def test_paired_and_split_experiments():
     np.testing.assert_array_equal(exp.champion.realised, exp.challenger.realised)
     assert (exp.champion.prediction == 1e-3).all() and (exp.challenger.prediction == -1e-3).all()
 
-    split = [record(i, "champion" if i % 2 else "challenger", "1" if i % 2 else "2", mode="split") for i in range(3, 12)]
+    split = [
+        record(i, "champion" if i % 2 else "challenger", "1" if i % 2 else "2", mode="split")
+        for i in range(3, 12)
+    ]
     oc = join_outcomes(log_frame(split), candles, interval="1m", now=T0 + pd.Timedelta(hours=1))
     exp = experiment_arms(oc.resolved, "1", "2", horizon=1)
     assert not exp.paired and (len(exp.champion), len(exp.challenger)) == (5, 4)

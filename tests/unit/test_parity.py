@@ -20,8 +20,13 @@ def _sum_graph(n_terms: int) -> bytes:
         out = "returns" if k == n_terms - 1 else f"s{k}"
         nodes.append(helper.make_node("Add", [prev, c], [out]))
         prev = out
-    graph = helper.make_graph(nodes, "sum", [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 1])],
-                              [helper.make_tensor_value_info("returns", TensorProto.FLOAT, [None, 1])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "sum",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("returns", TensorProto.FLOAT, [None, 1])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
     model.ir_version = 8  # what onnxruntime reads (the onnx package writes newer by default)
     return model.SerializeToString()

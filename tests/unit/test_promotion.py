@@ -49,7 +49,9 @@ def test_decide_promotes_on_enough_lift_and_says_the_numbers():
     assert d.reason == (
         "challenger 52.31% vs champion 51.70% on 2,880 rows of the newest window: +0.61 pp ≥ 0.50 pp"
     )
-    exact = decide(POLICY, challenger_score=0.5150, champion_score=0.5100, n_rows=2880, gates={"parity": True})
+    exact = decide(
+        POLICY, challenger_score=0.5150, champion_score=0.5100, n_rows=2880, gates={"parity": True}
+    )
     assert exact.promote  # a lift equal to the threshold passes despite float rounding
 
 
@@ -82,7 +84,9 @@ def test_decide_baseline_requirement():
     assert "no baseline score" in decide(strict, challenger_score=0.52, **common).reason
     ok = decide(strict, challenger_score=0.53, baseline_score=0.52, **common)
     assert ok.promote and ok.reason.endswith("; beats best baseline 52.00%")
-    assert decide(POLICY, challenger_score=0.52, baseline_score=0.60, **common).promote  # not required by default
+    assert decide(
+        POLICY, challenger_score=0.52, baseline_score=0.60, **common
+    ).promote  # not required by default
 
 
 # ---------------------------------------------------------------- MLflow aliases and history
@@ -107,24 +111,43 @@ def _result(scale: float) -> TrainResult:
         "data_hash": f"h{scale}",
     }
     manifest = Manifest(
-        task="returns", model_name="returns-FILUSDT-1m", model_type="linear", symbol="FILUSDT", interval="1m",
-        feature_set=FeatureSetSpec("two", 1, ["a", "b"], 0), input=TensorSpec("features", [None, 2]),
-        outputs=[OutputSpec("returns", [None, 1], horizons=[1])], training=window, metrics={},
-        code_version="test", created_at="2023-08-02T00:00:00+00:00", synthetic=True,
+        task="returns",
+        model_name="returns-FILUSDT-1m",
+        model_type="linear",
+        symbol="FILUSDT",
+        interval="1m",
+        feature_set=FeatureSetSpec("two", 1, ["a", "b"], 0),
+        input=TensorSpec("features", [None, 2]),
+        outputs=[OutputSpec("returns", [None, 1], horizons=[1])],
+        training=window,
+        metrics={},
+        code_version="test",
+        created_at="2023-08-02T00:00:00+00:00",
+        synthetic=True,
     )
     rng = np.random.default_rng(int(scale * 10))
     actual = rng.normal(size=(50, 1))
     acc = float((np.sign(actual * scale) == np.sign(actual)).mean())
     return TrainResult(
-        task="returns", newest_metric="accuracy", newest_scores={1: (acc, 50)},
-        model_type="linear", symbol="FILUSDT", interval="1m", feature_names=["a", "b"], horizons=[1],
-        params={"scale": scale}, fold_metrics=[], summary_metrics={}, report={},
+        task="returns",
+        newest_metric="accuracy",
+        newest_scores={1: (acc, 50)},
+        model_type="linear",
+        symbol="FILUSDT",
+        interval="1m",
+        feature_names=["a", "b"],
+        horizons=[1],
+        params={"scale": scale},
+        fold_metrics=[],
+        summary_metrics={},
+        report={},
         newest_window=NewestWindow(np.arange(50, dtype=np.int64), actual * scale, actual),
-        data_window=window, onnx_bytes=onnx_bytes, manifest=manifest, parity_max_abs=0.0,
+        data_window=window,
+        onnx_bytes=onnx_bytes,
+        manifest=manifest,
+        parity_max_abs=0.0,
         gates={"parity": True},
     )
-
-
 
 
 def _moves(client, name):
@@ -142,7 +165,9 @@ def test_champion_challenger_promote_history_rollback(client):
     assert (m2.alias, m2.to_version) == (CHALLENGER, "2")
     assert current_aliases(client, name) == {CHAMPION: "1", CHALLENGER: "2"}
 
-    decision = decide(POLICY, challenger_score=0.5231, champion_score=0.5170, n_rows=2880, gates={"parity": True})
+    decision = decide(
+        POLICY, challenger_score=0.5231, champion_score=0.5170, n_rows=2880, gates={"parity": True}
+    )
     moves = apply_decision(client, second, decision, actor="retrain-flow")
     made = [(m.alias, m.from_version, m.to_version) for m in moves]
     assert made == [(CHAMPION, "1", "2"), (CHALLENGER, "2", None)]

@@ -44,7 +44,12 @@ def make_result(
     X = rng.normal(size=(300, N_FEATURES)).astype(np.float32)  # (rows, features)
     y = 0.1 * X[:, 0] + 0.01 * rng.normal(size=300)  # log returns, h=1
     params = dict(
-        n_estimators=8, num_leaves=7, min_child_samples=10, learning_rate=0.2, num_threads=1, seed=seed,
+        n_estimators=8,
+        num_leaves=7,
+        min_child_samples=10,
+        learning_rate=0.2,
+        num_threads=1,
+        seed=seed,
         verbose=-1,
     )
     model = lgb.LGBMRegressor(**params).fit(X, y)
@@ -108,8 +113,6 @@ def make_result(
 @pytest.fixture(scope="module")
 def trained():
     return make_result(0)
-
-
 
 
 def _onnx_predict(onnx_bytes: bytes, X: np.ndarray) -> np.ndarray:

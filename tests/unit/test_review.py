@@ -23,13 +23,16 @@ def arms(n: int, acc_a: float, acc_b: float, seed: int = 0, horizon: int = 1) ->
     hit_a, hit_b = rng.random(n) < acc_a, rng.random(n) < acc_b
     pred_a = np.where(hit_a, 1, -1) * np.sign(real) * 1e-4
     pred_b = np.where(hit_b, 1, -1) * np.sign(real) * 1e-4
-    return ArmData("champion v1", pred_a, real, t, horizon), ArmData("challenger v2", pred_b, real, t, horizon)
+    return ArmData("champion v1", pred_a, real, t, horizon), ArmData(
+        "challenger v2", pred_b, real, t, horizon
+    )
 
 
 def result(n: int, acc_a: float, acc_b: float, policy: PromotionPolicy = POLICY, seed: int = 0):
     a, b = arms(n, acc_a, acc_b, seed)
-    return compare_arms(a, b, paired=True, fee_bps=1.0, alpha=policy.alpha, loss="direction",
-                        min_samples=policy.min_samples)
+    return compare_arms(
+        a, b, paired=True, fee_bps=1.0, alpha=policy.alpha, loss="direction", min_samples=policy.min_samples
+    )
 
 
 def test_clear_lift_promotes():
@@ -47,7 +50,11 @@ def test_significant_but_below_min_lift_keeps():
 
 def test_no_difference_champion_better_and_too_few_rows_keep():
     same = decide_review(POLICY, result(3000, 0.52, 0.52, seed=3))
-    assert not same.promote and same.verdict == "no difference yet" and "no significant difference" in same.reason
+    assert (
+        not same.promote
+        and same.verdict == "no difference yet"
+        and "no significant difference" in same.reason
+    )
     worse = decide_review(POLICY, result(4000, 0.60, 0.50))
     assert not worse.promote and worse.verdict == "champion better" and "champion is better" in worse.reason
     few = decide_review(POLICY, result(400, 0.40, 0.70))  # a huge lift, but fewer rows than min_samples
@@ -78,8 +85,14 @@ def test_report_file_with_its_plots(tmp_path):
     by_h = {h: arms(800, 0.5, 0.58, seed=h, horizon=h) for h in (1, 2)}
     results = {h: compare_arms(a, b, paired=True, fee_bps=1.0, min_samples=100) for h, (a, b) in by_h.items()}
     rep = write_review_report(
-        tmp_path / "r", model="returns-TEST-1m", champion_version="1", challenger_version="2", arms=by_h,
-        results=results, decision="PROMOTE <because>", counts={"resolved": 3200, "pending": 10, "missing": 0},
+        tmp_path / "r",
+        model="returns-TEST-1m",
+        champion_version="1",
+        challenger_version="2",
+        arms=by_h,
+        results=results,
+        decision="PROMOTE <because>",
+        counts={"resolved": 3200, "pending": 10, "missing": 0},
         fee_bps=1.0,
     )
     assert rep.html == tmp_path / "r" / "report.html"
@@ -103,15 +116,46 @@ def test_review_run_in_mlflow_and_past_looks(tmp_path):
     client = make_client(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "artifacts")
     by_h = {1: arms(600, 0.5, 0.6)}
     res = {1: compare_arms(*by_h[1], paired=True, fee_bps=1.0, min_samples=500)}
-    rep = write_review_report(tmp_path / "r", model="m", champion_version="1", challenger_version="2", arms=by_h,
-                              results=res, decision="x", counts={"resolved": 600}, fee_bps=1.0)
+    rep = write_review_report(
+        tmp_path / "r",
+        model="m",
+        champion_version="1",
+        challenger_version="2",
+        arms=by_h,
+        results=res,
+        decision="x",
+        counts={"resolved": 600},
+        fee_bps=1.0,
+    )
     decision = decide_review(POLICY, res[1])
     assert past_review_times(client, "m", "1", "2") == []
-    ids = [log_review(client, name="m", champion_version="1", challenger_version="2", review_time_ms=t,
-                      report_dir=rep.html.parent, results=res, decision=decision, policy=POLICY,
-                      counts={"resolved": 600, "pending": 0, "missing": 0}) for t in (2_000, 1_000)]
-    log_review(client, name="m", champion_version="1", challenger_version="3", review_time_ms=5_000,
-               report_dir=rep.html.parent, results=res, decision=decision, policy=POLICY, counts={})
+    ids = [
+        log_review(
+            client,
+            name="m",
+            champion_version="1",
+            challenger_version="2",
+            review_time_ms=t,
+            report_dir=rep.html.parent,
+            results=res,
+            decision=decision,
+            policy=POLICY,
+            counts={"resolved": 600, "pending": 0, "missing": 0},
+        )
+        for t in (2_000, 1_000)
+    ]
+    log_review(
+        client,
+        name="m",
+        champion_version="1",
+        challenger_version="3",
+        review_time_ms=5_000,
+        report_dir=rep.html.parent,
+        results=res,
+        decision=decision,
+        policy=POLICY,
+        counts={},
+    )
     assert past_review_times(client, "m", "1", "2") == [1_000, 2_000]  # only this pair's looks
     run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(ids[0])
     assert run.info.experiment_id == client.get_experiment_by_name(REVIEW_EXPERIMENT).experiment_id

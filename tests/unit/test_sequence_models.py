@@ -39,7 +39,7 @@ def synthetic(n: int, *, planted: bool, seed: int) -> tuple[np.ndarray, np.ndarr
     s = rng.standard_normal(n)
     r = rng.standard_normal(n)
     if planted:
-        r[6:] += (s[5:-1] - s[:-6])
+        r[6:] += s[5:-1] - s[:-6]
     X = np.column_stack([r, s, rng.standard_normal((n, 2))]).astype(np.float32) * np.float32(1e-3)
     c = np.concatenate([[0.0], np.cumsum(r.astype(np.float64) * 1e-3)])  # c[k] = sum r[:k]
     Y = np.full((n, len(H)), np.nan)
@@ -77,7 +77,9 @@ def fitted(arch: str, planted: bool):
         tr, va, te = split(planted, seed=1 if planted else 2)
         if not planted:
             tr = (tr[0][:1200], tr[1][:1200])
-        model = make_sequence_model(arch, 4, H, preset="tiny", overrides={**TINY, "max_epochs": 3 if planted else 2})
+        model = make_sequence_model(
+            arch, 4, H, preset="tiny", overrides={**TINY, "max_epochs": 3 if planted else 2}
+        )
         model.fit(*tr, X_val=va[0], Y_val=va[1])
         _FITTED[arch, planted] = (model, tr, va, te)
     return _FITTED[arch, planted]
@@ -113,7 +115,9 @@ def test_window_dataset_drops_nan_windows_and_labels():
 def test_direction_loss_penalises_wrong_sign_more_than_same_error():
     y = torch.tensor([[0.2]])
     right, wrong = torch.tensor([[0.7]]), torch.tensor([[-0.3]])  # both |error| = 0.5
-    assert float(torch.nn.functional.mse_loss(right, y)) == pytest.approx(float(torch.nn.functional.mse_loss(wrong, y)))
+    assert float(torch.nn.functional.mse_loss(right, y)) == pytest.approx(
+        float(torch.nn.functional.mse_loss(wrong, y))
+    )
     assert float(direction_loss(wrong, y, weight=1.0)) > float(direction_loss(right, y, weight=1.0))
 
 
@@ -140,8 +144,14 @@ def test_warmup_then_cosine_schedule():
 def test_presets_and_config_errors():
     configs = get_settings().configs_dir
     seed000 = load_model_preset(configs, "transformer", "seed000")
-    assert (seed000.n_layers, seed000.n_heads, seed000.d_model, seed000.ff_mult, seed000.dropout,
-            seed000.sequence_length) == (6, 8, 256, 4, 0.1, 60)
+    assert (
+        seed000.n_layers,
+        seed000.n_heads,
+        seed000.d_model,
+        seed000.ff_mult,
+        seed000.dropout,
+        seed000.sequence_length,
+    ) == (6, 8, 256, 4, 0.1, 60)
     for arch in ARCHS:
         small = load_model_preset(configs, arch)  # the file's default preset
         assert small.architecture == arch and small.sequence_length == 60
@@ -156,7 +166,12 @@ def test_presets_and_config_errors():
 
 def test_protocol_surface_and_input_errors():
     model = make_sequence_model("mamba", 4, H, preset="tiny", overrides=TINY)
-    assert (model.model_type, model.input_kind, model.sequence_length, model.parity_tolerance) == ("mamba", "sequence", T, 1e-4)
+    assert (model.model_type, model.input_kind, model.sequence_length, model.parity_tolerance) == (
+        "mamba",
+        "sequence",
+        T,
+        1e-4,
+    )
     assert all(isinstance(v, (int, float, str, bool)) for v in model.get_params().values())
     with pytest.raises(KairosError, match="not fitted"):
         model.predict(np.zeros((2, T, 4), np.float32))
@@ -183,13 +198,17 @@ def test_planted_signal_beats_naive_baselines(arch):
 def test_pure_noise_is_not_predictable(arch):
     model, _, _, (W, Y) = fitted(arch, planted=False)
     acc, base = accuracy(model.predict(W)[:, 0], Y[:, 0]), best_baseline(W, Y[:, 0])
-    assert 0.44 < acc < 0.56 and acc < base + 0.04, f"{arch}: accuracy {acc:.3f} on noise (baseline {base:.3f})"
+    assert 0.44 < acc < 0.56 and acc < base + 0.04, (
+        f"{arch}: accuracy {acc:.3f} on noise (baseline {base:.3f})"
+    )
 
 
 def test_training_fold_normalisation_and_best_epoch_restored():
     model, (Wtr, _), (Wva, Yva), _ = fitted("transformer", planted=True)
     net = model.net_
-    np.testing.assert_allclose(net.x_mean.numpy(), Wtr[:, -1, :].mean(0), rtol=1e-4, atol=1e-9)  # train fold only
+    np.testing.assert_allclose(
+        net.x_mean.numpy(), Wtr[:, -1, :].mean(0), rtol=1e-4, atol=1e-9
+    )  # train fold only
     assert model.val_history_[model.best_epoch_] == min(model.val_history_)
     scaled = (model.predict(Wva) / net.y_scale.numpy() - Yva / net.y_scale.numpy()) ** 2
     assert float(scaled.mean()) == pytest.approx(min(model.val_history_), rel=1e-4)  # best weights, not last
@@ -209,8 +228,13 @@ def test_same_seed_same_predictions_other_seed_differs():
 def test_swa_and_loss_options_train():
     tr, va, te = split(True, seed=4)
     for loss in ("huber", "direction", "sharpe"):
-        m = make_sequence_model("lstm_attention", 4, H, preset="tiny",
-                                overrides={**TINY, "max_epochs": 2, "loss": loss, "swa": True, "swa_start_frac": 0.0})
+        m = make_sequence_model(
+            "lstm_attention",
+            4,
+            H,
+            preset="tiny",
+            overrides={**TINY, "max_epochs": 2, "loss": loss, "swa": True, "swa_start_frac": 0.0},
+        )
         m.fit(tr[0][:1000], tr[1][:1000], X_val=va[0], Y_val=va[1])
         assert isinstance(m.used_swa_, bool) and np.isfinite(m.predict(te[0])).all()
         assert accuracy(m.predict(te[0])[:, 0], te[1][:, 0]) > 0.55, loss
@@ -253,9 +277,16 @@ def test_real_data_onnx_parity(arch, fil_windows):
     first = readers[0]  # normalisation is the only reader of the input, with the train-fold mean as constant
     assert len(readers) == 1 and first.op_type == "Sub" and first.input[0] == "features"
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
-    consts.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node
-                   if n.op_type == "Constant" and n.attribute[0].name == "value"})
-    np.testing.assert_allclose(consts[first.input[1]], W[:2000, -1, :].astype(np.float64).mean(0), rtol=1e-4, atol=1e-7)
+    consts.update(
+        {
+            n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t)
+            for n in m.graph.node
+            if n.op_type == "Constant" and n.attribute[0].name == "value"
+        }
+    )
+    np.testing.assert_allclose(
+        consts[first.input[1]], W[:2000, -1, :].astype(np.float64).mean(0), rtol=1e-4, atol=1e-7
+    )
     test = W[2500:]
     diff = parity_max_abs(model, onnx_bytes, test)
     assert diff["returns"] <= model.parity_tolerance, diff
@@ -274,8 +305,9 @@ def test_accelerated_session_falls_back_to_cpu(fil_windows):
     sess = accelerated_session(onnx_bytes, fp16=True)
     if "CUDAExecutionProvider" not in sess.get_providers():
         assert sess.get_providers() == ["CPUExecutionProvider"]
-        np.testing.assert_array_equal(onnx_predict(sess, W[1300:1400])["returns"],
-                                      onnx_predict(onnx_bytes, W[1300:1400])["returns"])
+        np.testing.assert_array_equal(
+            onnx_predict(sess, W[1300:1400])["returns"], onnx_predict(onnx_bytes, W[1300:1400])["returns"]
+        )
     else:  # FP16: looser agreement with the float32 model
         got = onnx_predict(sess, W[1300:1400])["returns"]
         np.testing.assert_allclose(got, model.predict(W[1300:1400]), atol=5e-4)
@@ -283,7 +315,14 @@ def test_accelerated_session_falls_back_to_cpu(fil_windows):
 
 # -- walk-forward + registry through pipelines.training.walk_forward (kairos train --model ...) -----------------
 WF = {
-    "walk_forward": {"train_size": 2000, "test_size": 500, "step": 500, "purge": 5, "max_folds": 1, "window": 2600},
+    "walk_forward": {
+        "train_size": 2000,
+        "test_size": 500,
+        "step": 500,
+        "purge": 5,
+        "max_folds": 1,
+        "window": 2600,
+    },
     "lightgbm": {"n_estimators": 30, "num_threads": 2},
     "export": {"parity_rows": 500},
 }
@@ -299,7 +338,9 @@ def registry_client(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", [*ARCHS, "ensemble"])
-def test_walk_forward_train_and_register_on_fil(model_type, monkeypatch, shared_data, registry_client, tmp_path):
+def test_walk_forward_train_and_register_on_fil(
+    model_type, monkeypatch, shared_data, registry_client, tmp_path
+):
     from pipelines.config import TrainingConfig
     from pipelines.sources.binance_files import read_klines
     from pipelines.training.walk_forward import train_walk_forward
@@ -309,8 +350,15 @@ def test_walk_forward_train_and_register_on_fil(model_type, monkeypatch, shared_
     # The tiny preset (CI); `kairos train --model X` uses the same factory with the default preset.
     one_epoch = {"sequence_overrides": {"max_epochs": 1}} if model_type == "ensemble" else {"max_epochs": 1}
     candles = read_klines(FIL_FILES[0], "FILUSDT", "1m").iloc[:3300].reset_index(drop=True)
-    res = train_walk_forward(candles, symbol="FILUSDT", interval="1m", cfg=TrainingConfig.model_validate(WF),
-                             model_type=model_type, preset="tiny", model_overrides=one_epoch)
+    res = train_walk_forward(
+        candles,
+        symbol="FILUSDT",
+        interval="1m",
+        cfg=TrainingConfig.model_validate(WF),
+        model_type=model_type,
+        preset="tiny",
+        model_overrides=one_epoch,
+    )
     assert res.gates == {"parity": True} and res.parity_max_abs <= 1e-4
     assert res.manifest.input.shape == [None, 60, 27] and res.manifest.model_type == model_type
     assert [o.name for o in res.manifest.outputs] == ["returns", "confidence"]
@@ -329,7 +377,9 @@ def test_walk_forward_train_and_register_on_fil(model_type, monkeypatch, shared_
         from pipelines.models.sequence.ensemble import evaluate_members
         from pipelines.tasks import get_task
 
-        W = sliding_windows(feature_matrix(candles, "core27"), 60)[-305:-5]  # windows ending at rows N-305..N-6
+        W = sliding_windows(feature_matrix(candles, "core27"), 60)[
+            -305:-5
+        ]  # windows ending at rows N-305..N-6
         logc = np.log(candles["close"].to_numpy(np.float64))
         Y = np.column_stack([logc[-305 + h : len(logc) - 5 + h] - logc[-305:-5] for h in range(1, 6)])
         last_r = logc[-305:-5] - logc[-306:-6]

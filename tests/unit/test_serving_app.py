@@ -47,7 +47,11 @@ def test_candles_stream_warms_then_predicts_and_websocket_continues(client, cand
     warm = feature_spec().warmup
     r = client.post("/v1/candles", json={"symbol": SYMBOL, "candles": candles[: warm - 1]})
     assert r.json() == {"symbol": SYMBOL, "accepted": warm - 1, "warmup_remaining": 1, "prediction": None}
-    r = client.post("/v1/candles", json={"symbol": SYMBOL, "candles": [candles[warm - 1]]}, headers={"x-request-id": "abc"})
+    r = client.post(
+        "/v1/candles",
+        json={"symbol": SYMBOL, "candles": [candles[warm - 1]]},
+        headers={"x-request-id": "abc"},
+    )
     p = r.json()["prediction"]
     assert p["request_id"] == "abc" and p["open_time"] == candles[warm - 1]["open_time"]
     with client.websocket_connect("/v1/stream") as ws:
@@ -63,8 +67,14 @@ def test_candles_stream_warms_then_predicts_and_websocket_continues(client, cand
         assert "unknown symbol" in json.loads(ws.receive_text())["error"]
     metrics = client.get("/metrics").text
     # shadow mode: both arms scored every prediction (1 + 5 each)
-    assert 'kairos_predictions_total{arm="champion",model="returns-FILUSDT-1m",served="true",version="4"} 6.0' in metrics
-    assert 'kairos_predictions_total{arm="challenger",model="returns-FILUSDT-1m",served="false",version="5"} 6.0' in metrics
+    assert (
+        'kairos_predictions_total{arm="champion",model="returns-FILUSDT-1m",served="true",version="4"} 6.0'
+        in metrics
+    )
+    assert (
+        'kairos_predictions_total{arm="challenger",model="returns-FILUSDT-1m",served="false",version="5"} 6.0'
+        in metrics
+    )
     assert "kairos_prediction_latency_seconds_bucket" in metrics
 
 
@@ -97,23 +107,71 @@ def _with(candles, i, **changes):
 
 BAD = [
     # (name, body builder, expected status, words the message must contain)
-    ("missing field", lambda c: {"symbol": SYMBOL, "candles": [{k: v for k, v in c[0].items() if k != "close"}]},
-     422, ["close", "required"]),
-    ("wrong type", lambda c: {"symbol": SYMBOL, "candles": _with(c, 3, volume="lots")}, 422, ["candles.3.volume"]),
+    (
+        "missing field",
+        lambda c: {"symbol": SYMBOL, "candles": [{k: v for k, v in c[0].items() if k != "close"}]},
+        422,
+        ["close", "required"],
+    ),
+    (
+        "wrong type",
+        lambda c: {"symbol": SYMBOL, "candles": _with(c, 3, volume="lots")},
+        422,
+        ["candles.3.volume"],
+    ),
     ("extra field", lambda c: {"symbol": SYMBOL, "candles": _with(c, 0, colour="red")}, 422, ["colour"]),
-    ("negative price", lambda c: {"symbol": SYMBOL, "candles": _with(c, 1, low=-1.0)}, 422, ["candles.1.low", "greater than 0"]),
+    (
+        "negative price",
+        lambda c: {"symbol": SYMBOL, "candles": _with(c, 1, low=-1.0)},
+        422,
+        ["candles.1.low", "greater than 0"],
+    ),
     ("ohlc", lambda c: {"symbol": SYMBOL, "candles": _with(c, 2, high=0.0001)}, 422, ["candles.2", "OHLC"]),
-    ("non-increasing", lambda c: {"symbol": SYMBOL, "candles": _with(c, 5, open_time=c[4]["open_time"])},
-     422, ["candles.5.open_time", "strictly increase"]),
+    (
+        "non-increasing",
+        lambda c: {"symbol": SYMBOL, "candles": _with(c, 5, open_time=c[4]["open_time"])},
+        422,
+        ["candles.5.open_time", "strictly increase"],
+    ),
     ("gap", lambda c: {"symbol": SYMBOL, "candles": _window(c)[:10] + _window(c)[11:]}, 422, ["gap"]),
-    ("misaligned", lambda c: {"symbol": SYMBOL, "candles": _with(c, 0, open_time=c[0]["open_time"] + 7)}, 422, ["aligned"]),
-    ("seconds not ms", lambda c: {"symbol": SYMBOL, "candles": _with(c, 0, open_time=1690848000)}, 422, ["outside 2000..2100"]),
-    ("bad iso", lambda c: {"symbol": SYMBOL, "candles": _with(c, 0, open_time="yesterday")}, 422, ["ISO-8601"]),
+    (
+        "misaligned",
+        lambda c: {"symbol": SYMBOL, "candles": _with(c, 0, open_time=c[0]["open_time"] + 7)},
+        422,
+        ["aligned"],
+    ),
+    (
+        "seconds not ms",
+        lambda c: {"symbol": SYMBOL, "candles": _with(c, 0, open_time=1690848000)},
+        422,
+        ["outside 2000..2100"],
+    ),
+    (
+        "bad iso",
+        lambda c: {"symbol": SYMBOL, "candles": _with(c, 0, open_time="yesterday")},
+        422,
+        ["ISO-8601"],
+    ),
     ("too short", lambda c: {"symbol": SYMBOL, "candles": _window(c, 20)}, 422, ["needs at least"]),
     ("empty", lambda c: {"symbol": SYMBOL, "candles": []}, 422, ["candles"]),
-    ("unknown symbol", lambda c: {"symbol": "DOGEUSDT", "candles": _window(c, 20)}, 404, ["unknown symbol", "DOGEUSDT"]),
-    ("unknown model", lambda c: {"symbol": SYMBOL, "model": "returns-X-1m", "candles": _window(c, 20)}, 404, ["unknown model"]),
-    ("wrong interval", lambda c: {"symbol": SYMBOL, "interval": "5m", "candles": _window(c, 20)}, 422, ["interval"]),
+    (
+        "unknown symbol",
+        lambda c: {"symbol": "DOGEUSDT", "candles": _window(c, 20)},
+        404,
+        ["unknown symbol", "DOGEUSDT"],
+    ),
+    (
+        "unknown model",
+        lambda c: {"symbol": SYMBOL, "model": "returns-X-1m", "candles": _window(c, 20)},
+        404,
+        ["unknown model"],
+    ),
+    (
+        "wrong interval",
+        lambda c: {"symbol": SYMBOL, "interval": "5m", "candles": _window(c, 20)},
+        422,
+        ["interval"],
+    ),
 ]
 
 
@@ -148,7 +206,11 @@ def test_oversized_body_and_garbage(client, candles):
 def test_stream_gap_is_409_and_reset_resyncs(client, candles):
     client.post("/v1/candles", json={"symbol": SYMBOL, "candles": candles[:10]})
     r = client.post("/v1/candles", json={"symbol": SYMBOL, "candles": [candles[12]]})
-    assert r.status_code == 409 and "gap of 2 candle(s)" in r.json()["error"] and "DELETE /v1/streams" in r.json()["error"]
+    assert (
+        r.status_code == 409
+        and "gap of 2 candle(s)" in r.json()["error"]
+        and "DELETE /v1/streams" in r.json()["error"]
+    )
     assert client.delete(f"/v1/streams/{SYMBOL}").json()["reset"] is True
     r = client.post("/v1/candles", json={"symbol": SYMBOL, "candles": [candles[12]]})
     assert r.status_code == 200 and r.json()["accepted"] == 1

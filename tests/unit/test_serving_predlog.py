@@ -22,10 +22,22 @@ MODEL = "returns-FILUSDT-1m"
 
 def record(i: int) -> dict:
     return {
-        "v": 1, "request_id": f"r{i}", "time": now_iso(), "symbol": "FILUSDT", "interval": "1m",
-        "open_time": 1690848000000 + 60_000 * i, "arm": "champion", "served": True, "mode": "split",
-        "routing_key": "FILUSDT", "model": MODEL, "version": "3", "horizons": [1, 2, 3, 4, 5],
-        "predictions": [1e-4 * i] * 5, "confidence": None, "latency_us": 42.0,
+        "v": 1,
+        "request_id": f"r{i}",
+        "time": now_iso(),
+        "symbol": "FILUSDT",
+        "interval": "1m",
+        "open_time": 1690848000000 + 60_000 * i,
+        "arm": "champion",
+        "served": True,
+        "mode": "split",
+        "routing_key": "FILUSDT",
+        "model": MODEL,
+        "version": "3",
+        "horizons": [1, 2, 3, 4, 5],
+        "predictions": [1e-4 * i] * 5,
+        "confidence": None,
+        "latency_us": 42.0,
     }
 
 
@@ -87,7 +99,9 @@ while True:
 def test_kill_9_loses_at_most_the_unflushed_batch(tmp_path, run):
     flush_every = 64
     (tmp_path / "progress").write_bytes(b"\0" * 16)
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(flush_every), str(REPO)], cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path), str(flush_every), str(REPO)], cwd=REPO
+    )
     with open(tmp_path / "progress", "r+b") as fh:
         mm = mmap.mmap(fh.fileno(), 16)
         deadline = time.monotonic() + 60
@@ -105,7 +119,9 @@ def test_kill_9_loses_at_most_the_unflushed_batch(tmp_path, run):
     assert kept >= durable, "a record reported fsynced was lost"
     lost = (appended + 1) - kept  # +1: the child may have appended once more than it reported
     print(f"kill -9: appended≈{appended}, on disk {kept}, lost ≤ {lost} (flush_every={flush_every})")
-    assert lost <= flush_every + 16, f"lost {lost} records; at most one unflushed batch ({flush_every}) may go"
+    assert lost <= flush_every + 16, (
+        f"lost {lost} records; at most one unflushed batch ({flush_every}) may go"
+    )
 
 
 def test_many_models_in_one_batch_each_get_their_file(tmp_path):

@@ -56,9 +56,14 @@ def test_provider_fallback_logs_one_line_once_per_process(caplog, monkeypatch):
     assert got == again == ["CPUExecutionProvider"]
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
-    assert "TensorrtExecutionProvider, CUDAExecutionProvider" in lines[0] and "using CPUExecutionProvider" in lines[0]
+    assert (
+        "TensorrtExecutionProvider, CUDAExecutionProvider" in lines[0]
+        and "using CPUExecutionProvider" in lines[0]
+    )
     assert choose_providers(wanted, available=["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
-        "CUDAExecutionProvider", "CPUExecutionProvider"]
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
 
 
 def test_session_options_follow_config():
@@ -83,8 +88,12 @@ def test_load_model_on_cpu_without_gpu(tmp_path):
         (lambda d: (d / "model.onnx").unlink(), "lacks model.onnx"),
         (lambda d: (d / "manifest.json").write_text("{"), "not valid JSON"),
         (lambda d: (d / "extra.bin").write_bytes(b"x"), "not self-contained"),
-        (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text().replace('"features"', '"x"')),
-         "do not match manifest input"),
+        (
+            lambda d: (d / "manifest.json").write_text(
+                (d / "manifest.json").read_text().replace('"features"', '"x"')
+            ),
+            "do not match manifest input",
+        ),
     ],
 )
 def test_bad_bundles_raise_model_load_error(tmp_path, breakage, needle):
@@ -208,12 +217,25 @@ def test_split_share_within_999_binomial_interval(percent):
 
 def test_shadow_and_champion_only_routes():
     assert Router(RoutingConfig(mode="shadow")).route("k", True).shadow == "challenger"
-    assert Router(RoutingConfig(mode="champion_only", challenger_percent=100)).route("k", True).served == "champion"
+    assert (
+        Router(RoutingConfig(mode="champion_only", challenger_percent=100)).route("k", True).served
+        == "champion"
+    )
     assert Router(RoutingConfig(challenger_percent=100)).route("k", True).served == "challenger"
 
 
 # ---- process rule --------------------------------------------------------------------------------
-HEAVY = ("pandas", "pyarrow", "mlflow", "torch", "great_expectations", "lightgbm", "onnxmltools", "sklearn", "scipy")
+HEAVY = (
+    "pandas",
+    "pyarrow",
+    "mlflow",
+    "torch",
+    "great_expectations",
+    "lightgbm",
+    "onnxmltools",
+    "sklearn",
+    "scipy",
+)
 
 SERVE_AND_REQUEST = r"""
 import json, math, random, sys

@@ -285,7 +285,12 @@ def test_ccxt_pages_and_keeps_binance_fields(ccxt_source, fake, aug):
 def test_ccxt_drops_open_candle_and_accepts_exchange_id(ccxt_source, fake, aug):
     t100 = aug["open_time"].iloc[100]
     df = ccxt_source.fetch_ohlcv_range(
-        "binance", "FILUSDT", "1m", "2023-08-01", None, fake.ccxt_config(),
+        "binance",
+        "FILUSDT",
+        "1m",
+        "2023-08-01",
+        None,
+        fake.ccxt_config(),
         now=t100 + pd.Timedelta(seconds=30),
     )
     assert df["open_time"].iloc[-1] == aug["open_time"].iloc[99]  # candle 100 is still open
@@ -295,7 +300,11 @@ def test_ccxt_drops_open_candle_and_accepts_exchange_id(ccxt_source, fake, aug):
 def test_ccxt_incremental_starts_after_last_stored(ccxt_source, fake, aug):
     last = aug["open_time"].iloc[1439]
     df = ccxt_source.incremental(
-        "binance", "FIL/USDT", "1m", last, exchange_config=fake.ccxt_config(),
+        "binance",
+        "FIL/USDT",
+        "1m",
+        last,
+        exchange_config=fake.ccxt_config(),
         until=aug["open_time"].iloc[1500],
     )
     pd.testing.assert_frame_equal(df, aug.iloc[1440:1500].reset_index(drop=True), check_exact=True)
@@ -313,8 +322,14 @@ def test_ccxt_retries_transient_errors(ccxt_source, fake):
     fake.fail_next = 5
     with pytest.raises(SourceError, match="after 2 attempts"):
         ccxt_source.fetch_ohlcv_range(
-            "binance", "FIL/USDT", "1m", "2023-08-01", "2023-08-01 00:10", fake.ccxt_config(),
-            retries=1, backoff_s=0.001,
+            "binance",
+            "FIL/USDT",
+            "1m",
+            "2023-08-01",
+            "2023-08-01 00:10",
+            fake.ccxt_config(),
+            retries=1,
+            backoff_s=0.001,
         )
     assert len(fake.requests) == 2
 

@@ -26,7 +26,9 @@ def test_expanding_trains_from_zero_and_max_folds_zero_keeps_all():
     folds = walk_forward_folds(200, cfg)
     # test ends 200, 170, 140 fit (train_end 175, 145, 115 >= 100); 110 -> train_end 85 < 100 does not
     assert [(f.train_start, f.train_end, f.test_start, f.test_end) for f in folds] == [
-        (0, 115, 120, 140), (0, 145, 150, 170), (0, 175, 180, 200)
+        (0, 115, 120, 140),
+        (0, 145, 150, 170),
+        (0, 175, 180, 200),
     ]
 
 
@@ -73,7 +75,9 @@ def test_fold_properties(n_rows, train, test, step, purge, max_folds, scheme):
         assert 0 <= f.train_start < f.train_end
         assert f.test_start - f.train_end == purge  # purge gap respected exactly
         assert f.test_rows == test
-        assert f.train_rows == train if scheme == "rolling" else (f.train_start == 0 and f.train_rows >= train)
+        assert (
+            f.train_rows == train if scheme == "rolling" else (f.train_start == 0 and f.train_rows >= train)
+        )
     for a, b in zip(folds, folds[1:]):
         assert b.test_start - a.test_start == step  # ordered, oldest first
         assert b.test_end > a.test_end

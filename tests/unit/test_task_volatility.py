@@ -85,7 +85,10 @@ def test_har_is_fitted_on_the_training_rows_only_and_recovers_a_planted_relation
 
 def test_qlike_is_zero_at_the_truth_and_punishes_under_forecasts_more():
     assert qlike(np.array([-10.0]), np.array([-10.0]))[0] == pytest.approx(0.0)
-    under, over = qlike(np.array([-11.0]), np.array([-10.0]))[0], qlike(np.array([-9.0]), np.array([-10.0]))[0]
+    under, over = (
+        qlike(np.array([-11.0]), np.array([-10.0]))[0],
+        qlike(np.array([-9.0]), np.array([-10.0]))[0],
+    )
     assert under > over > 0
 
 
@@ -93,7 +96,10 @@ def test_evaluate_scores_model_and_every_baseline_on_the_same_rows():
     rng = np.random.default_rng(4)
     t = task()
     actual = rng.normal(-12, 1, size=(300, 2))
-    base = {w: actual + rng.normal(0, s, size=actual.shape) for w, s in (("persistence", 1), ("ewma", .5), ("har_rv", .3))}
+    base = {
+        w: actual + rng.normal(0, s, size=actual.shape)
+        for w, s in (("persistence", 1), ("ewma", 0.5), ("har_rv", 0.3))
+    }
     flat = t.evaluate(actual + 0.1, actual, base, interval="1m", cfg=EvaluationConfig())
     for who in ("model", *t.baselines):
         for h in H:
@@ -126,7 +132,11 @@ def test_config_sets_horizons_purge_and_promotion():
     assert cfg.labels.horizons == (5, 15, 60) and cfg.walk_forward.purge >= 60
     t = load_task(configs, "volatility", cfg.labels.horizons)
     assert (t.output_name, t.promotion_metric, t.higher_is_better, t.review_loss) == (
-        "log_variance", "qlike", False, "qlike")
+        "log_variance",
+        "qlike",
+        False,
+        "qlike",
+    )
     policy = load_promotion_policy(configs, "volatility")
     assert policy.horizon in cfg.labels.horizons and policy.min_lift is not None
     assert t.warmup == 22 * 60 + 1  # the longest HAR window (22 windows of 60 candles)

@@ -31,7 +31,14 @@ WHO = ("model", *ReturnsTask.baselines)
 H = [1, 2, 3]
 SMALL = {
     "labels": {"horizons": H},
-    "walk_forward": {"train_size": 300, "test_size": 60, "step": 60, "purge": 3, "max_folds": 3, "window": 600},
+    "walk_forward": {
+        "train_size": 300,
+        "test_size": 60,
+        "step": 60,
+        "purge": 3,
+        "max_folds": 3,
+        "window": 600,
+    },
     "lightgbm": {"n_estimators": 10, "num_leaves": 7, "min_child_samples": 10, "num_threads": 1},
     "export": {"parity_rows": 200},
 }
@@ -40,11 +47,16 @@ SMALL = {
 def candles_frame(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     close = 5.0 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
-    return pd.DataFrame({
-        "open_time": pd.date_range("2023-08-01", periods=n, freq="1min", tz="UTC"),
-        "open": close, "high": close * 1.001, "low": close * 0.999, "close": close,
-        "volume": rng.uniform(1, 10, n),
-    })
+    return pd.DataFrame(
+        {
+            "open_time": pd.date_range("2023-08-01", periods=n, freq="1min", tz="UTC"),
+            "open": close,
+            "high": close * 1.001,
+            "low": close * 0.999,
+            "close": close,
+            "volume": rng.uniform(1, 10, n),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -85,17 +97,28 @@ def test_row_bookkeeping_with_stand_in_features(fake_features):
     candles = candles_frame(700)
     cfg = TrainingConfig.model_validate({**SMALL, "features": {"feature_set": "fake"}})
     seen = []
-    res = train_walk_forward(candles, symbol="TEST", interval="1m", cfg=cfg, synthetic=True,
-                             progress=lambda s, d, t: seen.append((s, d, t)))
+    res = train_walk_forward(
+        candles,
+        symbol="TEST",
+        interval="1m",
+        cfg=cfg,
+        synthetic=True,
+        progress=lambda s, d, t: seen.append((s, d, t)),
+    )
     # labelled rows [10, 697); window keeps the newest 600 → candle rows [97, 697)
     assert [(f.train_start, f.train_end, f.test_start, f.test_end) for f in res.folds] == [
-        (117, 417, 420, 480), (177, 477, 480, 540), (237, 537, 540, 600)
+        (117, 417, 420, 480),
+        (177, 477, 480, 540),
+        (237, 537, 540, 600),
     ]
     assert res.data_window["evaluation_start"] == candles["open_time"][97].isoformat()
     assert res.data_window["end"] == candles["open_time"][696].isoformat()
     assert res.data_window["rows"] == 300
     nw = res.newest_window
-    assert nw.open_times.tolist() == candles["open_time"][637:697].astype("datetime64[ms, UTC]").astype("int64").tolist()
+    assert (
+        nw.open_times.tolist()
+        == candles["open_time"][637:697].astype("datetime64[ms, UTC]").astype("int64").tolist()
+    )
     close = np.log(candles["close"].to_numpy())
     np.testing.assert_allclose(nw.actuals[:, 2], close[640:700] - close[637:697])
     assert nw.predictions.shape == (60, 3)
@@ -107,7 +130,9 @@ def test_row_bookkeeping_with_stand_in_features(fake_features):
     n_pooled = 180
     for who in WHO:
         for h in H:
-            assert res.summary_metrics[f"{who}.h{h}.n"] + res.summary_metrics[f"{who}.h{h}.n_flat"] == n_pooled
+            assert (
+                res.summary_metrics[f"{who}.h{h}.n"] + res.summary_metrics[f"{who}.h{h}.n_flat"] == n_pooled
+            )
 
 
 class NoConfig(BaseModel):
@@ -137,9 +162,13 @@ class MeanWindowModel:
     def to_onnx(self):
         W, b = self.coef_[:-1].astype(np.float32), self.coef_[-1].astype(np.float32)
         g = helper.make_graph(
-            [helper.make_node("ReduceMean", ["features"], ["m"], axes=[1], keepdims=0),
-             helper.make_node("MatMul", ["m", "W"], ["mw"]), helper.make_node("Add", ["mw", "b"], ["returns"])],
-            "mean_window", [helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [None, 5, self.n_features])],
+            [
+                helper.make_node("ReduceMean", ["features"], ["m"], axes=[1], keepdims=0),
+                helper.make_node("MatMul", ["m", "W"], ["mw"]),
+                helper.make_node("Add", ["mw", "b"], ["returns"]),
+            ],
+            "mean_window",
+            [helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [None, 5, self.n_features])],
             [helper.make_tensor_value_info("returns", onnx.TensorProto.FLOAT, [None, len(self.horizons)])],
             initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(b, "b")],
         )
@@ -155,8 +184,13 @@ def test_sequence_model_windows_align_labels_to_last_row(fake_features, monkeypa
     from pipelines.training.walk_forward import train_walk_forward
 
     monkeypatch.setattr(MeanWindowModel, "calls", [])
-    spec = ModelSpec(name="mean_window", factory=lambda cfg, nf, hs, **kw: MeanWindowModel(nf, hs),
-                     config_class=NoConfig, input_kind="sequence", base_config=lambda ctx: {})
+    spec = ModelSpec(
+        name="mean_window",
+        factory=lambda cfg, nf, hs, **kw: MeanWindowModel(nf, hs),
+        config_class=NoConfig,
+        input_kind="sequence",
+        base_config=lambda ctx: {},
+    )
     monkeypatch.setitem(REGISTERED, "mean_window", spec)
     candles = candles_frame(700, seed=3)
     cfg = TrainingConfig.model_validate({**SMALL, "features": {"feature_set": "fake"}})
@@ -186,7 +220,14 @@ def test_too_few_candles_is_a_split_error(fake_features):
 
 # ------------------------------------------------------------------ real FILUSDT data
 REAL = {
-    "walk_forward": {"train_size": 10_000, "test_size": 2_000, "step": 2_000, "purge": 5, "max_folds": 3, "window": 16_005},
+    "walk_forward": {
+        "train_size": 10_000,
+        "test_size": 2_000,
+        "step": 2_000,
+        "purge": 5,
+        "max_folds": 3,
+        "window": 16_005,
+    },
     "lightgbm": {"n_estimators": 50, "num_threads": 1},
     "export": {"parity_rows": 2_000},
 }
@@ -207,8 +248,9 @@ def fil_result(fil_candles):
     from pipelines.training.walk_forward import train_walk_forward
 
     cfg = TrainingConfig.model_validate(REAL)
-    return train_walk_forward(fil_candles.iloc[-17_000:].reset_index(drop=True),
-                              symbol="FILUSDT", interval="1m", cfg=cfg)
+    return train_walk_forward(
+        fil_candles.iloc[-17_000:].reset_index(drop=True), symbol="FILUSDT", interval="1m", cfg=cfg
+    )
 
 
 def test_real_fil_training_parity_and_report(fil_result, fil_candles):
@@ -220,11 +262,18 @@ def test_real_fil_training_parity_and_report(fil_result, fil_candles):
         counts = {res.summary_metrics[f"{w}.h{h}.n"] + res.summary_metrics[f"{w}.h{h}.n_flat"] for w in WHO}
         assert counts == {6000.0}  # model and the three baselines on identical rows
         for w in WHO:
-            assert set(res.report[w][f"h{h}"]) >= {"accuracy", "accuracy_lo", "accuracy_hi", "pnl_total_return"}
+            assert set(res.report[w][f"h{h}"]) >= {
+                "accuracy",
+                "accuracy_lo",
+                "accuracy_hi",
+                "pnl_total_return",
+            }
         assert 0.4 < res.summary_metrics[f"model.h{h}.accuracy"] < 0.65
     last = fil_candles.iloc[-17_000:].reset_index(drop=True)
     newest = res.newest_window
-    expected_times = last["open_time"].iloc[-5 - 2000 : -5].astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+    expected_times = (
+        last["open_time"].iloc[-5 - 2000 : -5].astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+    )
     np.testing.assert_array_equal(newest.open_times, expected_times)  # the last labelled test rows
     close = np.log(last["close"].to_numpy())
     np.testing.assert_allclose(newest.actuals[:, 0], close[-2000 - 4 :][:2000] - close[-2000 - 5 : -5])
@@ -238,10 +287,17 @@ def test_real_fil_broken_export_blocks(fil_candles, monkeypatch):
 
     original = LightGBMReturns.to_onnx
     monkeypatch.setattr(LightGBMReturns, "to_onnx", lambda self: add_constant(original(self), 1e-4))
-    cfg = TrainingConfig.model_validate({**REAL, "walk_forward": {**REAL["walk_forward"], "max_folds": 1},
-                                         "lightgbm": {"n_estimators": 5, "num_threads": 1}})
+    cfg = TrainingConfig.model_validate(
+        {
+            **REAL,
+            "walk_forward": {**REAL["walk_forward"], "max_folds": 1},
+            "lightgbm": {"n_estimators": 5, "num_threads": 1},
+        }
+    )
     with pytest.raises(ParityError, match="abs diff 0.0001 > tolerance 1e-05"):
-        train_walk_forward(fil_candles.iloc[-14_000:].reset_index(drop=True), symbol="FILUSDT", interval="1m", cfg=cfg)
+        train_walk_forward(
+            fil_candles.iloc[-14_000:].reset_index(drop=True), symbol="FILUSDT", interval="1m", cfg=cfg
+        )
 
 
 def test_real_predict_bundle_scores_like_the_final_model(fil_result, fil_candles):
@@ -256,4 +312,6 @@ def test_real_predict_bundle_scores_like_the_final_model(fil_result, fil_candles
     assert len(out) == 1_500 - (warmup - 1)  # every row from the first exact one
     assert out["open_time"].iloc[-1] == recent["open_time"].iloc[-1]
     X = compute_features(recent, "core27")[res.feature_names].to_numpy(np.float32)[warmup - 1 :]
-    np.testing.assert_allclose(out[["h1", "h2", "h3", "h4", "h5"]].to_numpy(), res.model.predict(X), atol=1e-5)
+    np.testing.assert_allclose(
+        out[["h1", "h2", "h3", "h4", "h5"]].to_numpy(), res.model.predict(X), atol=1e-5
+    )

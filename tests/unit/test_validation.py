@@ -51,7 +51,9 @@ def test_real_fil_four_months_pass_with_zero_gaps(fil_all, tmp_path, capfd):
     assert len(report.results) == report.evaluated_expectations
     assert report.success, [r.label for r in report.failed]
     assert all(r.unexpected_count in (0, None) for r in report.results)
-    assert [(g.symbol, g.interval, g.gaps, g.missing_candles) for g in report.gaps] == [("FILUSDT", "1m", 0, 0)]
+    assert [(g.symbol, g.interval, g.gaps, g.missing_candles) for g in report.gaps] == [
+        ("FILUSDT", "1m", 0, 0)
+    ]
     assert report.gaps[0].longest_span == pd.Timedelta(0)
     # Data Docs: site index lists the suite; this validation has its own page
     index = report.data_docs
@@ -103,18 +105,27 @@ def test_check_or_quarantine_raises_and_keeps_the_batch(fil_month, tmp_path):
     assert folder.name.endswith("-fil_day_1") and folder.name[:8].isdigit()
     assert "'fil day/1'" in msg and str(folder) in msg and "\n" not in msg
     assert "expect_column_values_to_be_between(volume): 1 row;" in msg
-    assert ("expect_column_pair_values_a_to_be_greater_than_b(quote_asset_volume, "
-            "taker_buy_quote_asset_volume): 1 row;") in msg
+    assert (
+        "expect_column_pair_values_a_to_be_greater_than_b(quote_asset_volume, "
+        "taker_buy_quote_asset_volume): 1 row;"
+    ) in msg
     kept = pd.read_parquet(folder / "candles.parquet")
     assert len(kept) == 1440 and kept.loc[10, "volume"] == -1.0
     payload = json.loads((folder / "report.json").read_text())
     assert payload["success"] is False and payload["batch_name"] == "fil day/1"
-    assert {(r["expectation"], tuple(r["columns"]), r["unexpected_count"]) for r in payload["results"]
-            if not r["success"]} == {
+    assert {
+        (r["expectation"], tuple(r["columns"]), r["unexpected_count"])
+        for r in payload["results"]
+        if not r["success"]
+    } == {
         ("expect_column_values_to_be_between", ("volume",), 1),
         # a negative volume is also below its own taker-buy part
         ("expect_column_pair_values_a_to_be_greater_than_b", ("volume", "taker_buy_base_asset_volume"), 1),
-        ("expect_column_pair_values_a_to_be_greater_than_b", ("quote_asset_volume", "taker_buy_quote_asset_volume"), 1),
+        (
+            "expect_column_pair_values_a_to_be_greater_than_b",
+            ("quote_asset_volume", "taker_buy_quote_asset_volume"),
+            1,
+        ),
     }
     md = (folder / "report.md").read_text()
     assert "FAILED" in md and "| expect_column_values_to_be_between | volume | 1 |" in md
@@ -166,8 +177,11 @@ def test_broken_schema_fails_without_crashing(fil_month, tmp_path):
     assert "expect_column_values_to_be_of_type(open_time)" in failed
     assert "expect_column_values_to_be_of_type(open)" in failed
     assert failed_counts(report)[("expect_column_values_to_be_between", ("volume",))] == 1  # +inf
-    on_missing = [r for r in report.failed
-                  if "quote_asset_volume" in r.columns and r.expectation != "expect_table_columns_to_match_set"]
+    on_missing = [
+        r
+        for r in report.failed
+        if "quote_asset_volume" in r.columns and r.expectation != "expect_table_columns_to_match_set"
+    ]
     assert len(on_missing) == 4 and all(r.error for r in on_missing)  # GX could not evaluate: error, no crash
 
     folder = quarantine(df, report, tmp_path / "q")
@@ -181,8 +195,12 @@ def test_zero_evaluated_expectations_never_pass(fil_month, tmp_path, monkeypatch
     assert report.evaluated_expectations == 0
     assert not report.success
     with pytest.raises(ValidationFailed, match="no expectation was evaluated"):
-        check_or_quarantine(fil_month.iloc[:10], data_docs_dir=tmp_path / "docs",
-                            quarantine_dir=tmp_path / "q", batch_name="empty-suite")
+        check_or_quarantine(
+            fil_month.iloc[:10],
+            data_docs_dir=tmp_path / "docs",
+            quarantine_dir=tmp_path / "q",
+            batch_name="empty-suite",
+        )
 
 
 def test_find_gaps_ignores_order_and_duplicates_and_counts_missing_candles(fil_month):

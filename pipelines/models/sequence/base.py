@@ -47,7 +47,9 @@ class _Windows(Dataset):
         return len(self.X)
 
     def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.sort(np.asarray(idx))  # sorted gather is cache-friendlier; order within a batch is irrelevant
+        idx = np.sort(
+            np.asarray(idx)
+        )  # sorted gather is cache-friendlier; order within a batch is irrelevant
         return torch.from_numpy(np.ascontiguousarray(self.X[idx], dtype=np.float32)), torch.from_numpy(
             np.ascontiguousarray(self.Y[idx], dtype=np.float32)
         )
@@ -55,7 +57,9 @@ class _Windows(Dataset):
 
 def _loader(X: np.ndarray, Y: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     ds = _Windows(X, Y)
-    base = RandomSampler(ds, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(ds)
+    base = (
+        RandomSampler(ds, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(ds)
+    )
     return DataLoader(ds, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None)
 
 
@@ -192,9 +196,16 @@ class SequenceRegressor:
 
     def get_params(self) -> dict[str, Any]:
         """Flat hyperparameters for MLflow (quantiles joined as text)."""
-        p = {k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in self.config.model_dump().items()}
-        return {"model_type": self.model_type, "n_features": self.n_features, **p,
-                "horizons": ",".join(map(str, self.horizons))}
+        p = {
+            k: (",".join(map(str, v)) if isinstance(v, tuple) else v)
+            for k, v in self.config.model_dump().items()
+        }
+        return {
+            "model_type": self.model_type,
+            "n_features": self.n_features,
+            **p,
+            "horizons": ",".join(map(str, self.horizons)),
+        }
 
     # -- training ---------------------------------------------------------------------------------
     def _holdout(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -205,7 +216,12 @@ class SequenceRegressor:
         return X[: cut - gap], Y[: cut - gap], X[cut:], Y[cut:]
 
     def fit(
-        self, X: np.ndarray, Y: np.ndarray, *, X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None,
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        *,
+        X_val: np.ndarray | None = None,
+        Y_val: np.ndarray | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> Self:
         """Train on windows X (N, T, F) float32 and labels Y (N, H) float64 (log returns).
@@ -222,7 +238,9 @@ class SequenceRegressor:
         Y_val = np.asarray(Y_val, dtype=np.float64)
         _check_xy(X_val, Y_val, T, F, H, "fit(validation)")
         if len(X) < cfg.batch_size // 4 or len(X_val) < 1:
-            raise SequenceModelError(f"fit: {len(X)} training windows are too few for batch_size={cfg.batch_size}")
+            raise SequenceModelError(
+                f"fit: {len(X)} training windows are too few for batch_size={cfg.batch_size}"
+            )
 
         # Normalisation from the TRAINING fold only. Each window's last row covers every row
         # except the first T-1 (overlapping windows), without materialising N*T*F values.
@@ -303,8 +321,10 @@ class SequenceRegressor:
         H = len(self.horizons)
         if not outs:
             return np.empty((0, H)), np.empty((0, H))
-        return (np.concatenate([o[0] for o in outs]).astype(np.float64),
-                np.concatenate([o[1] for o in outs]).astype(np.float64))
+        return (
+            np.concatenate([o[0] for o in outs]).astype(np.float64),
+            np.concatenate([o[1] for o in outs]).astype(np.float64),
+        )
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted log returns, float64 (N, H)."""
@@ -314,5 +334,10 @@ class SequenceRegressor:
         """Self-contained ONNX: "features" float32 [N, T, F] → "returns", "confidence" float32 [N, H]."""
         from pipelines.models.sequence.onnx_io import export_onnx
 
-        return export_onnx(self._require_fitted(), self.sequence_length, self.n_features,
-                           opset or self.config.opset, self.config.num_threads)
+        return export_onnx(
+            self._require_fitted(),
+            self.sequence_length,
+            self.n_features,
+            opset or self.config.opset,
+            self.config.num_threads,
+        )

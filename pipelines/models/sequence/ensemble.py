@@ -41,7 +41,9 @@ def _prefixed(model: onnx.ModelProto, prefix: str, input_as: str) -> tuple[list,
 
     graph = model.graph
     if len(graph.input) != 1:
-        raise EnsembleError(f"member graph has inputs {[i.name for i in graph.input]}; expected one 'features'")
+        raise EnsembleError(
+            f"member graph has inputs {[i.name for i in graph.input]}; expected one 'features'"
+        )
     try:
         return prefix_graph(graph, prefix, rename={graph.input[0].name: input_as})
     except ExportError as e:
@@ -49,7 +51,12 @@ def _prefixed(model: onnx.ModelProto, prefix: str, input_as: str) -> tuple[list,
 
 
 def compose_blend(
-    seq_onnx: bytes, tab_onnx: bytes, *, sequence_length: int, n_features: int, n_horizons: int,
+    seq_onnx: bytes,
+    tab_onnx: bytes,
+    *,
+    sequence_length: int,
+    n_features: int,
+    n_horizons: int,
     weights: tuple[float, float],
 ) -> bytes:
     """One graph: features [N, T, F] → returns, confidence [N, H] (see the module docstring)."""
@@ -60,12 +67,17 @@ def compose_blend(
         raise EnsembleError("both member graphs must output 'returns'")
     ws, wt = weights
     c = lambda name, v: numpy_helper.from_array(np.asarray(v, dtype=np.float32), name)  # noqa: E731
-    consts = [c("blend_ws", ws), c("blend_wt", wt), c("blend_eps", EPS),
-              numpy_helper.from_array(np.asarray(sequence_length - 1, dtype=np.int64), "last_index")]
+    consts = [
+        c("blend_ws", ws),
+        c("blend_wt", wt),
+        c("blend_eps", EPS),
+        numpy_helper.from_array(np.asarray(sequence_length - 1, dtype=np.int64), "last_index"),
+    ]
     a, b = s_out["returns"], t_out["returns"]
     nodes = [
         helper.make_node("Gather", ["features", "last_index"], ["last_row"], axis=1, name="take_last_row"),
-        *s_nodes, *t_nodes,
+        *s_nodes,
+        *t_nodes,
         helper.make_node("Mul", [a, "blend_ws"], ["blend_a"], name="weight_seq"),
         helper.make_node("Mul", [b, "blend_wt"], ["blend_b"], name="weight_tab"),
         helper.make_node("Add", ["blend_a", "blend_b"], ["returns"], name="blend"),
@@ -81,13 +93,20 @@ def compose_blend(
         for op in m.opset_import:
             opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
     graph = helper.make_graph(
-        nodes, "kairos_ensemble",
+        nodes,
+        "kairos_ensemble",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, sequence_length, n_features])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, n_horizons]) for n in ("returns", "confidence")],
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, n_horizons])
+            for n in ("returns", "confidence")
+        ],
         initializer=[*consts, *s_inits, *t_inits],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
-                              producer_name="kairos")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        producer_name="kairos",
+    )
     model.ir_version = max(seq.ir_version, tab.ir_version)
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
@@ -100,8 +119,14 @@ class EnsembleRegressor:
     input_kind = "sequence"
 
     def __init__(
-        self, sequence: SequenceRegressor, tabular: Any, *, sequence_weight: float = 0.5,
-        tabular_weight: float = 0.5, parity_tolerance: float = 1e-4, opset: int = 15,
+        self,
+        sequence: SequenceRegressor,
+        tabular: Any,
+        *,
+        sequence_weight: float = 0.5,
+        tabular_weight: float = 0.5,
+        parity_tolerance: float = 1e-4,
+        opset: int = 15,
     ) -> None:
         self.sequence = sequence
         self.tabular = tabular
@@ -112,8 +137,14 @@ class EnsembleRegressor:
 
     @classmethod
     def from_config(
-        cls, cfg: EnsembleConfig, n_features: int, horizons: Sequence[int], *,
-        training: TrainingConfig | None = None, configs_dir: Path | None = None, objective: str = "l2",
+        cls,
+        cfg: EnsembleConfig,
+        n_features: int,
+        horizons: Sequence[int],
+        *,
+        training: TrainingConfig | None = None,
+        configs_dir: Path | None = None,
+        objective: str = "l2",
     ) -> EnsembleRegressor:
         """Members from config: the named sequence preset + LightGBM from `training.lightgbm`, both
         trained with the task's `objective`."""
@@ -126,11 +157,24 @@ class EnsembleRegressor:
             configs_dir = get_settings().configs_dir
         context = ModelContext(training or TrainingConfig(), Path(configs_dir))
         seq = get_spec(cfg.sequence_model, context.configs_dir).build(
-            context, n_features, horizons, preset=cfg.sequence_preset, overrides=cfg.sequence_overrides,
-            objective=objective)
-        tab = LightGBMReturns(context.training.lightgbm, horizons, target_opset=cfg.opset, objective=objective)
-        return cls(seq, tab, sequence_weight=cfg.sequence_weight, tabular_weight=cfg.tabular_weight,
-                   parity_tolerance=cfg.parity_tolerance, opset=cfg.opset)
+            context,
+            n_features,
+            horizons,
+            preset=cfg.sequence_preset,
+            overrides=cfg.sequence_overrides,
+            objective=objective,
+        )
+        tab = LightGBMReturns(
+            context.training.lightgbm, horizons, target_opset=cfg.opset, objective=objective
+        )
+        return cls(
+            seq,
+            tab,
+            sequence_weight=cfg.sequence_weight,
+            tabular_weight=cfg.tabular_weight,
+            parity_tolerance=cfg.parity_tolerance,
+            opset=cfg.opset,
+        )
 
     @property
     def sequence_length(self) -> int:
@@ -146,12 +190,21 @@ class EnsembleRegressor:
 
     def get_params(self) -> dict[str, Any]:
         ws, wt = self.weights
-        return {"model_type": self.model_type, "sequence_weight": ws, "tabular_weight": wt,
-                **{f"sequence.{k}": v for k, v in self.sequence.get_params().items()},
-                **{f"tabular.{k}": v for k, v in self.tabular.get_params().items()}}
+        return {
+            "model_type": self.model_type,
+            "sequence_weight": ws,
+            "tabular_weight": wt,
+            **{f"sequence.{k}": v for k, v in self.sequence.get_params().items()},
+            **{f"tabular.{k}": v for k, v in self.tabular.get_params().items()},
+        }
 
     def fit(
-        self, X: np.ndarray, Y: np.ndarray, *, X_val: np.ndarray | None = None, Y_val: np.ndarray | None = None
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        *,
+        X_val: np.ndarray | None = None,
+        Y_val: np.ndarray | None = None,
     ) -> Self:
         """Fit both members on the same windows: the tabular one on each window's last row."""
         if getattr(self.tabular, "input_kind", "tabular") != "tabular":
@@ -186,15 +239,24 @@ class EnsembleRegressor:
         if not getattr(self, "fitted_", False):
             raise EnsembleError("ensemble is not fitted; call fit(X, Y) first")
         return compose_blend(
-            self.sequence.to_onnx(opset=self.opset), self.tabular.to_onnx(),
-            sequence_length=self.sequence_length, n_features=self.sequence.n_features,
-            n_horizons=len(self.sequence.horizons), weights=self.weights,
+            self.sequence.to_onnx(opset=self.opset),
+            self.tabular.to_onnx(),
+            sequence_length=self.sequence_length,
+            n_features=self.sequence.n_features,
+            n_horizons=len(self.sequence.horizons),
+            weights=self.weights,
         )
 
 
 def evaluate_members(
-    model: EnsembleRegressor, X: np.ndarray, Y: np.ndarray, baselines: dict[str, np.ndarray], task: Any,
-    *, interval: str, cfg: Any,
+    model: EnsembleRegressor,
+    X: np.ndarray,
+    Y: np.ndarray,
+    baselines: dict[str, np.ndarray],
+    task: Any,
+    *,
+    interval: str,
+    cfg: Any,
 ) -> dict[str, dict[str, float]]:
     """The walk-forward metrics of each member and of the blend, side by side, on the same rows.
 
@@ -206,14 +268,23 @@ def evaluate_members(
     Returns:
         {"sequence" | "tabular" | "ensemble": flat `task.evaluate` metrics}.
     """
-    return {who: task.evaluate(pred, Y, baselines, interval=interval, cfg=cfg)
-            for who, pred in model.predict_members(X).items()}
+    return {
+        who: task.evaluate(pred, Y, baselines, interval=interval, cfg=cfg)
+        for who, pred in model.predict_members(X).items()
+    }
 
 
-def _build(cfg: EnsembleConfig, n_features: int, horizons: Sequence[int], *, objective: str,
-           context: ModelContext) -> EnsembleRegressor:
-    return EnsembleRegressor.from_config(cfg, n_features, horizons, training=context.training,
-                                         configs_dir=context.configs_dir, objective=objective)
+def _build(
+    cfg: EnsembleConfig, n_features: int, horizons: Sequence[int], *, objective: str, context: ModelContext
+) -> EnsembleRegressor:
+    return EnsembleRegressor.from_config(
+        cfg,
+        n_features,
+        horizons,
+        training=context.training,
+        configs_dir=context.configs_dir,
+        objective=objective,
+    )
 
 
 SPEC = ModelSpec(
@@ -223,5 +294,7 @@ SPEC = ModelSpec(
     input_kind="sequence",
     tasks=("returns", "volatility"),
     objectives=("l2", "huber"),  # what both members honour (each checks again when built)
-    untunable=frozenset({"sequence_model", "sequence_preset", "sequence_overrides", "parity_tolerance", "opset"}),
+    untunable=frozenset(
+        {"sequence_model", "sequence_preset", "sequence_overrides", "parity_tolerance", "opset"}
+    ),
 )

@@ -18,8 +18,12 @@ class LSTMAttentionEncoder(nn.Module):
         d = cfg.d_model
         self.inp = nn.Linear(n_features, d)
         self.lstm = nn.LSTM(
-            d, d, num_layers=cfg.n_layers, batch_first=True,
-            dropout=cfg.dropout if cfg.n_layers > 1 else 0.0, bidirectional=cfg.bidirectional,
+            d,
+            d,
+            num_layers=cfg.n_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.n_layers > 1 else 0.0,
+            bidirectional=cfg.bidirectional,
         )
         self.proj = nn.Linear(d * (2 if cfg.bidirectional else 1), d)
         self.attn = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)

@@ -49,7 +49,9 @@ class MambaBlock(nn.Module):
         dt0 = torch.exp(torch.rand(e) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt0 + torch.log(-torch.expm1(-dt0)))
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(e, 1))  # (E, N)
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(e, 1)
+        )  # (E, N)
         self.Dp = nn.Parameter(torch.ones(e))
         self.out_proj = nn.Linear(e, d)
         self.drop = nn.Dropout(dropout)

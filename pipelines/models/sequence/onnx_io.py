@@ -25,7 +25,9 @@ INPUT_NAME = "features"
 OUTPUT_NAMES = ("returns", "confidence")
 
 
-def export_onnx(net: SequenceNet, sequence_length: int, n_features: int, opset: int, num_threads: int = 1) -> bytes:
+def export_onnx(
+    net: SequenceNet, sequence_length: int, n_features: int, opset: int, num_threads: int = 1
+) -> bytes:
     """Trace `net` (eval mode, on CPU) into self-contained ONNX bytes (weights embedded, no .data file).
 
     Args:
@@ -70,7 +72,9 @@ def session(
     return make_session(onnx_bytes, threads=threads, providers=providers)
 
 
-def onnx_predict(onnx_bytes: bytes | ort.InferenceSession, X: np.ndarray, batch: int = 4096) -> dict[str, np.ndarray]:
+def onnx_predict(
+    onnx_bytes: bytes | ort.InferenceSession, X: np.ndarray, batch: int = 4096
+) -> dict[str, np.ndarray]:
     """Run the graph over X (N, T, F) in chunks; returns {output name: float32 array (N, H)}."""
     sess = onnx_bytes if isinstance(onnx_bytes, ort.InferenceSession) else session(onnx_bytes)
     names = [o.name for o in sess.get_outputs()]
@@ -116,15 +120,20 @@ def accelerated_session(onnx_bytes: bytes, *, fp16: bool = True, threads: int = 
     """
     available = set(ort.get_available_providers())
     if "TensorrtExecutionProvider" in available:
-        providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": fp16}), "CUDAExecutionProvider",
-                     "CPUExecutionProvider"]
+        providers = [
+            ("TensorrtExecutionProvider", {"trt_fp16_enable": fp16}),
+            "CUDAExecutionProvider",
+            "CPUExecutionProvider",
+        ]
         return session(onnx_bytes, threads, providers)
     if "CUDAExecutionProvider" in available:
         if fp16:
             from onnxruntime.transformers import float16  # ships with onnxruntime
 
             model = onnx.load_from_string(onnx_bytes)
-            model = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=_scaling_nodes(model))
+            model = float16.convert_float_to_float16(
+                model, keep_io_types=True, node_block_list=_scaling_nodes(model)
+            )
             onnx_bytes = model.SerializeToString()
         return session(onnx_bytes, threads, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     return session(onnx_bytes, threads)

@@ -88,7 +88,9 @@ class TFTEncoder(nn.Module):
         super().__init__()
         d, p = cfg.d_model, cfg.dropout
         self.select = VariableSelection(n_features, d, p)
-        self.lstm = nn.LSTM(d, d, num_layers=cfg.n_layers, batch_first=True, dropout=p if cfg.n_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            d, d, num_layers=cfg.n_layers, batch_first=True, dropout=p if cfg.n_layers > 1 else 0.0
+        )
         self.lstm_gate, self.lstm_norm = GLU(d, d), nn.LayerNorm(d)
         self.attn = InterpretableAttention(d, cfg.n_heads, p)
         self.attn_gate, self.attn_norm = GLU(d, d), nn.LayerNorm(d)

@@ -27,7 +27,9 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=-1)  # 3 x (B, T, D)
-        q, k, v = (t.reshape(B, T, self.n_heads, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, h, T, dh)
+        q, k, v = (
+            t.reshape(B, T, self.n_heads, self.d_head).transpose(1, 2) for t in (q, k, v)
+        )  # (B, h, T, dh)
         att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.d_head), dim=-1)  # (B, h, T, T)
         y = (self.drop(att) @ v).transpose(1, 2).reshape(B, T, D)
         return self.out(y)
