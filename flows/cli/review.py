@@ -110,9 +110,10 @@ def history(
             )
         console.print(t)
         from flows.review import default_predlog_dir, served_history
+        from pipelines.tasks import task_class, task_of_model
 
         served = served_history(client, name, default_predlog_dir(Runtime.from_env()))
-        metric = next((str(m) for m in served["metric"] if isinstance(m, str)), "—")
+        metric = task_class(task_of_model(name)).promotion_metric  # "accuracy", "qlike", ...
         t = Table(title=f"which version served as champion when, with live metrics — {name}")
         for col in [
             "version",
