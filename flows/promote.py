@@ -67,6 +67,7 @@ def apply_policy(symbol: str, interval: str, cmp, aliases: dict[str, str], task_
         champion_score=cmp.champion_score,
         n_rows=cmp.rows,
         gates=version_gates(rt.mlflow, name, aliases["challenger"]),
+        baseline_score=cmp.baseline_score,
         metric=cmp.metric,
         higher_is_better=cmp.higher_is_better,
     )

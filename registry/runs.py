@@ -2,7 +2,7 @@
 
 Run layout (artifacts):
     bundle/model.onnx, bundle/manifest.json   the serving bundle, and nothing else in bundle/
-    newest_window.npz                         open_times (int64 ms), predictions, actuals (n, H)
+    newest_window.npz                         open_times (int64 ms), predictions, actuals (n, H), baseline_<who>
     report.json                               nested report, summary metrics, gates, data window
     feature_names.json
 The model version's source is the run's `bundle` artifact directory (its resolved URI, as MLflow's
@@ -81,6 +81,7 @@ def _write_extras(
     np.savez(
         directory / "newest_window.npz",
         open_times=np.asarray(nw.open_times, dtype=np.int64),
+        **{f"baseline_{who}": np.asarray(b) for who, b in nw.baselines.items()},
         predictions=np.asarray(nw.predictions),
         actuals=np.asarray(nw.actuals),
         horizons=np.asarray(result.horizons, dtype=np.int64),
@@ -227,6 +228,9 @@ def load_newest_window(client: MlflowClient, name: str, version: str) -> NewestW
                 open_times=z["open_times"].copy(),
                 predictions=z["predictions"].copy(),
                 actuals=z["actuals"].copy(),
+                baselines={
+                    k.removeprefix("baseline_"): z[k].copy() for k in z.files if k.startswith("baseline_")
+                },
             )
 
 

@@ -27,6 +27,8 @@ class WindowComparison:
     champion_score: float | None
     start: pd.Timestamp | None
     end: pd.Timestamp | None
+    baseline_score: float | None = None  # the best of the task's naive baselines on the same rows
+    baseline_name: str | None = None
 
 
 def compare_on_newest_window(
@@ -78,6 +80,14 @@ def compare_on_newest_window(
         pred_c, actual, pred_champ, sel = pred_c[both], actual[both], pred_champ[both], sel[both]
         champ_score = score(pred_champ)
     rows = int(task.score(pred_c, actual, "n", horizon, interval=interval, cfg=cfg)) if actual.size else 0
+    best_name, best = None, None
+    keep = np.flatnonzero(mask)
+    if champion_predictions is not None:
+        keep = keep[both]
+    for who, fc in newest.baselines.items():
+        value = score(task.baseline_column(np.asarray(fc)[keep], j, task.promotion_metric))
+        if np.isfinite(value) and (best is None or (value > best) == task.higher_is_better):
+            best_name, best = who, value
     return WindowComparison(
         horizon=horizon,
         metric=task.promotion_metric,
@@ -85,6 +95,8 @@ def compare_on_newest_window(
         rows=rows,
         challenger_score=score(pred_c),
         champion_score=champ_score,
+        baseline_score=best,
+        baseline_name=best_name,
         start=sel.min() if len(sel) else None,
         end=sel.max() if len(sel) else None,
     )

@@ -124,6 +124,10 @@ class Task(ABC):
     def baseline_forecasts(self, state: Any, A: np.ndarray) -> dict[str, np.ndarray]:
         """`{who: forecast}` for the rows of A; each forecast's first axis is the row."""
 
+    def baseline_column(self, forecast: np.ndarray, j: int, metric: str) -> np.ndarray:
+        """(n,) values of one baseline forecast at horizon index `j`, as `score(metric)` reads them."""
+        return np.asarray(forecast)[:, j]
+
     # ------------------------------------------------------------------ judging
     @abstractmethod
     def evaluate(

@@ -181,6 +181,10 @@ class ReturnsTask(Task):
             )["pnl_sharpe"]
         raise TaskError(f"task returns has no metric {metric!r}; expected accuracy, ic or sharpe")
 
+    def baseline_column(self, forecast: np.ndarray, j: int, metric: str) -> np.ndarray:
+        """Column 0 is the sign called (accuracy, P&L), column 1 the value forecast (IC, RMSE)."""
+        return np.asarray(forecast)[:, 1 if metric in ("ic", "rmse") else 0]
+
     def row_loss(self, pred: np.ndarray, realised: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Direction loss 1 - hit; rows with a flat (0) realised return have no direction and are dropped."""
         realised = np.asarray(realised, float)

@@ -310,6 +310,7 @@ def train_walk_forward(
         open_times=newest_times.astype("datetime64[ms, UTC]").astype("int64").to_numpy(),
         predictions=newest_pred,
         actuals=ds.Y[newest_fold.test_start : newest_fold.test_end].copy(),
+        baselines={who: np.asarray(b).copy() for who, b in base.items()},  # the newest fold's
     )
 
     # Final model: the newest train_size labelled rows (its labels reach max(h) candles past `end`).
