@@ -24,6 +24,8 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
     "l2": {"objective": "regression"},
     "huber": {"objective": "huber"},
     "quantile": {"objective": "quantile", "alpha": 0.5},
+    # sign classifier: rows whose label is exactly 0 (flat candles) get weight 0; output = raw log-odds
+    "direction": {"objective": "binary"},
 }
 
 
@@ -119,24 +121,30 @@ class LightGBMReturns:
             valid = (lgb.Dataset(Xv, label=Yv[:, 0], reference=data, free_raw_data=False).construct(), Yv)
         boosters = []
         for j in range(Y.shape[1]):
-            data.set_label(Y[:, j])
+            data.set_label(self._label(Y[:, j]))
+            if self.objective == "direction":
+                data.set_weight((Y[:, j] != 0).astype(np.float64))
             kwargs: dict[str, Any] = {}
             if plain:
                 kwargs["callbacks"] = plain
                 if valid is not None:
-                    valid[0].set_label(valid[1][:, j])
+                    valid[0].set_label(self._label(valid[1][:, j]))
                     kwargs.update(valid_sets=[valid[0]], valid_names=["val"], feval=fevals or None)
             boosters.append(lgb.train(params, data, num_boost_round=self.cfg.n_estimators, **kwargs))
         self.boosters_ = boosters
         self.n_features_ = X.shape[1]
         return self
 
+    def _label(self, y: np.ndarray) -> np.ndarray:
+        return (y > 0).astype(np.float64) if self.objective == "direction" else y
+
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """float64 [N, H] predicted log returns."""
+        """float64 [N, H]: the predicted label (`direction`: its log-odds of being > 0)."""
         check_fitted(self, "boosters_")
         X = check_X(X, n_dims=2, n_features=self.n_features_, who="LightGBMReturns.predict")
         threads = 1 if X.shape[0] <= SMALL_BATCH else self.cfg.num_threads
-        cols = [b.predict(X, num_threads=threads) for b in self.boosters_]
+        raw = self.objective == "direction"  # the margin (sum of trees), which the ONNX graph computes
+        cols = [b.predict(X, num_threads=threads, raw_score=raw) for b in self.boosters_]
         return np.column_stack(cols).astype(np.float64)
 
     def to_onnx(self) -> bytes:
@@ -144,7 +152,10 @@ class LightGBMReturns:
         from pipelines.training.export import lightgbm_to_onnx  # onnxmltools is only needed when exporting
 
         check_fitted(self, "boosters_")
-        return lightgbm_to_onnx(self.boosters_, self.n_features_, target_opset=self.target_opset)
+        boosters = self.boosters_
+        if self.objective == "direction":  # export the margin: the same trees read as a regressor
+            boosters = [_as_regressor(b) for b in boosters]
+        return lightgbm_to_onnx(boosters, self.n_features_, target_opset=self.target_opset)
 
     def get_params(self) -> dict[str, Any]:
         """Flat hyperparameters (config fields + horizons), for MLflow."""
@@ -156,6 +167,15 @@ class LightGBMReturns:
         if self.objective != "l2":  # l2 runs stay exactly as they were logged before objectives existed
             params["objective"] = self.objective
         return params
+
+
+def _as_regressor(booster: lgb.Booster) -> lgb.Booster:
+    """The same trees with a regression objective: its prediction is the binary booster's raw margin
+    (the log-odds), which onnxmltools converts as a plain tree sum instead of a classifier graph."""
+    text = booster.model_to_string()
+    swap = {"objective=": "objective=regression", "[objective: ": "[objective: regression]"}
+    lines = [next((v for k, v in swap.items() if ln.startswith(k)), ln) for ln in text.split("\n")]
+    return lgb.Booster(model_str="\n".join(lines))
 
 
 def _build(

@@ -31,7 +31,9 @@ from pipelines.contracts.errors import ConfigError, KairosError
 if TYPE_CHECKING:
     from pipelines.config import TrainingConfig
 
-OBJECTIVES = ("l2", "huber", "quantile")  # training losses a task may choose (a family maps them to its own)
+# Training losses a task may choose (a family maps them to its own). `direction`: a classifier of
+# sign(label) with flat (0) labels excluded from the loss; its output is the log-odds that the label is > 0.
+OBJECTIVES = ("l2", "huber", "quantile", "direction")
 
 
 class ModelSpecError(KairosError):

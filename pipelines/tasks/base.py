@@ -94,6 +94,11 @@ class Task(ABC):
         return str(self.options.get("objective", self.objective))
 
     @property
+    def meaning(self) -> str:
+        """The output's meaning in the manifest (a task whose objective changes it overrides this)."""
+        return self.output_meaning
+
+    @property
     def lookahead(self) -> int:
         """Candles after t a label reads: the purge between train and test must cover it."""
         return max(self.horizons)

@@ -72,7 +72,8 @@ def evaluate_forecast(
         horizon: h in candles (trade spacing and Sharpe annualisation).
         interval: candle interval, e.g. "1m"; cfg: `EvaluationConfig` (fee, confidence).
         segments: contiguous block lengths (see `metrics.trade_rows`).
-        value_forecast: (n,) forecast for RMSE/IC when it differs from `pred` (always_up: 0).
+        value_forecast: (n,) forecast for RMSE/IC when it differs from `pred` (always_up: 0); its size
+            is the confidence the coverage metrics rank rows by (`metrics.coverage_metrics`).
     """
     values = pred if value_forecast is None else value_forecast
     out = M.direction_accuracy(pred, actual, cfg.confidence)
@@ -88,6 +89,17 @@ def evaluate_forecast(
             segments=segments,
         )
     )
+    out.update(
+        M.coverage_metrics(
+            pred,
+            actual,
+            np.abs(values),
+            horizon,
+            fee_bps=cfg.fee_bps,
+            periods_per_year=M.periods_per_year(interval, horizon),
+            segments=segments,
+        )
+    )
     return out
 
 
@@ -95,7 +107,9 @@ def evaluate_forecast(
 class ReturnsTask(Task):
     name: ClassVar[str] = "returns"
     output_name: ClassVar[str] = "returns"
-    output_meaning: ClassVar[str] = "predicted log return ln(close[t+h]/close[t])"
+    output_meaning: ClassVar[str] = (
+        "predicted log return ln(close[t+h]/close[t])"  # objective l2/huber/quantile
+    )
     label_prefix: ClassVar[str] = "ret"
     baselines: ClassVar[tuple[str, ...]] = ("always_up", "persistence", "reversal")
     columns: ClassVar[tuple[Column, ...]] = (
@@ -115,6 +129,13 @@ class ReturnsTask(Task):
 
     def labels(self, close: np.ndarray) -> np.ndarray:
         return make_labels(close, self.horizons)
+
+    @property
+    def meaning(self) -> str:
+        """The output's meaning under this task's training objective (it goes into the manifest)."""
+        if self.training_objective == "direction":
+            return "log-odds that ln(close[t+h]/close[t]) > 0: the sign is the call, sigmoid(value) = P(up)"
+        return self.output_meaning
 
     def baseline_inputs(self, close: np.ndarray) -> np.ndarray:
         """(N, 1): the last 1-candle log return ln(close[t]/close[t-1]) (NaN at row 0)."""
@@ -145,6 +166,10 @@ class ReturnsTask(Task):
                     ).items()
                 }
             )
+            if self.training_objective == "direction":  # the output is a log-odds: judge it as P(up)
+                moved = actual[:, j] != 0
+                cal = M.reliability(1.0 / (1.0 + np.exp(-pred[moved, j])), actual[moved, j] > 0)
+                out[f"model.h{h}.brier"], out[f"model.h{h}.ece"] = cal["brier"], cal["ece"]
             for who in self.baselines:
                 b = baselines[who]
                 out.update(

@@ -141,3 +141,75 @@ def sign_pnl(
 def periods_per_year(interval: str, horizon: int) -> float:
     """Number of h-candle holding periods in a year (365.25 days; crypto trades around the clock)."""
     return _YEAR / (interval_delta(interval).total_seconds() * horizon)
+
+
+COVERAGES = (0.10, 0.25, 0.50)  # shares of the most confident rows a desk would trade
+
+
+def top_rows(confidence: np.ndarray, share: float) -> np.ndarray:
+    """Boolean mask of the ceil(share * n) rows with the highest `confidence` (ties: earlier rows first);
+    all False when the confidence is constant (a forecaster that ranks nothing has no top rows)."""
+    c = np.asarray(confidence, float)
+    mask = np.zeros(c.size, dtype=bool)
+    if c.size == 0 or np.all(c == c[0]):
+        return mask
+    k = max(1, int(np.ceil(share * c.size)))
+    mask[np.argsort(-c, kind="stable")[:k]] = True
+    return mask
+
+
+def coverage_metrics(
+    pred: np.ndarray,
+    actual: np.ndarray,
+    confidence: np.ndarray,
+    horizon: int,
+    *,
+    fee_bps: float,
+    periods_per_year: float,
+    segments: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """Direction accuracy and fee-aware P&L when only the most confident rows are traded.
+
+    For each share q in `COVERAGES`: `acc_top{q}` is the accuracy on the top q of rows by `confidence`,
+    `pnl_top{q}` the total return of holding sign(pred) on those rows and staying flat elsewhere. The
+    cut is a rank over the rows judged (a live desk would fix the threshold on its training window).
+    """
+    pred, actual = np.asarray(pred, float), np.asarray(actual, float)
+    out: dict[str, float] = {}
+    for q in COVERAGES:
+        mask = top_rows(confidence, q)
+        tag = f"top{round(100 * q)}"
+        if not mask.any():
+            out[f"acc_{tag}"] = out[f"pnl_{tag}"] = math.nan
+            continue
+        out[f"acc_{tag}"] = direction_accuracy(pred[mask], actual[mask])["accuracy"]
+        out[f"pnl_{tag}"] = sign_pnl(
+            np.where(mask, pred, 0.0),
+            actual,
+            horizon,
+            fee_bps=fee_bps,
+            periods_per_year=periods_per_year,
+            segments=segments,
+        )["pnl_total_return"]
+    return out
+
+
+def reliability(prob: np.ndarray, outcome: np.ndarray, bins: int = 10) -> dict[str, np.ndarray | float]:
+    """Calibration of probabilities `prob` of binary `outcome` (0/1): Brier score, expected calibration
+    error over `bins` equal-width bins, and the per-bin mean predicted / observed frequency and count."""
+    p, y = np.asarray(prob, float), np.asarray(outcome, float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(idx, weights=p, minlength=bins) / count
+        freq = np.bincount(idx, weights=y, minlength=bins) / count
+    ok = count > 0
+    n = max(p.size, 1)
+    return {
+        "brier": float(np.mean((p - y) ** 2)) if p.size else math.nan,
+        "ece": float(np.sum(count[ok] / n * np.abs(mean_p[ok] - freq[ok]))) if p.size else math.nan,
+        "mean_p": mean_p,
+        "freq": freq,
+        "count": count,
+    }

@@ -436,7 +436,7 @@ def _manifest(
             task.output_name,
             [None, n_h],
             horizons=horizons,
-            meaning=task.output_meaning,
+            meaning=task.meaning,
             signed=task.directional,
         )
     ]

@@ -292,3 +292,27 @@ def test_thresholds_between_adjacent_float32_values_keep_parity():
     raw_out = sess.run(None, {"features": X})[0]
     assert np.abs(raw_out[:, 0] - native[:, 0]).max() > 1e-4  # the hazard is real in this data
     assert check_parity(model.to_onnx(), model.predict, X, 1e-5) <= 1e-5
+
+
+def test_direction_objective_exports_the_log_odds_and_ignores_flat_rows():
+    """A sign classifier: flat labels carry no weight, and the graph computes the booster's margin."""
+    import numpy as np
+
+    from pipelines.config import LightGBMConfig
+    from pipelines.models.lightgbm import LightGBMReturns
+    from pipelines.training.parity import check_parity
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(4000, 5)).astype(np.float32)
+    y = 1e-3 * (X[:, 0] + 0.5 * rng.normal(size=4000))
+    flat = rng.random(4000) < 0.3
+    y[flat] = 0.0
+    X[flat, 1] = 5.0  # flat rows sit apart: if they counted (as "not up") the trees would learn X1=5 -> down
+    cfg = LightGBMConfig(n_estimators=40, num_threads=1, min_child_samples=20)
+    m = LightGBMReturns(cfg, [1], objective="direction").fit(X, y[:, None])
+    margin = m.predict(X)[:, 0]
+    assert ((margin > 0) == (y > 0))[~flat].mean() > 0.75
+    assert check_parity(m.to_onnx(), m.predict, X, 1e-5, rtol=1e-6) < 1e-5
+    probe = np.zeros((1, 5), np.float32)
+    probe[0, 0], probe[0, 1] = 1.5, 5.0  # clearly "up" by X0, in the flat rows' region of X1
+    assert m.predict(probe)[0, 0] > 0

@@ -31,6 +31,12 @@ METRICS = (
     "pnl_total_return",
     "pnl_sharpe",
     "pnl_max_drawdown",
+    "acc_top10",
+    "pnl_top10",
+    "acc_top25",
+    "pnl_top25",
+    "acc_top50",
+    "pnl_top50",
 )
 EvaluationError = (MetricError, TaskError)
 best_baseline_accuracy = best_baseline
@@ -160,3 +166,30 @@ def test_evaluate_all_rejects_bad_inputs():
 def test_last_move_sign_carries_through_flat_candles():
     r = np.array([0.0, 0.0, 1e-3, 0.0, -2e-3, 0.0, 0.0, 3e-3])
     assert last_move_sign(r).tolist() == [0, 0, 1, 1, -1, -1, -1, 1]
+
+
+def test_coverage_trades_only_the_most_confident_rows():
+    from pipelines.training.metrics import coverage_metrics, top_rows
+
+    actual = np.array([0.01, -0.01, 0.02, -0.02, 0.01, -0.01, 0.03, -0.03, 0.01, -0.01])
+    pred = np.array(
+        [0.9, 0.8, -0.1, 0.1, 0.2, -0.2, 0.7, -0.6, -0.05, 0.05]
+    )  # the confident ones: 0, 6, 7, 1
+    assert top_rows(np.abs(pred), 0.25).nonzero()[0].tolist() == [0, 1, 6]  # ceil(2.5) = 3 rows
+    m = coverage_metrics(pred, actual, np.abs(pred), 1, fee_bps=0.0, periods_per_year=1.0)
+    assert m["acc_top10"] == 1.0 and m["acc_top25"] == pytest.approx(2 / 3)
+    assert m["pnl_top10"] == pytest.approx(np.expm1(0.01))  # one row held long, flat elsewhere
+    flat = coverage_metrics(pred, actual, np.zeros(10), 1, fee_bps=0.0, periods_per_year=1.0)
+    assert all(math.isnan(v) for v in flat.values())  # a constant confidence ranks nothing
+
+
+def test_reliability_of_perfect_and_overconfident_probabilities():
+    from pipelines.training.metrics import reliability
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=20000)
+    y = (rng.uniform(size=20000) < p).astype(float)
+    good = reliability(p, y)
+    assert good["ece"] < 0.02 and good["brier"] == pytest.approx(1 / 6, abs=0.01)
+    over = reliability(np.clip(0.5 + 2 * (p - 0.5), 0, 1), y)  # twice as far from 1/2 as it should be
+    assert over["ece"] > 0.1 and over["brier"] > good["brier"]

@@ -85,3 +85,18 @@ def test_realised_matches_labels_and_is_nan_past_the_grid():
     np.testing.assert_allclose(task.realised(close, np.array([0, 1]), 1), [math.log(2), math.log(2)])
     out = task.realised(close, np.array([1, 3, 4]), 3)  # row 1+3 is a missing candle, 4+3 past the end
     assert np.isnan(out).all()
+
+
+def test_direction_objective_changes_the_meaning_and_adds_calibration():
+    from pipelines.config import EvaluationConfig
+
+    t = get_task("returns", (1,), objective="direction")
+    assert t.training_objective == "direction" and "log-odds" in t.meaning
+    rng = np.random.default_rng(0)
+    actual = 1e-3 * rng.normal(size=(2000, 1))
+    logit = actual * 3e3 + rng.normal(size=(2000, 1))
+    base = t.baseline_forecasts(None, 1e-3 * rng.normal(size=(2000, 1)))
+    flat = t.evaluate(logit, actual, base, interval="1m", cfg=EvaluationConfig())
+    assert 0 < flat["model.h1.brier"] < 0.25 and 0 <= flat["model.h1.ece"] < 1
+    assert "persistence.h1.brier" not in flat
+    assert get_task("returns", (1,)).meaning == "predicted log return ln(close[t+h]/close[t])"
