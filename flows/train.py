@@ -62,11 +62,19 @@ def fit(
 @task(name="register-model", **IO)
 def register(result):
     """Log the run + bundle, create the model version; first version → champion, later → challenger."""
+    from pipelines.training.figures import training_figures
     from registry.promotion import assign_new_version
     from registry.runs import log_training
 
-    client = Runtime.from_env().mlflow
-    registered = log_training(client, result, tags=result.run_tags)
+    rt = Runtime.from_env()
+    figures = {}
+    if result.pooled is not None:
+        title = f"{result.task}-{result.symbol}-{result.interval} ({result.model_type})"
+        figures = training_figures(
+            result.pooled, rt.task(result.task, result.horizons), result.horizons, title
+        )
+    client = rt.mlflow
+    registered = log_training(client, result, tags=result.run_tags, figures=figures)
     assign_new_version(client, registered, actor="kairos-train", gates_passed=all(result.gates.values()))
     return registered
 

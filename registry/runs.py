@@ -5,6 +5,7 @@ Run layout (artifacts):
     newest_window.npz                         open_times (int64 ms), predictions, actuals (n, H), baseline_<who>
     report.json                               nested report, summary metrics, gates, data window
     feature_names.json
+    calibration.png, coverage.png, curves.json   the run's curves (when the flow passes `figures`)
 The model version's source is the run's `bundle` artifact directory (its resolved URI, as MLflow's
 own `register_model` stores it), so the version's artifacts are exactly the bundle. MLflow 3.17's
 `create_model_version(name, source, run_id)` accepts a plain artifact directory without a
@@ -121,6 +122,7 @@ def log_training(
     tags: dict[str, str] | None = None,
     config: BaseModel | dict | None = None,
     task: str | None = None,
+    figures: dict[str, bytes] | None = None,
 ) -> RegisteredVersion:
     """Log `result` as one run and register its bundle as a new version of `<task>-<SYMBOL>-<interval>`.
 
@@ -131,6 +133,7 @@ def log_training(
         tags: extra run tags (e.g. {"trigger": "schedule"}).
         config: the training config, logged flat as `cfg.*` params.
         task: registered-model task prefix (default: the result's task).
+        figures: extra run artifacts `{file name: bytes}` (the calibration / coverage curves).
 
     Returns:
         The new version (name, version, run_id).
@@ -192,6 +195,8 @@ def log_training(
             extras = Path(tmp) / "extras"
             extras.mkdir()
             _write_extras(extras, result, metric, newest)
+            for fname, content in (figures or {}).items():
+                (extras / Path(fname).name).write_bytes(content)
             client.log_artifacts(run_id, str(extras))
     except BaseException:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))

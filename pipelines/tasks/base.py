@@ -171,6 +171,18 @@ class Task(ABC):
         """The A/B review's per-request loss (lower is better) of (n,) predictions and realised values:
         (loss (m,), keep mask (n,)) — rows the loss is undefined on are dropped."""
 
+    def calibration(self, pred: np.ndarray, actual: np.ndarray, bins: int = 10) -> dict[str, Any]:
+        """A calibration curve of one horizon's (n,) forecasts: mean forecast against mean outcome per
+        decile of the forecast (on the diagonal when the forecast is the conditional mean)."""
+        pred, actual = np.asarray(pred, float), np.asarray(actual, float)
+        edges = np.unique(np.quantile(pred, np.linspace(0, 1, bins + 1))) if pred.size else np.zeros(1)
+        idx = np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, max(len(edges) - 2, 0))
+        count = np.bincount(idx, minlength=max(len(edges) - 1, 1)).astype(float)
+        ok = count > 0
+        x = np.bincount(idx, weights=pred, minlength=count.size)[ok] / count[ok]
+        y = np.bincount(idx, weights=actual, minlength=count.size)[ok] / count[ok]
+        return {"x": x, "y": y, "count": count[ok], "xlabel": "mean forecast", "ylabel": "mean outcome"}
+
     def check(self, pred: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pred, actual = np.asarray(pred, float), np.asarray(actual, float)
         if pred.ndim != 2 or pred.shape != actual.shape or pred.shape[1] != len(self.horizons):

@@ -206,6 +206,24 @@ class ReturnsTask(Task):
             )["pnl_sharpe"]
         raise TaskError(f"task returns has no metric {metric!r}; expected accuracy, ic or sharpe")
 
+    def calibration(self, pred: np.ndarray, actual: np.ndarray, bins: int = 10) -> dict[str, Any]:
+        """The direction objective's log-odds as P(up) against the observed frequency of up (flat rows out);
+        the regression objectives: mean predicted against mean realised return per forecast decile."""
+        if self.training_objective != "direction":
+            return super().calibration(pred, actual, bins)
+        moved = np.asarray(actual) != 0
+        r = M.reliability(1.0 / (1.0 + np.exp(-np.asarray(pred)[moved])), np.asarray(actual)[moved] > 0, bins)
+        ok = r["count"] > 0
+        return {
+            "x": r["mean_p"][ok],
+            "y": r["freq"][ok],
+            "count": r["count"][ok],
+            "xlabel": "P(up) predicted",
+            "ylabel": "share up",
+            "brier": r["brier"],
+            "ece": r["ece"],
+        }
+
     def baseline_column(self, forecast: np.ndarray, j: int, metric: str) -> np.ndarray:
         """Column 0 is the sign called (accuracy, P&L), column 1 the value forecast (IC, RMSE)."""
         return np.asarray(forecast)[:, 1 if metric in ("ic", "rmse") else 0]

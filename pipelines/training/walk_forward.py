@@ -66,6 +66,8 @@ class TrainResult:
     run_tags: dict[str, str] = field(
         default_factory=dict
     )  # extra tags for the training run (e.g. tuning provenance)
+    # every pooled out-of-sample row (model, labels, the task's baselines): the run's curves are drawn from it
+    pooled: NewestWindow | None = None
 
 
 class TrainingError(KairosError):
@@ -399,6 +401,12 @@ def train_walk_forward(
         gates={"parity": True},
         folds=folds,
         model=final,
+        pooled=NewestWindow(
+            open_times=ds.open_time[rows].astype("datetime64[ms, UTC]").astype("int64").to_numpy(),
+            predictions=pooled_pred,
+            actuals=ds.Y[rows],
+            baselines=base_rows,
+        ),
     )
 
 

@@ -51,6 +51,10 @@ def test_daily_retrain_twice_registers_champion_then_judges_challenger(small, ha
     assert cmp.champion_score is not None and 0 < cmp.champion_score < 1
     # the task's naive baselines were scored on the same rows, so the policy can require beating them
     assert cmp.baseline_name in ("always_up", "persistence", "reversal") and 0 < cmp.baseline_score < 1
+    # every training run logs its calibration and coverage curves
+    for reg in (out1["registered"], out2["registered"]):
+        files = {a.path for a in rt.mlflow.list_artifacts(reg.run_id)}
+        assert {"calibration.png", "coverage.png", "curves.json"} <= files, files
     aliases = current_aliases(rt.mlflow, name)
     assert aliases["champion"] == ("2" if decision.promote else "1")
     moves = history(rt.mlflow, name)

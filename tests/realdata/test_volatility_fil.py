@@ -71,6 +71,8 @@ def test_train_prints_the_task_metrics_beside_its_baselines_and_registers(traine
         assert m[f"har_rv.h{h}.qlike"] < m[f"persistence.h{h}.qlike"]
         assert 0 < m[f"model.h{h}.mz_r2"] < 1
     assert run.data.tags["task"] == "volatility" and "newest.h15.qlike" in m
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"calibration.png", "curves.json"} <= files and "coverage.png" not in files  # not a signed task
     get_settings.cache_clear()
 
 
