@@ -6,7 +6,7 @@ writes benchmarks/results/fil_report.json (returns) or fil_<task>_report.json wi
 metric per horizon, pooled over the folds, plus per fold how often the model beat each baseline on the
 task's promotion metric.
 
-    python benchmarks/report_fil.py [--task returns|volatility]
+    python benchmarks/report_fil.py [--task returns|volatility] [--objective l2|huber|quantile|direction]
 """
 
 from __future__ import annotations
@@ -24,16 +24,18 @@ FILES = sorted((REPO.parent / "shared" / "data").glob("FILUSDT-1m-2023-*.zip"))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="returns")
+    ap.add_argument("--objective", default=None, help="the models' training objective (default: the task's)")
     args = ap.parse_args()
 
     from pipelines.config import load_training_config
     from pipelines.sources.binance_files import read_many
-    from pipelines.tasks import load_task
+    from pipelines.tasks import get_task, read_task_file
     from pipelines.training.walk_forward import train_walk_forward
 
     candles = read_many(FILES, "FILUSDT", "1m")
     cfg = load_training_config(REPO / "configs", task=args.task)
-    task = load_task(REPO / "configs", args.task, cfg.labels.horizons)
+    tf = read_task_file(REPO / "configs", args.task)
+    task = get_task(args.task, cfg.labels.horizons, tf.options, args.objective or tf.objective)
     t0 = time.perf_counter()
     res = train_walk_forward(candles, symbol="FILUSDT", interval="1m", cfg=cfg, task=task)
     wall = time.perf_counter() - t0
@@ -62,6 +64,7 @@ def main() -> None:
             print(f"{h:>3} {who:<12} " + " ".join(f"{c.render(m):>24}" for c in task.columns) + f"  {won}")
     out = {
         "task": task.name,
+        "objective": task.training_objective,
         "data_window": res.data_window,
         "folds": len(res.fold_metrics),
         "parity_max_abs": res.parity_max_abs,
@@ -71,6 +74,8 @@ def main() -> None:
         "report": res.report,
     }
     name = "fil_report.json" if task.name == "returns" else f"fil_{task.name}_report.json"
+    if args.objective:
+        name = name.replace(".json", f"_{args.objective}.json")
     dst = REPO / "benchmarks" / "results" / name
     dst.write_text(json.dumps(out, indent=2, default=str))
     print(f"wrote {dst}")

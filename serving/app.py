@@ -56,14 +56,15 @@ def prediction_out(p: Prediction) -> dict[str, Any]:
         "version": p.version,
         "arm": p.arm,
         "latency_us": round(p.latency_us, 2),
-        # `value` is the task's output; signed (returns) outputs also carry `log_return` (the key that
-        # predates tasks) and the `direction` called.
+        # `value` is the task's output; a signed output also carries the `direction` it calls, and a
+        # "returns" output (log returns) its value under `log_return`, the key that predates tasks.
         "horizons": [
             {
                 "horizon": h,
                 "value": v,
                 "confidence": c,
-                **({"log_return": v, "direction": d} if p.signed else {}),
+                **({"direction": d} if p.signed else {}),
+                **({"log_return": v} if p.output == "returns" else {}),
             }
             for h, v, d, c in zip(p.horizons, p.values, p.directions, conf)
         ],

@@ -56,6 +56,7 @@ class Prediction:
     confidence: tuple[float, ...] | None  # from the model's "confidence" output, if it has one
     latency_us: float  # features + model, microseconds
     signed: bool = True  # the sign of a value is a direction call (returns-like tasks)
+    output: str = "returns"  # the ONNX output the values come from (the task's; "returns" = log returns)
 
     @property
     def log_returns(self) -> tuple[float, ...]:
@@ -330,6 +331,7 @@ class Predictor:
             None if conf is None else tuple(conf[0].tolist()),
             latency,
             model.signed,
+            model.output_name,
         )
 
     def _log(self, p: Prediction, served: bool, routing_key: str) -> None:

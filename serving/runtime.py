@@ -102,10 +102,12 @@ class LoadedModel:
     _outputs: list[str] = field(default_factory=list)
     horizons_tuple: tuple[int, ...] = ()  # manifest horizons, built once (every Prediction carries them)
     signed: bool = True  # manifest.signed, built once
+    output_name: str = "returns"  # manifest.outputs[0].name, built once
 
     def __post_init__(self) -> None:
         self.horizons_tuple = tuple(self.manifest.horizons)
         self.signed = self.manifest.signed
+        self.output_name = self.manifest.outputs[0].name
 
     @property
     def name(self) -> str:

@@ -141,6 +141,8 @@ class ServingState:
                         "version": m.version,
                         "source": m.source,
                         "sha256": m.sha256,
+                        "task": m.manifest.task,
+                        "output": {"name": m.output_name, "meaning": m.manifest.outputs[0].meaning},
                         "feature_set": m.manifest.feature_set.name,
                         "horizons": m.horizons,
                         "model_type": m.manifest.model_type,

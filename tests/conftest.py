@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.fixtures.servers"]  # the `mlflow_server` fixture
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 FIL_FILES = sorted(SHARED_DATA.glob("FILUSDT-1m-2023-*.zip"))

@@ -106,7 +106,6 @@ def evaluate_forecast(
 @dataclass(frozen=True)
 class ReturnsTask(Task):
     name: ClassVar[str] = "returns"
-    output_name: ClassVar[str] = "returns"
     output_meaning: ClassVar[str] = (
         "predicted log return ln(close[t+h]/close[t])"  # objective l2/huber/quantile
     )
@@ -129,6 +128,11 @@ class ReturnsTask(Task):
 
     def labels(self, close: np.ndarray) -> np.ndarray:
         return make_labels(close, self.horizons)
+
+    @property
+    def output_name(self) -> str:  # type: ignore[override]
+        """ "returns" for the regression objectives; the direction classifier's log-odds are not returns."""
+        return "direction_logit" if self.training_objective == "direction" else "returns"
 
     @property
     def meaning(self) -> str:

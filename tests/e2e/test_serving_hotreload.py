@@ -8,7 +8,6 @@ output is `version * 1e-3`, so every answer proves which version computed it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,65 +18,14 @@ import httpx
 import pytest
 
 from tests.conftest import FIL_FILES
+from tests.fixtures.servers import free_port as _free_port
+from tests.fixtures.servers import wait_until as _wait
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "returns-FILUSDT-1m"
 POLL = 0.5  # seconds, watcher poll interval in this test
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, timeout: float, log: Path, status: int = 200) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == status:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not answering {status} after {timeout}s")
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    log = open(d / "server.log", "w")
-    proc = subprocess.Popen(
-        [
-            str(REPO / ".venv/bin/mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{d}/mlflow.db",
-            "--artifacts-destination",
-            str(d / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(f"{url}/health", proc, 120, d / "server.log")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def _register(client, exp_id: str, bundle_dir: Path) -> str:

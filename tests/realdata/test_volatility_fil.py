@@ -2,8 +2,9 @@
 
 `kairos train --task volatility --symbol FILUSDT` trains walk-forward on Oct-Nov 2023, prints QLIKE / MSE /
 MZ-R² for the model beside persistence, EWMA and HAR-RV, exports one parity-gated ONNX graph and registers
-`volatility-FILUSDT-1m`; the bundle serves (`kairos serve`'s app, stream == batch); `kairos review` compares
-two volatility versions with the task's own loss (QLIKE).
+`volatility-FILUSDT-1m` on a real `mlflow server`; `kairos serve --model volatility-FILUSDT-1m` follows the
+registry and serves it (stream == batch); `kairos review` compares two volatility versions with the task's own
+loss (QLIKE).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIL_FILES, REPO
+from tests.fixtures.servers import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +33,10 @@ def kairos(args: list[str], env: dict[str, str], timeout: int = 900) -> subproce
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, shared_data):
+def trained(tmp_path_factory, shared_data, mlflow_server):
     home = tmp_path_factory.mktemp("vol") / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAIROS_", "PREFECT_", "MLFLOW_"))}
-    env.update(KAIROS_HOME=str(home), COLUMNS="200")
+    env.update(KAIROS_HOME=str(home), COLUMNS="200", MLFLOW_TRACKING_URI=mlflow_server)
     files = [str(p) for p in FIL_FILES if p.name.endswith(("2023-10.zip", "2023-11.zip"))]
     assert len(files) == 2
     kairos(["ingest", "binance-files", *files, "--symbol", "FILUSDT"], env)
@@ -55,6 +57,7 @@ def test_train_prints_the_task_metrics_beside_its_baselines_and_registers(traine
     ):
         assert word in out, out
     monkeypatch.setenv("KAIROS_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     from flows.runtime import Runtime
     from pipelines.contracts.settings import get_settings
     from registry.promotion import current_aliases
@@ -79,6 +82,7 @@ def test_train_prints_the_task_metrics_beside_its_baselines_and_registers(traine
 def test_bundle_serves_stream_equal_to_batch(trained, tmp_path, monkeypatch):
     home, env, _ = trained
     monkeypatch.setenv("KAIROS_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     from fastapi.testclient import TestClient
 
     from flows.runtime import Runtime
@@ -118,9 +122,46 @@ def test_bundle_serves_stream_equal_to_batch(trained, tmp_path, monkeypatch):
     get_settings.cache_clear()
 
 
+def test_kairos_serve_follows_the_registry_and_serves_the_volatility_model(trained, tmp_path):
+    """`kairos serve --model volatility-FILUSDT-1m` (its own process, REST to the MLflow server) loads the
+    champion and answers with the task's output for every horizon."""
+    import httpx
+
+    from pipelines.sources.binance_files import read_klines
+    from tests.fixtures.bundles import api_candle, candle_records
+
+    home, env, _ = trained
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            KAIROS + ["serve", "--model", NAME, "--port", str(port), "--log-level", "warning"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_until(f"{base}/readyz", proc, 120, log_path)
+            models = httpx.get(f"{base}/v1/models", timeout=5).json()
+            assert NAME in str(models) and "log_variance" in str(models), models
+            nov = [f for f in FIL_FILES if f.name.endswith("2023-11.zip")][0]
+            window = [api_candle(r) for r in candle_records(read_klines(nov, "FILUSDT").iloc[-700:])]
+            body = httpx.post(f"{base}/v1/candles", json={"symbol": "FILUSDT", "candles": window}, timeout=30)
+            assert body.status_code == 200, body.text
+            hs = body.json()["prediction"]["horizons"]
+            assert [h["horizon"] for h in hs] == [5, 15, 60] and all(-30 < h["value"] < 0 for h in hs)
+            assert "direction" not in hs[0]
+        finally:
+            proc.terminate()
+            proc.wait(15)
+
+
 def test_review_compares_two_volatility_versions_with_qlike(trained, tmp_path, monkeypatch):
     home, env, _ = trained
     monkeypatch.setenv("KAIROS_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     from onnx import TensorProto, helper, numpy_helper
 
     from flows.runtime import Runtime

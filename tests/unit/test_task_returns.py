@@ -91,7 +91,10 @@ def test_direction_objective_changes_the_meaning_and_adds_calibration():
     from pipelines.config import EvaluationConfig
 
     t = get_task("returns", (1,), objective="direction")
-    assert t.training_objective == "direction" and "log-odds" in t.meaning
+    assert (
+        t.training_objective == "direction" and "log-odds" in t.meaning and t.output_name == "direction_logit"
+    )
+    assert get_task("returns", (1,)).output_name == "returns"
     rng = np.random.default_rng(0)
     actual = 1e-3 * rng.normal(size=(2000, 1))
     logit = actual * 3e3 + rng.normal(size=(2000, 1))

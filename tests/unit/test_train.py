@@ -315,3 +315,17 @@ def test_real_predict_bundle_scores_like_the_final_model(fil_result, fil_candles
     np.testing.assert_allclose(
         out[["h1", "h2", "h3", "h4", "h5"]].to_numpy(), res.model.predict(X), atol=1e-5
     )
+
+
+def test_direction_objective_trains_exports_and_names_its_output(fake_features):
+    """The task's objective reaches the model; the bundle's output is the classifier's log-odds."""
+    from pipelines.tasks import get_task
+    from pipelines.training.walk_forward import train_walk_forward
+
+    cfg = TrainingConfig.model_validate({**SMALL, "features": {"feature_set": "fake"}})
+    task = get_task("returns", tuple(H), objective="direction")
+    res = train_walk_forward(candles_frame(700), symbol="TEST", interval="1m", cfg=cfg, task=task)
+    out = res.manifest.outputs[0]
+    assert (out.name, out.signed) == ("direction_logit", True) and "log-odds" in out.meaning
+    assert res.params["objective"] == "direction" and res.parity_max_abs < 1e-5
+    assert 0 <= res.summary_metrics["model.h1.brier"] <= 1
