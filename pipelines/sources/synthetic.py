@@ -22,6 +22,10 @@ volatility (peak around 15:00 UTC, the US open), rare volume bursts with larger 
 bounce (close = mid ± half-spread: slightly negative lag-1 return autocorrelation), and a weak
 predictable component: the next return loads on this candle's order-flow imbalance, which shows
 in `taker_buy_ratio`.
+
+Optionally (`SynthParams.reversal`, default 0.0: off, bit-identical to the series without it) a
+planted reversal effect: the mid returns follow an AR(1) with that coefficient (e.g. -0.1), the
+filter's memory truncated at one day (it reads day b-1's raw returns, hence day b-2's last flow).
 """
 
 from __future__ import annotations
@@ -66,6 +70,15 @@ class SynthParams:
     burst_prob: float = 0.003  # chance per candle of a volume burst (~4 a day at 1m)
     burst_alpha: float = 1.5  # Pareto tail of burst size
     trade_size: float = 88.0  # base units per trade (FIL: median count/volume ≈ 1/88)
+    # AR(1) coefficient of consecutive mid-price returns (negative = a planted reversal effect); 0.0
+    # (the default) leaves the series bit-identical to the generator without it.
+    reversal: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not -1.0 < self.reversal < 1.0:
+            raise SourceError(
+                f"synthetic reversal={self.reversal!r} must lie in (-1, 1) (an AR(1) coefficient)"
+            )
 
 
 def is_synthetic_symbol(symbol: str) -> bool:
@@ -142,6 +155,19 @@ def _calm_vol(b: int, prev: dict, cur: dict, lvl: dict, p: SynthParams, iv_min: 
     return p.vol_1m * np.sqrt(iv_min) * np.exp(g + h - p.sv_sd**2 / 2 + p.vol_season_amp * season)
 
 
+def _raw_returns(flow_before: np.ndarray, cur: dict, calm: np.ndarray, p: SynthParams) -> np.ndarray:
+    """Mid log returns of one day before the bridge (and before any planted reversal), shape (m,).
+
+    `flow_before` is the previous day's last order flow, shape (1,): the next return loads on it.
+    """
+    sigma = calm * np.where(cur["burst_u"] < p.burst_prob, 2.0, 1.0)
+    flow = cur["flow"]
+    flow_prev = np.concatenate([flow_before, flow[:-1]])
+    return (
+        sigma * (p.flow_rho * flow + np.sqrt(1 - p.flow_rho**2) * cur["z"]) + p.flow_kappa * sigma * flow_prev
+    )
+
+
 def _block_candles(
     b: int,
     prev: dict,
@@ -152,8 +178,13 @@ def _block_candles(
     p: SynthParams,
     iv_min: int,
     log_p0: float,
+    prev_raw: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """All fields of the m candles of day b, from its draws, the previous day's and their vols."""
+    """All fields of the m candles of day b, from its draws, the previous day's and their vols.
+
+    `prev_raw` (needed only when `p.reversal` is non-zero): day b-1's `_raw_returns`, the memory of
+    the AR(1) reversal filter (truncated at one day: |reversal|^m is nil).
+    """
     m = len(calm)
     hour = (np.arange(m) * iv_min / 60.0) % 24
     season = np.cos(2 * np.pi * (hour - p.season_peak_hour) / 24)
@@ -162,8 +193,10 @@ def _block_candles(
     h = np.log(calm)  # log-vol incl. daily level and season: drives volume too
 
     flow = cur["flow"]
-    flow_prev = np.concatenate([prev["flow"][-1:], flow[:-1]])
-    r = sigma * (p.flow_rho * flow + np.sqrt(1 - p.flow_rho**2) * cur["z"]) + p.flow_kappa * sigma * flow_prev
+    r = _raw_returns(prev["flow"][-1:], cur, calm, p)
+    if p.reversal:  # r_t <- r_t + reversal * r_{t-1}, the filter started a day back
+        assert prev_raw is not None, "a planted reversal needs the previous day's raw returns"
+        r = lfilter([1.0], [1.0, -p.reversal], np.concatenate([prev_raw, r]))[m:]
     # Bridge: spread the gap to the day's total in proportion to variance, so day b ends at C[b+1].
     w = sigma**2 / np.sum(sigma**2)
     r = r + (lvl["T"][b] - r.sum()) * w
@@ -256,9 +289,24 @@ def generate(
         b: _calm_vol(b, draws[b - 1], draws[b], lvl, params, iv_min, m)
         for b in range(b_first - 1, b_last + 1)
     }
+    prev_raw = {  # day b-1's raw returns, the memory of a planted reversal (unused when it is 0)
+        b: _raw_returns(draws[b - 2]["flow"][-1:], draws[b - 1], calm[b - 1], params)
+        if params.reversal
+        else None
+        for b in range(b_first, b_last + 1)
+    }
     blocks = [
         _block_candles(
-            b, draws[b - 1], draws[b], calm[b], float(calm[b - 1][-1]), lvl, params, iv_min, log_p0
+            b,
+            draws[b - 1],
+            draws[b],
+            calm[b],
+            float(calm[b - 1][-1]),
+            lvl,
+            params,
+            iv_min,
+            log_p0,
+            prev_raw[b],
         )
         for b in range(b_first, b_last + 1)
     ]

@@ -98,6 +98,28 @@ def test_synthetic_continuation_appends_next_day(month):
         synthetic.generate_continuation(day1, 10, seed=99)
 
 
+def test_synthetic_planted_reversal(month):
+    # Off by default: reversal=0.0 is the series as it was before the option existed (lag-1 acf of the
+    # default month recorded when the option was added; only the bid-ask bounce makes it negative).
+    off = synthetic.generate(n=43_200, params=synthetic.SynthParams(reversal=0.0))
+    pd.testing.assert_frame_equal(off, month, check_exact=True)
+    r0 = np.diff(np.log(month["close"].to_numpy()))
+    assert acf(r0, 1) == pytest.approx(-0.030197646819819655, abs=1e-9)
+    # On: AR(1) mid returns at -0.1 make the lag-1 autocorrelation clearly negative, at lag 1 only.
+    params = synthetic.SynthParams(reversal=-0.1)
+    planted = synthetic.generate(n=43_200, params=params)
+    assert_contract(planted)
+    r = np.diff(np.log(planted["close"].to_numpy()))
+    assert acf(r, 1) < -0.05 and acf(r, 1) < acf(r0, 1) - 0.05
+    assert abs(acf(r, 2)) < 0.03
+    # Still a random-access series: windows join bit-exactly across a day boundary.
+    t0 = pd.Timestamp("2024-01-01", tz="UTC")
+    b = synthetic.generate(start=t0 + pd.Timedelta(minutes=1000), n=2000, params=params)
+    pd.testing.assert_frame_equal(b, planted.iloc[1000:3000].reset_index(drop=True), check_exact=True)
+    with pytest.raises(SourceError, match="reversal"):
+        synthetic.SynthParams(reversal=1.0)
+
+
 def test_synthetic_other_interval():
     df = synthetic.generate(interval="1h", start="2024-03-01 05:00", n=72)
     assert_contract(df)
