@@ -224,7 +224,7 @@ def print_result(res: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--objective", default="l2", choices=["l2", "huber", "quantile"])
+    ap.add_argument("--objective", default="l2", choices=["l2", "huber", "quantile", "direction"])
     ap.add_argument("--synthetic-reversal", type=float, default=None, metavar="X")
     ap.add_argument(
         "--huber-delta",

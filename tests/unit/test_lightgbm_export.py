@@ -316,3 +316,20 @@ def test_direction_objective_exports_the_log_odds_and_ignores_flat_rows():
     probe = np.zeros((1, 5), np.float32)
     probe[0, 0], probe[0, 1] = 1.5, 5.0  # clearly "up" by X0, in the flat rows' region of X1
     assert m.predict(probe)[0, 0] > 0
+
+
+def test_huber_delta_follows_the_label_scale():
+    """Huber at LightGBM's default delta (0.9) on 1e-3-sized returns is exactly l2; scaled, it is not."""
+    import numpy as np
+
+    from pipelines.config import LightGBMConfig
+    from pipelines.models.lightgbm import LightGBMReturns, huber_delta
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 4)).astype(np.float32)
+    y = 1e-3 * (0.3 * X[:, 0] + rng.standard_t(2, size=3000))  # fat tails
+    assert huber_delta(np.r_[y, np.zeros(50)]) == np.median(np.abs(y))
+    cfg = LightGBMConfig(n_estimators=30, num_threads=1, min_child_samples=20)
+    l2 = LightGBMReturns(cfg, [1]).fit(X, y[:, None]).predict(X)
+    hub = LightGBMReturns(cfg, [1], objective="huber").fit(X, y[:, None]).predict(X)
+    assert np.abs(hub - l2).max() > 1e-5
