@@ -18,10 +18,12 @@ from flows.train import load_candles
 
 def _tuning(rt: Runtime, model_type: str, task_name: str):
     """(search space with the task's metric and horizon filled in, training config, task)."""
+    from pipelines.models import get_spec
     from pipelines.tuning.objective import for_task, load_search_space
 
     cfg = rt.training_config(task=task_name)
-    task_ = rt.task(task_name, cfg.labels.horizons)
+    spec = get_spec(model_type, rt.settings.configs_dir)
+    task_ = rt.task(task_name, cfg.labels.horizons).for_family(spec.objectives, f"model {model_type}")
     tuning = for_task(
         load_search_space(rt.settings.configs_dir, model_type), task_, rt.policy(task_name).horizon
     )

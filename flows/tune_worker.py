@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         s = get_settings()
         cfg = load_training_config(s.configs_dir, task=args.task)
-        task = load_task(s.configs_dir, args.task, cfg.labels.horizons)
+        from pipelines.models import get_spec
+
+        task = load_task(s.configs_dir, args.task, cfg.labels.horizons).for_family(
+            get_spec(args.model, s.configs_dir).objectives, f"model {args.model}"
+        )
         tuning = for_task(
             load_search_space(s.configs_dir, args.model),
             task,

@@ -4,7 +4,7 @@
 
 A task YAML holds:
     description: one line
-    objective: l2            # optional: the models' training loss (the task's default otherwise)
+    objective: l2            # optional: the models' training loss, or a preference list [huber, l2]
     options: {...}           # the task's own knobs (e.g. volatility's EWMA lambda)
     training: {...}          # overrides of configs/defaults.yaml blocks (e.g. labels.horizons, walk_forward.purge)
     promotion: {...}         # overrides of configs/promotion.yaml (e.g. min_lift, horizon)
@@ -31,7 +31,7 @@ class TaskFile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     description: str = ""
-    objective: str | None = None
+    objective: str | list[str] | None = None  # one, or several in preference order (families pick)
     options: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, dict[str, Any]] = Field(default_factory=dict)
     promotion: dict[str, Any] = Field(default_factory=dict)
@@ -77,7 +77,7 @@ def get_task(
     name: str,
     horizons: tuple[int, ...] | list[int],
     options: dict[str, Any] | None = None,
-    objective: str | None = None,
+    objective: str | list[str] | None = None,
 ) -> Task:
     """A task instance at `horizons` (normally `TrainingConfig.labels.horizons`)."""
     opts = dict(options or {})

@@ -90,8 +90,27 @@ class Task(ABC):
         return [f"{self.label_prefix}_h{h}" for h in self.horizons]
 
     @property
+    def objectives(self) -> tuple[str, ...]:
+        """The objectives the task asks for, in preference order (the YAML's `objective`: one or a list)."""
+        o = self.options.get("objective", self.objective)
+        return tuple(str(x) for x in o) if isinstance(o, list | tuple) else (str(o),)
+
+    @property
     def training_objective(self) -> str:
-        return str(self.options.get("objective", self.objective))
+        return self.objectives[0]
+
+    def for_family(self, supported: Sequence[str], family: str = "the model") -> Task:
+        """This task with the first of its objectives that a model family supports (the family keeps
+        training what the task asks; a family that cannot is told plainly)."""
+        pick = next((o for o in self.objectives if o in supported), None)
+        if pick is None:
+            raise TaskError(
+                f"{family} supports objectives {list(supported)}, none of task {self.name}'s "
+                f"{list(self.objectives)}; set `objective` in configs/tasks/{self.name}.yaml"
+            )
+        if self.objectives == (pick,):
+            return self
+        return type(self)(self.horizons, {**self.options, "objective": pick})
 
     @property
     def meaning(self) -> str:

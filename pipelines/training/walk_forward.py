@@ -225,7 +225,7 @@ def train_walk_forward(
         TrainingError: unusable candles; SplitError: too few rows; ParityError: the export disagrees.
     """
     from pipelines.features import get_feature_set
-    from pipelines.models import make_model
+    from pipelines.models import get_spec, make_model
     from pipelines.training.parity import check_parity
     from pipelines.training.splits import walk_forward_folds
 
@@ -239,6 +239,7 @@ def train_walk_forward(
         )
     fs = get_feature_set(cfg.features.feature_set)
     n_features = len(fs.names)
+    task = task.for_family(get_spec(model_type).objectives, f"model {model_type}")
 
     def new_model() -> Any:
         return make_model(

@@ -103,3 +103,16 @@ def test_direction_objective_changes_the_meaning_and_adds_calibration():
     assert 0 < flat["model.h1.brier"] < 0.25 and 0 <= flat["model.h1.ece"] < 1
     assert "persistence.h1.brier" not in flat
     assert get_task("returns", (1,)).meaning == "predicted log return ln(close[t+h]/close[t])"
+
+
+def test_objective_preference_list_each_family_takes_the_first_it_supports():
+    from pipelines.tasks import load_task
+    from tests.conftest import REPO
+
+    t = load_task(REPO / "configs", "returns", (1, 2, 3, 4, 5))
+    assert t.objectives == ("huber", "l2") and t.training_objective == "huber"  # the shipped default
+    assert t.for_family(("l2", "huber", "quantile", "direction")).training_objective == "huber"  # LightGBM
+    tft = t.for_family(("l2", "quantile"), "model tft")
+    assert tft.objectives == ("l2",) and tft.output_name == "returns"
+    with pytest.raises(TaskError, match="model toy supports objectives"):
+        t.for_family(("quantile",), "model toy")
