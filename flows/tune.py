@@ -68,7 +68,11 @@ def run_workers(
     tuning, cfg, task_ = _tuning(rt, model_type, task_name)
     # Create (or check) the study here so K workers never race to create it with other attributes.
     study = open_study(
-        make_storage(storage, tuning), study_name, tuning, 0, {"symbol": symbol, "interval": interval}
+        make_storage(storage, tuning),
+        study_name,
+        tuning,
+        0,
+        {"symbol": symbol, "interval": interval, "objective": task_.training_objective},
     )
     before = sum(trial_counts(study).values())
     # One LightGBM thread per worker: parallelism comes from workers (benchmarks/results/tune.json:

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             args.study,
             tuning,
             args.worker_index,
-            {"symbol": args.symbol, "interval": args.interval},
+            {"symbol": args.symbol, "interval": args.interval, "objective": task.training_objective},
         )
         objective = Objective(
             data,

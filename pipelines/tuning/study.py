@@ -158,7 +158,9 @@ def open_study(
         "horizon": tuning.horizon,
         **(attrs or {}),
     }
-    have = study.user_attrs
+    have = dict(study.user_attrs)
+    if "objective" in want and "objective" not in have and study.get_trials(deepcopy=False):
+        have["objective"] = "l2"  # trials from before objectives were recorded all trained with l2
     for key, value in want.items():
         if key not in have:
             study.set_user_attr(key, value)

@@ -426,3 +426,23 @@ def test_tune_volatility_scores_the_task_metric_and_keeps_its_params_apart(
     )  # the returns file: not written
     overrides, prov = load_best_params(kairos_home, "lightgbm", "SYNTHUSDT", "1m", "volatility")
     assert set(overrides["lightgbm"]) == set(SPACE["params"]) and prov["metric"] == "neg_qlike"
+
+
+def test_a_study_remembers_its_objective(tmp_path):
+    """Resuming a study under another training objective would mix incomparable trials: refused, and a
+    study whose trials predate recorded objectives counts as l2 (what every study trained then)."""
+    from pipelines.config import TuningConfig
+    from pipelines.tuning.objective import TuningError
+    from pipelines.tuning.study import make_storage, open_study
+
+    tuning = TuningConfig.model_validate(SPACE)
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", tuning)
+    study = open_study(storage, "s", tuning, 0, {"objective": "huber"})
+    assert study.user_attrs["objective"] == "huber"
+    with pytest.raises(TuningError, match="objective='huber', not 'l2'"):
+        open_study(storage, "s", tuning, 0, {"objective": "l2"})
+    old = optuna.create_study(storage=storage, study_name="old", direction="maximize")
+    old.enqueue_trial({"num_leaves": 8})
+    old.ask()  # a trial made before the objective was recorded
+    with pytest.raises(TuningError, match="objective='l2'"):
+        open_study(storage, "old", tuning, 0, {"objective": "huber"})
