@@ -17,7 +17,7 @@ from serving.app import create_app
 from serving.config import ServingConfig
 from serving.state import ServingState
 from tests.conftest import FIL_FILES
-from tests.fixtures.bundles import api_candle, candle_records, feature_spec, linear_bundle
+from tests.fixtures.bundles import API_CANDLE_FIELDS, api_candle, candle_records, feature_spec, linear_bundle
 
 CASES = 170  # per (operation with inputs, mode): 3 operations x 2 modes x 170 = 1,020 cases (+4 GETs)
 FAST = dict(
@@ -78,18 +78,7 @@ def test_generated_requests_never_get_a_server_error(state):
     assert count["4xx"] > count["cases"] // 4, "the generator should mostly be probing bad input"
 
 
-_NUMERIC = [
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_asset_volume",
-    "number_of_trades",
-    "taker_buy_base_asset_volume",
-    "taker_buy_quote_asset_volume",
-    "open_time",
-]
+_NUMERIC = list(API_CANDLE_FIELDS)
 _WEIRD = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.integers(-(2**70), 2**70),
