@@ -159,8 +159,6 @@ def open_study(
         **(attrs or {}),
     }
     have = dict(study.user_attrs)
-    if "objective" in want and "objective" not in have and study.get_trials(deepcopy=False):
-        have["objective"] = "l2"  # trials from before objectives were recorded all trained with l2
     for key, value in want.items():
         if key not in have:
             study.set_user_attr(key, value)
