@@ -29,8 +29,11 @@ def fit(
     model_type: str,
     preset: str | None = None,
     task: str = "returns",
+    features: str | None = None,
 ):
-    """Walk-forward training of `task` with the tuned parameters of `kairos tune`, when a study wrote some."""
+    """Walk-forward training of `task` with the tuned parameters of `kairos tune`, when a study wrote some.
+
+    `features` ("core27,ta" or "core27+ta") replaces the configured feature set for this run."""
     from pipelines.sources.synthetic import is_synthetic_symbol
     from pipelines.training.walk_forward import train_walk_forward
     from pipelines.tuning.objective import load_best_params, provenance_tags, tuned_params
@@ -41,6 +44,12 @@ def fit(
         {},
     )
     cfg = rt.training_config(None, task)
+    if features:
+        from pipelines.config import FeatureConfig
+        from pipelines.features import get_feature_set
+
+        cfg = cfg.model_copy(update={"features": FeatureConfig(feature_set=features)})
+        get_feature_set(cfg.features.feature_set)  # an unknown name fails here, before any work
     result = train_walk_forward(
         candles,
         symbol=symbol,
@@ -86,9 +95,10 @@ def train(
     model_type: str = "lightgbm",
     preset: str | None = None,
     task: str = "returns",
+    features: str | None = None,
 ) -> dict[str, Any]:
     """Walk-forward train + evaluate `task` vs its baselines, export ONNX (parity-gated), register in MLflow."""
     candles = load_candles(symbol, interval)
-    result = fit(candles, symbol, interval, model_type, preset, task)
+    result = fit(candles, symbol, interval, model_type, preset, task, features)
     registered = register(result)
     return {"result": result, "registered": registered}

@@ -18,7 +18,20 @@ class _Frozen(BaseModel):
 
 
 class FeatureConfig(_Frozen):
+    """`feature_set`: one registered set ("core27") or a composition, given as a list or "core27+ta"
+    (names concatenated in that order; pipelines.features checks the names exist and are distinct)."""
+
     feature_set: str = "core27"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _join(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("feature_set"), (list, tuple)):
+            data = {**data, "feature_set": "+".join(str(p).strip() for p in data["feature_set"])}
+        if isinstance(data, dict) and isinstance(data.get("feature_set"), str):
+            parts = [p.strip() for p in data["feature_set"].replace(",", "+").split("+") if p.strip()]
+            data = {**data, "feature_set": "+".join(parts)}
+        return data
 
 
 class LabelConfig(_Frozen):

@@ -66,13 +66,18 @@ def train(
         help="A preset of configs/models/<model>.yaml (deep models: small, tiny, seed000; lightgbm: fast).",
     ),
     task: str = TaskOpt,
+    features: str | None = typer.Option(
+        None,
+        "--features",
+        help="Feature sets for this run, e.g. core27,ta,mtf (default: configs/defaults.yaml features).",
+    ),
 ) -> None:
     """Walk-forward train and evaluate vs the task's naive baselines, export ONNX, register in MLflow."""
     prepare()
     with errors(), progress():
         from flows.train import train as train_flow
 
-        out = train_flow(symbol, interval, model, preset, task)
+        out = train_flow(symbol, interval, model, preset, task, features)
     _print_training(out)
 
 

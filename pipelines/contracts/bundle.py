@@ -45,6 +45,7 @@ class FeatureSetSpec:
     version: int
     names: list[str]
     warmup: int  # candles of history needed before the features are exact
+    components: dict[str, int] = field(default_factory=dict)  # a composite "core27+ta": part → version
 
 
 @dataclass(frozen=True)

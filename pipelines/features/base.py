@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from pipelines.contracts.errors import KairosError
-from pipelines.features import core27
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,6 +48,7 @@ class FeatureSet:
     version: int
     names: tuple[str, ...]
     warmup: int
+    components: tuple[tuple[str, int], ...] = ()  # a composite "a+b": each part's (name, version)
 
 
 @dataclass(frozen=True)
@@ -63,28 +63,92 @@ class _Impl:
     optional: frozenset[str] = frozenset({"spread_bps"})  # fields that may be missing (→ NaN)
 
 
+# Registered feature-set modules, by import path. A new set is one module exposing NAME, VERSION,
+# NAMES, INPUTS, PAD_VALUES, LAGS, first_valid(), new_state() and kernel() (see core27), optionally
+# OPTIONAL (candle fields that may be missing, → NaN); bump its VERSION on any value change.
+SET_MODULES: tuple[str, ...] = ("pipelines.features.core27",)
+
+
 @lru_cache(maxsize=1)
 def _registry() -> dict[str, _Impl]:
-    """Every feature set by name. A new set (e.g. whale19) is a module like core27 (NAMES, INPUTS,
-    PAD_VALUES, LAGS, first_valid, new_state, kernel) added here; bump VERSION on any value change."""
-    fv = core27.first_valid()
-    spec = FeatureSet(core27.NAME, core27.VERSION, core27.NAMES, int(fv.max()) + 1)
-    return {
-        core27.NAME: _Impl(
-            spec, core27.INPUTS, core27.PAD_VALUES, core27.LAGS, fv, core27.new_state, core27.kernel
-        )
-    }
+    """Every feature set by name (single sets; `a+b` composites are built on demand by `_impl`)."""
+    import importlib
+
+    reg = {}
+    for path in SET_MODULES:
+        m = importlib.import_module(path)
+        fv = np.asarray(m.first_valid())
+        spec = FeatureSet(m.NAME, m.VERSION, tuple(m.NAMES), int(fv.max()) + 1)
+        optional = frozenset(getattr(m, "OPTIONAL", ("spread_bps",)))
+        reg[m.NAME] = _Impl(spec, tuple(m.INPUTS), m.PAD_VALUES, m.LAGS, fv, m.new_state, m.kernel, optional)
+    return reg
 
 
 def known_feature_sets() -> list[str]:
     return sorted(_registry())
 
 
+def composite_name(parts: str | Sequence[str]) -> str:
+    """Canonical name of a set or a composition: "core27,ta", ["core27", "ta"] or "core27+ta" → "core27+ta"."""
+    if isinstance(parts, str):
+        parts = parts.replace(",", "+").split("+")
+    names = [p.strip() for p in parts if p.strip()]
+    if not names:
+        raise UnknownFeatureSet(f"no feature set named in {parts!r}; known: {known_feature_sets()}")
+    return "+".join(names)
+
+
 def _impl(name: str) -> _Impl:
+    name = composite_name(name)
+    if "+" in name:
+        return _composite(name)
     try:
         return _registry()[name]
     except KeyError:
         raise UnknownFeatureSet(f"unknown feature set {name!r}; known: {known_feature_sets()}") from None
+
+
+@lru_cache(maxsize=32)
+def _composite(name: str) -> _Impl:
+    """Sets side by side ("core27+ta"): one work matrix stacking each part's rows, each part's kernel
+    run on its own rows and writing its own feature rows; the names concatenate in the given order."""
+    parts = [_impl(p) for p in name.split("+")]
+    seen: dict[str, str] = {}
+    for p in parts:
+        for f in p.spec.names:
+            if f in seen:
+                raise FeatureError(
+                    f"feature {f!r} is in both {seen[f]!r} and {p.spec.name!r}; a composition needs distinct names"
+                )
+            seen[f] = p.spec.name
+    rows = np.cumsum([0] + [len(p.inputs) for p in parts])
+    feats = np.cumsum([0] + [len(p.spec.names) for p in parts])
+
+    def new_state() -> tuple[Any, ...]:
+        return tuple(p.new_state() for p in parts)
+
+    def kernel(X: np.ndarray, lo: int, hi: int, t0: int, state: tuple[Any, ...], out: np.ndarray) -> None:
+        for i, p in enumerate(parts):  # X[a:b] of a C-contiguous matrix is C-contiguous
+            p.kernel(X[rows[i] : rows[i + 1]], lo, hi, t0, state[i], out[feats[i] : feats[i + 1]])
+
+    fv = np.concatenate([p.first_valid for p in parts])
+    spec = FeatureSet(
+        name,
+        1,
+        tuple(seen),
+        int(fv.max()) + 1,
+        tuple((p.spec.name, p.spec.version) for p in parts),
+    )
+    return _Impl(
+        spec,
+        tuple(i for p in parts for i in p.inputs),
+        np.concatenate([p.pad for p in parts]),
+        max(p.lags for p in parts),
+        fv,
+        new_state,
+        kernel,
+        frozenset().union(*(p.optional for p in parts)),
+    )
 
 
 def get_feature_set(name: str = "core27") -> FeatureSet:
@@ -163,6 +227,8 @@ def _float_column(candles: Candles, name: str, n: int) -> np.ndarray:
     """(n,) float64 values of `name` (None/NA → NaN; a missing optional column → all NaN)."""
     if name not in candles:
         return np.full(n, np.nan)
+    if name == "open_time":  # a feature set may read the clock (e.g. to align higher-timeframe bars)
+        return _epoch_ms(_column(candles, name)).astype(np.float64)
     if _is_frame(candles):
         return candles[name].to_numpy(np.float64, na_value=np.nan)
     col = np.asarray(candles[name])
@@ -207,7 +273,7 @@ def arrays_from_records(
     n = len(records)
     out = {"open_time": np.fromiter((r["open_time"] for r in records), np.int64, n)}
     for name in impl.inputs:
-        if name is None:
+        if name is None or name == "open_time":
             continue
         if name in impl.optional:
             vals = [r.get(name) for r in records]

@@ -87,7 +87,11 @@ class StreamingFeatures:
         self.feature_set = impl.spec
         self.interval_ms = None if interval_ms is None else int(interval_ms)
         fields = [(r, n) for r, n in enumerate(impl.inputs) if n is not None]
-        self._req = [n for _, n in fields if n not in impl.optional]  # required fields, X-row order
+        # required fields, X-row order; open_time (when a set reads the clock) first, taken from `t`
+        self._req = [n for _, n in fields if n not in impl.optional and n != "open_time"]
+        self._clock = any(n == "open_time" for _, n in fields)
+        if self._clock:
+            self._req.insert(0, "open_time")
         self._opt = [n for _, n in fields if n in impl.optional]
         rows = {n: r for r, n in fields}
         self._rows = np.array([rows[n] for n in self._req + self._opt])  # X row of each value, in order
@@ -177,7 +181,10 @@ class StreamingFeatures:
         if last is not None and (t <= last or (iv is not None and t != last + iv)):
             raise self._sequence_error(t, last)
         try:
-            vals = [float(candle[n]) for n in self._req]
+            if self._clock:
+                vals = [float(t)] + [float(candle[n]) for n in self._req[1:]]
+            else:
+                vals = [float(candle[n]) for n in self._req]
         except (KeyError, TypeError, ValueError):
             raise self._field_error(candle, t) from None
         if not math.isfinite(sum(vals)) or vals[self._close] <= 0:
@@ -216,6 +223,8 @@ class StreamingFeatures:
 
     def _field_error(self, candle: Mapping[str, Any], t: int) -> StreamError:
         for n in self._req:
+            if n == "open_time":  # already converted (to_epoch_ms) and accepted
+                continue
             v = candle.get(n)
             try:
                 ok = v is not None and math.isfinite(float(v)) and (n != "close" or float(v) > 0)

@@ -465,7 +465,11 @@ def _manifest(
         symbol=symbol,
         interval=interval,
         feature_set=FeatureSetSpec(
-            name=fs.name, version=int(fs.version), names=list(fs.names), warmup=int(fs.warmup)
+            name=fs.name,
+            version=int(fs.version),
+            names=list(fs.names),
+            warmup=int(fs.warmup),
+            components={n: int(v) for n, v in fs.components},
         ),
         input=TensorSpec(INPUT_NAME, [None, seq_len, n_f] if seq_len else [None, n_f]),
         outputs=outputs,
