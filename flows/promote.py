@@ -57,7 +57,7 @@ def apply_policy(symbol: str, interval: str, cmp, aliases: dict[str, str], task_
     from pipelines.review.decision import decide
     from registry.client import RegisteredVersion, model_name
     from registry.promotion import apply_decision
-    from registry.runs import version_gates
+    from registry.runs import version_below_baselines, version_gates
 
     rt = Runtime.from_env()
     name = model_name(symbol, interval, task_name)
@@ -70,6 +70,7 @@ def apply_policy(symbol: str, interval: str, cmp, aliases: dict[str, str], task_
         baseline_score=cmp.baseline_score,
         metric=cmp.metric,
         higher_is_better=cmp.higher_is_better,
+        below_baselines=version_below_baselines(rt.mlflow, name, aliases["challenger"]),
     )
     mv = rt.mlflow.get_model_version(name, aliases["challenger"])
     apply_decision(

@@ -84,7 +84,14 @@ def register(result):
         )
     client = rt.mlflow
     registered = log_training(client, result, tags=result.run_tags, figures=figures)
-    assign_new_version(client, registered, actor="kairos-train", gates_passed=all(result.gates.values()))
+    # A first version becomes champion only if its gates passed and, when the policy requires it, it
+    # beats the task's best naive rule at the policy horizon in walk-forward (else it waits as challenger;
+    # its other losing horizons are withheld by serving).
+    policy = rt.policy(result.task)
+    beats = not (policy.require_beats_baselines and policy.horizon in result.below_baselines)
+    assign_new_version(
+        client, registered, actor="kairos-train", gates_passed=all(result.gates.values()) and beats
+    )
     return registered
 
 

@@ -108,7 +108,7 @@ class PromotionPolicy(_Frozen):
         None, ge=0, description="lift in the task's promotion-metric units (None: min_lift_pp / 100)"
     )
     horizon: int = Field(1, ge=1)
-    require_beats_baselines: bool = False
+    require_beats_baselines: bool = True
     min_samples: int = Field(500, ge=1)
     alpha: float = Field(0.05, gt=0, lt=1)
 

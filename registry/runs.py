@@ -156,6 +156,8 @@ def log_training(
         "data_hash": str(data.get("data_hash", "")),
         "code_version": result.manifest.code_version,
         **{f"gate.{g}": "passed" if ok else "failed" for g, ok in result.gates.items()},
+        BELOW_BASELINES_TAG: ",".join(str(h) for h in sorted(result.below_baselines)) or "none",
+        BELOW_BASELINES_TAG + "_why": json.dumps({str(h): w for h, w in result.below_baselines.items()}),
         **(tags or {}),
     }
     params: dict[str, str] = {}
@@ -237,6 +239,23 @@ def load_newest_window(client: MlflowClient, name: str, version: str) -> NewestW
                     k.removeprefix("baseline_"): z[k].copy() for k in z.files if k.startswith("baseline_")
                 },
             )
+
+
+BELOW_BASELINES_TAG = "kairos.below_baselines"  # horizons where walk-forward did not beat the best rule
+
+
+def version_below_baselines(client: MlflowClient, name: str, version: str) -> dict[int, str] | None:
+    """Horizons (→ reason) at which the version's walk-forward score did not beat the task's best naive
+    baseline; None for a run logged before this verdict was recorded."""
+    mv = client.get_model_version(name, str(version))
+    run = client.get_run(mv.run_id)
+    tag = run.data.tags.get(BELOW_BASELINES_TAG)
+    if tag is None:
+        return None
+    if tag == "none":
+        return {}
+    reasons = json.loads(run.data.tags.get(BELOW_BASELINES_TAG + "_why", "{}"))
+    return {int(h): reasons.get(h, f"h{h}") for h in tag.split(",")}
 
 
 def version_gates(client: MlflowClient, name: str, version: str) -> dict[str, bool]:

@@ -38,6 +38,10 @@ class RuntimeConfig(_Frozen):
     optimized_model_cache: bool = False  # write the optimised graph next to the bundle (load time only)
     warmup_runs: int = Field(20, ge=1)  # session runs before a model is swapped in
     cpu_mem_arena: bool = False  # single-row inputs: the arena only holds memory (~1 MB per session)
+    # Serve only the horizons at which the model beat the task's best naive rule in walk-forward
+    # (manifest extra.below_baselines, written at training): a horizon that loses to a one-line rule
+    # is not served. false = serve every horizon of the bundle.
+    withhold_below_baselines: bool = True
 
 
 class RoutingConfig(_Frozen):

@@ -100,12 +100,25 @@ class LoadedModel:
     warmup_us: float = 0.0  # median latency of the warm-up runs, microseconds
     _input: str = ""
     _outputs: list[str] = field(default_factory=list)
-    horizons_tuple: tuple[int, ...] = ()  # manifest horizons, built once (every Prediction carries them)
+    horizons_tuple: tuple[int, ...] = ()  # served horizons, built once (every Prediction carries them)
     signed: bool = True  # manifest.signed, built once
     output_name: str = "returns"  # manifest.outputs[0].name, built once
+    # horizons of the bundle not served: walk-forward did not beat the task's best naive rule there
+    withheld: tuple[int, ...] = ()
+    _keep: list[int] | None = None  # output columns served; None = all
 
     def __post_init__(self) -> None:
-        self.horizons_tuple = tuple(self.manifest.horizons)
+        hs = list(self.manifest.horizons)
+        drop = set(self.withheld) & set(hs)
+        if drop == set(hs):
+            raise ModelLoadError(
+                f"{self.manifest.model_name} v{self.version} is below the task's best naive rule at every "
+                f"horizon in walk-forward ({self.manifest.extra.get('below_baselines')}); nothing to serve "
+                "(runtime.withhold_below_baselines: false serves it anyway)"
+            )
+        self.withheld = tuple(h for h in hs if h in drop)
+        self._keep = [j for j, h in enumerate(hs) if h not in drop] if drop else None
+        self.horizons_tuple = tuple(h for h in hs if h not in drop)
         self.signed = self.manifest.signed
         self.output_name = self.manifest.outputs[0].name
 
@@ -115,7 +128,8 @@ class LoadedModel:
 
     @property
     def horizons(self) -> list[int]:
-        return self.manifest.horizons
+        """The horizons served (the manifest's, less any withheld)."""
+        return list(self.horizons_tuple)
 
     @property
     def n_features(self) -> int:
@@ -124,6 +138,8 @@ class LoadedModel:
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """x float32 (N, F) or (N, T, F) → (returns (N, H), confidence (N, H) or None)."""
         outs = self.session.run(self._outputs, {self._input: x})
+        if self._keep is not None:
+            outs = [o[:, self._keep] for o in outs]
         return outs[0], (outs[1] if len(outs) > 1 else None)
 
 
@@ -194,6 +210,7 @@ def load_model(
             f"onnxruntime cannot load {bundle_dir}/model.onnx: {str(e).splitlines()[0][:300]}"
         ) from None
     input_name, output_names = _check_graph(session, manifest)
+    below = manifest.extra.get("below_baselines") or {}
     model = LoadedModel(
         manifest=manifest,
         version=str(version),
@@ -203,6 +220,7 @@ def load_model(
         providers=session.get_providers(),
         _input=input_name,
         _outputs=output_names,
+        withheld=tuple(int(h) for h in below) if cfg.withhold_below_baselines else (),
     )
     try:
         model.warmup_us = warm_up(model, cfg.warmup_runs)

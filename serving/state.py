@@ -145,6 +145,9 @@ class ServingState:
                         "output": {"name": m.output_name, "meaning": m.manifest.outputs[0].meaning},
                         "feature_set": m.manifest.feature_set.name,
                         "horizons": m.horizons,
+                        "withheld_horizons": {
+                            h: m.manifest.extra.get("below_baselines", {}).get(str(h), "") for h in m.withheld
+                        },
                         "model_type": m.manifest.model_type,
                         "providers": m.providers,
                         "loaded_at": m.loaded_at,

@@ -57,6 +57,7 @@ def decide(
     baseline_score: float | None = None,
     metric: str = "accuracy",
     higher_is_better: bool = True,
+    below_baselines: dict[int, str] | None = None,
 ) -> Decision:
     """Apply the promotion policy.
 
@@ -73,6 +74,14 @@ def decide(
         gates: gate name → passed (e.g. {"parity": True, "validation": True}).
         baseline_score: best naive baseline's score on the same rows.
         metric, higher_is_better: the task's promotion metric and its direction.
+        below_baselines: horizon → reason where the challenger's pooled walk-forward score did not beat
+            the task's best naive baseline (`TrainResult.below_baselines`); {} = beats them at every
+            horizon; None = not recorded (a run logged before the verdict existed).
+
+    With `policy.require_beats_baselines`, a challenger is refused when it is below the best naive rule
+    at `policy.horizon` in walk-forward, or on the newest window. Its other horizons that are below the
+    rule in walk-forward are not promoted either: serving withholds them (`runtime.withhold_below_
+    baselines`), and the reason names them.
     """
     sign = 1.0 if higher_is_better else -1.0
     base = dict(
@@ -96,8 +105,24 @@ def decide(
             False, f"challenger {metric} is {challenger_score} (no comparable rows?); not promoted", **base
         )
     rows = f"{n_rows:,} rows of the newest window"
-    beats = ""
+    beats = withheld = ""
     if policy.require_beats_baselines:
+        if below_baselines is None:
+            why = (
+                "policy requires beating the naive baselines at every horizon, but this run recorded no "
+                "walk-forward baseline verdict (logged by an older version); retrain it"
+            )
+            return Decision(False, why, **base)
+        if policy.horizon in below_baselines:
+            why = (
+                f"below the best naive rule in walk-forward at the policy horizon "
+                f"({below_baselines[policy.horizon]}); not promoted"
+            )
+            return Decision(False, why, failed_gates=("beats_baselines",), **base)
+        if below_baselines:
+            hs = ", ".join(f"h{h}" for h in sorted(below_baselines))
+            detail = "; ".join(below_baselines[h] for h in sorted(below_baselines))
+            withheld = f"; {hs} withheld from serving (below the best naive rule in walk-forward: {detail})"
         if baseline_score is None:
             why = "policy requires beating the naive baselines but no baseline score was given"
             return Decision(False, why, **base)
@@ -108,7 +133,7 @@ def decide(
                 f"baseline {_fmt(metric, baseline_score)} on {rows}",
                 **base,
             )
-        beats = f"; beats best baseline {_fmt(metric, baseline_score)}"
+        beats = f"; beats best baseline {_fmt(metric, baseline_score)}{withheld}"
     if champion_score is None:
         why = f"first version: no champion yet (challenger {_fmt(metric, challenger_score)} on {rows}{beats})"
         return Decision(True, why, **base)

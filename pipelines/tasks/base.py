@@ -173,6 +173,23 @@ class Task(ABC):
             segments: lengths of contiguous blocks when rows are pooled from several test windows.
         """
 
+    def below_baselines(self, summary: dict[str, float]) -> dict[int, str]:
+        """Horizons at which the model's pooled walk-forward promotion metric does not beat the best of
+        the task's naive baselines (point estimates, same rows), each with a one-line reason; {} when it
+        beats them at every horizon. A tie counts as not beating: the rule is the cheaper model."""
+        m, sign = self.promotion_metric, 1.0 if self.higher_is_better else -1.0
+        out: dict[int, str] = {}
+        for h in self.horizons:
+            model = summary.get(f"model.h{h}.{m}", float("nan"))
+            scored = [(summary.get(f"{b}.h{h}.{m}", float("nan")), b) for b in self.baselines]
+            scored = [(v, b) for v, b in scored if v == v]  # drop NaN
+            if not scored:
+                continue
+            best, who = max(scored, key=lambda vb: sign * vb[0])
+            if not model == model or sign * (model - best) <= 0:
+                out[h] = f"h{h}: model {m} {model:.4f} vs {who} {best:.4f}"
+        return out
+
     @abstractmethod
     def score(
         self, pred: np.ndarray, actual: np.ndarray, metric: str, horizon: int, *, interval: str, cfg: Any

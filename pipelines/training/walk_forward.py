@@ -68,6 +68,9 @@ class TrainResult:
     )  # extra tags for the training run (e.g. tuning provenance)
     # every pooled out-of-sample row (model, labels, the task's baselines): the run's curves are drawn from it
     pooled: NewestWindow | None = None
+    # horizon → reason, where the pooled walk-forward score does not beat the best naive baseline
+    # (Task.below_baselines); the promotion policy refuses such a model when require_beats_baselines
+    below_baselines: dict[int, str] = field(default_factory=dict)
 
 
 class TrainingError(KairosError):
@@ -307,6 +310,7 @@ def train_walk_forward(
             summary.update(
                 {f"member_{who}.{k.split('.', 1)[1]}": v for k, v in flat.items() if k.startswith("model.")}
             )
+    below = task.below_baselines(summary)
     newest_fold, newest_pred = folds[-1], pred
     newest_times = ds.open_time[newest_fold.test_start : newest_fold.test_end]
     newest = NewestWindow(
@@ -358,6 +362,7 @@ def train_walk_forward(
             "parity_max_abs": parity,
             "parity_tolerance": tolerance,
             "parity_rtol": cfg.export.parity_rtol,
+            "below_baselines": {str(h): why for h, why in below.items()},
             "n_folds": len(folds),
             "fold_test_starts": [ds.open_time[f.test_start].isoformat() for f in folds],
         },
@@ -400,6 +405,7 @@ def train_walk_forward(
         manifest=manifest,
         parity_max_abs=parity,
         gates={"parity": True},
+        below_baselines=below,
         folds=folds,
         model=final,
         pooled=NewestWindow(
@@ -469,7 +475,7 @@ def _manifest(
             version=int(fs.version),
             names=list(fs.names),
             warmup=int(fs.warmup),
-            components={n: int(v) for n, v in fs.components},
+            components={n: int(v) for n, v in getattr(fs, "components", ())},
         ),
         input=TensorSpec(INPUT_NAME, [None, seq_len, n_f] if seq_len else [None, n_f]),
         outputs=outputs,

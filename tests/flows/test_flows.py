@@ -55,6 +55,11 @@ def test_daily_retrain_twice_registers_champion_then_judges_challenger(small, ha
     for reg in (out1["registered"], out2["registered"]):
         files = {a.path for a in rt.mlflow.list_artifacts(reg.run_id)}
         assert {"calibration.png", "coverage.png", "curves.json"} <= files, files
+    # each run records at which horizons walk-forward did not beat the best naive rule (the policy's gate)
+    from registry.runs import version_below_baselines
+
+    for out, v in ((out1, "1"), (out2, "2")):
+        assert version_below_baselines(rt.mlflow, name, v) == out["result"].below_baselines
     aliases = current_aliases(rt.mlflow, name)
     assert aliases["champion"] == ("2" if decision.promote else "1")
     moves = history(rt.mlflow, name)

@@ -55,6 +55,7 @@ def test_policy_requiring_the_baselines_refuses_a_challenger_below_the_best_rule
         n_rows=cmp.rows,
         gates={"parity": True},
         baseline_score=cmp.baseline_score,
+        below_baselines={},
     )
     assert not d.promote and "does not beat the best naive baseline" in d.reason
     old = NewestWindow(nw.open_times, nw.predictions, nw.actuals)  # a run logged before baselines were kept
@@ -67,6 +68,7 @@ def test_policy_requiring_the_baselines_refuses_a_challenger_below_the_best_rule
         n_rows=cmp_old.rows,
         gates={"parity": True},
         baseline_score=cmp_old.baseline_score,
+        below_baselines={},
     )
     assert not d.promote and "no baseline score" in d.reason
 

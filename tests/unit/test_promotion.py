@@ -27,7 +27,7 @@ from registry.promotion import (
 )
 from registry.runs import log_training
 
-POLICY = PromotionPolicy(min_lift_pp=0.5, min_samples=500)
+POLICY = PromotionPolicy(min_lift_pp=0.5, min_samples=500, require_beats_baselines=False)
 
 
 # ---------------------------------------------------------------- pure policy
@@ -79,14 +79,50 @@ def test_decide_cases(kwargs, promote, fragment):
 
 def test_decide_baseline_requirement():
     strict = PromotionPolicy(require_beats_baselines=True)
-    common = dict(champion_score=0.50, n_rows=2880, gates={"parity": True})
+    common = dict(champion_score=0.50, n_rows=2880, gates={"parity": True}, below_baselines={})
     assert not decide(strict, challenger_score=0.52, baseline_score=0.525, **common).promote
     assert "no baseline score" in decide(strict, challenger_score=0.52, **common).reason
     ok = decide(strict, challenger_score=0.53, baseline_score=0.52, **common)
     assert ok.promote and ok.reason.endswith("; beats best baseline 52.00%")
     assert decide(
         POLICY, challenger_score=0.52, baseline_score=0.60, **common
-    ).promote  # not required by default
+    ).promote  # not required by this policy
+
+
+def test_decide_refuses_below_the_best_rule_at_the_policy_horizon_and_names_withheld_ones():
+    strict = PromotionPolicy(require_beats_baselines=True)  # policy horizon 1
+    common = dict(challenger_score=0.53, champion_score=0.50, baseline_score=0.52, n_rows=2880)
+    at_h1 = {1: "h1: model accuracy 0.5010 vs reversal 0.5093"}
+    d = decide(strict, gates={"parity": True}, below_baselines=at_h1, **common)
+    assert not d.promote and d.failed_gates == ("beats_baselines",)
+    assert "below the best naive rule in walk-forward at the policy horizon" in d.reason
+    assert "reversal 0.5093" in d.reason
+    first = decide(strict, gates={"parity": True}, below_baselines=at_h1, **common | {"champion_score": None})
+    assert not first.promote  # a first version too: no champion rather than one that loses to a rule
+    at_h4 = {4: "h4: model accuracy 0.5041 vs reversal 0.5076"}
+    ok = decide(strict, gates={"parity": True}, below_baselines=at_h4, **common)
+    assert ok.promote and "h4 withheld from serving" in ok.reason and "reversal 0.5076" in ok.reason
+    old = decide(strict, gates={"parity": True}, below_baselines=None, **common)
+    assert not old.promote and "no walk-forward baseline verdict" in old.reason
+    assert decide(strict, gates={"parity": True}, below_baselines={}, **common).promote
+    assert decide(POLICY, gates={"parity": True}, below_baselines=at_h1, **common).promote  # policy off
+
+
+def test_task_below_baselines_names_each_losing_horizon_with_direction():
+    from pipelines.tasks import get_task
+
+    ret = get_task("returns", (1, 2))
+    summary = {
+        "model.h1.accuracy": 0.53, "always_up.h1.accuracy": 0.51, "persistence.h1.accuracy": 0.48,
+        "reversal.h1.accuracy": 0.52, "model.h2.accuracy": 0.505, "always_up.h2.accuracy": 0.509,
+        "persistence.h2.accuracy": 0.49, "reversal.h2.accuracy": 0.505,
+    }  # fmt: skip
+    assert ret.below_baselines(summary) == {2: "h2: model accuracy 0.5050 vs always_up 0.5090"}
+    assert ret.below_baselines(summary | {"model.h2.accuracy": 0.509}) != {}  # a tie is not a win
+    vol = get_task("volatility", (1,))
+    q = {"model.h1.qlike": 0.20, "persistence.h1.qlike": 0.30, "ewma.h1.qlike": 0.25, "har_rv.h1.qlike": 0.22}
+    assert vol.below_baselines(q) == {}  # lower qlike is better
+    assert list(vol.below_baselines(q | {"model.h1.qlike": 0.23})) == [1]
 
 
 # ---------------------------------------------------------------- MLflow aliases and history

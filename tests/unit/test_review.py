@@ -11,7 +11,9 @@ from pipelines.review.arms import ArmData
 from pipelines.review.decision import decide_review
 from pipelines.review.report import FIGURES, cumulative_loss_difference, write_review_report
 
-POLICY = PromotionPolicy(min_lift_pp=0.5, horizon=1, min_samples=500, alpha=0.05)
+POLICY = PromotionPolicy(
+    min_lift_pp=0.5, horizon=1, min_samples=500, alpha=0.05, require_beats_baselines=False
+)
 
 
 def arms(n: int, acc_a: float, acc_b: float, seed: int = 0, horizon: int = 1) -> tuple[ArmData, ArmData]:

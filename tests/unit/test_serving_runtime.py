@@ -74,6 +74,27 @@ def test_session_options_follow_config():
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
+def test_horizons_below_the_naive_rules_in_walk_forward_are_withheld(tmp_path):
+    import json
+
+    d = linear_bundle(tmp_path / "b", bias=0.5, weight=0.01, confidence=True)
+    man = json.loads((d / "manifest.json").read_text())
+    man["extra"]["below_baselines"] = {"2": "h2: model accuracy 0.5010 vs always_up 0.5093", "4": "h4: ..."}
+    (d / "manifest.json").write_text(json.dumps(man))
+    x = np.random.default_rng(0).normal(size=(3, 27)).astype(np.float32)
+    full = load_model(d, RT.model_copy(update={"withhold_below_baselines": False}))
+    served = load_model(d, RT)
+    assert full.horizons == [1, 2, 3, 4, 5] and full.withheld == ()
+    assert served.horizons == [1, 3, 5] and served.withheld == (2, 4)
+    (r_all, c_all), (r, c) = full.run(x), served.run(x)
+    np.testing.assert_array_equal(r, r_all[:, [0, 2, 4]])
+    np.testing.assert_array_equal(c, c_all[:, [0, 2, 4]])
+    man["extra"]["below_baselines"] = {str(h): "" for h in (1, 2, 3, 4, 5)}
+    (d / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ModelLoadError, match="below the task's best naive rule at every horizon"):
+        load_model(d, RT)
+
+
 def test_load_model_on_cpu_without_gpu(tmp_path):
     m = load_model(linear_bundle(tmp_path / "b", bias=0.5), RT, version="7")
     assert m.providers == ["CPUExecutionProvider"] and m.version == "7" and m.warmup_us > 0
