@@ -1,6 +1,6 @@
-"""Feature throughput (batch) and latency (streaming) of a feature set on real FILUSDT candles.
+"""Feature throughput (batch) and latency (streaming) of each feature set on real FILUSDT candles.
 
-    .venv/bin/python benchmarks/bench_features.py [--rows 1000000] [--updates 10000] [--feature-set core27]
+    .venv/bin/python benchmarks/bench_features.py [--rows 1000000] [--updates 10000] [--feature-set core27 ta ...]
 
 Batch: the four FILUSDT 1m months (175,680 candles) tiled to --rows candles (open_time rebuilt
 contiguous; prices of each copy rescaled to continue where the last ended), `compute_features`
@@ -120,24 +120,35 @@ def bench_stream(candles: pd.DataFrame, feature_set: str, updates: int) -> dict[
     }
 
 
+DEFAULT_SETS = ("core27", "core18", "ta", "whale19", "mtf", "core27+ta+mtf", "core27+ta+whale19+mtf")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--updates", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--feature-set", default="core27")
+    ap.add_argument("--feature-set", nargs="+", default=list(DEFAULT_SETS), help="sets or compositions (a+b)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "features.json")
     args = ap.parse_args()
 
     fil = load_fil()
     big = tile(fil, args.rows)
-    batch = bench_batch(big, args.feature_set, args.repeats)
-    stream = bench_stream(fil, args.feature_set, args.updates)
+    sets = {}
+    for fs in args.feature_set:
+        batch = bench_batch(big, fs, args.repeats)
+        stream = bench_stream(fil, fs, args.updates)
+        sets[fs] = {"features": len(get_feature_set(fs).names), "warmup": get_feature_set(fs).warmup}
+        sets[fs] |= {"batch": batch, "stream": stream}
+        b, u, r = batch, stream["update"], stream["numpy_tiny_op"]
+        print(
+            f"{fs:24s} {sets[fs]['features']:3d} features  batch {b['compute_features_rows_per_s']:>10,} rows/s "
+            f"({b['compute_features_rows_per_cpu_s']:,} per CPU-s)  stream p50 {u['p50_us']:7.1f} µs  "
+            f"p99 {u['p99_us']:7.1f} µs  (tiny numpy op p50 {r['p50_us']} µs)"
+        )
     result = {
-        "feature_set": args.feature_set,
         "data": f"FILUSDT 1m 2023-08..11 ({len(fil)} candles), tiled to {args.rows} for batch",
-        "batch": batch,
-        "stream": stream,
+        "sets": sets,
         "machine": {
             "python": platform.python_version(),
             "numpy": np.__version__,
@@ -146,18 +157,6 @@ def main() -> None:
         },
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    b, u, r = batch, stream["update"], stream["numpy_tiny_op"]
-    print(
-        f"batch  {b['rows']:,} rows: compute_features {b['compute_features_s']} s "
-        f"= {b['compute_features_rows_per_s']:,} rows/s "
-        f"({b['compute_features_rows_per_cpu_s']:,} per CPU-s); "
-        f"feature_matrix {b['feature_matrix_rows_per_s']:,} rows/s"
-    )
-    print(
-        f"stream {stream['updates']:,} updates: p50 {u['p50_us']} µs  p90 {u['p90_us']} µs  "
-        f"p99 {u['p99_us']} µs  mean {u['mean_us']} µs  CPU mean {u['cpu_mean_us']} µs  "
-        f"(tiny numpy op p50 {r['p50_us']} µs, load {result['machine']['loadavg_1m']})"
-    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

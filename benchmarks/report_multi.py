@@ -137,8 +137,15 @@ def run_one(job: dict) -> dict:
         candles = read_many(keep, job["symbol"], "1m").drop_duplicates("open_time", ignore_index=True)
         t_from = pd.Timestamp(job["month"] + "-01", tz="UTC")
         t_to = t_from + pd.offsets.MonthBegin(1)
+    if job.get("features"):
+        base_cfg = load_training_config(
+            configs, {"features": {"feature_set": job["features"]}}, task="returns"
+        )
     p = plan(candles, t_from, t_to, base_cfg, task)
-    cfg = load_training_config(configs, p["overrides"], task="returns")
+    overrides = p["overrides"] | (
+        {"features": {"feature_set": job["features"]}} if job.get("features") else {}
+    )
+    cfg = load_training_config(configs, overrides, task="returns")
     t0 = time.perf_counter()
     res = train_walk_forward(
         p["candles"],
@@ -236,6 +243,11 @@ def main() -> None:
     ap.add_argument("--symbols", nargs="*", default=None)
     ap.add_argument("--months", nargs="*", default=None, help="YYYY-MM test months (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="symbol-months run in parallel (each 1 thread)")
+    ap.add_argument(
+        "--features",
+        default=None,
+        help="feature set(s) for the model, e.g. core18 or core27,ta (default: config)",
+    )
     args = ap.parse_args()
     if args.huber_delta is not None and args.objective != "huber":
         ap.error("--huber-delta needs --objective huber")
@@ -253,6 +265,7 @@ def main() -> None:
     for j in jobs:
         j["objective"] = args.objective
         j["huber_delta"] = args.huber_delta
+        j["features"] = args.features
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     if args.jobs > 1:
@@ -287,6 +300,7 @@ def main() -> None:
         "objective": args.objective,
         "synthetic_reversal": args.synthetic_reversal,
         "huber_delta": args.huber_delta,
+        "features": args.features,
         "summary": counts,
         "issue11_bar": bar,
         "wall_s": round(wall, 1),
@@ -296,6 +310,8 @@ def main() -> None:
         "results": results,
     }
     tag = f"{args.objective}_d{args.huber_delta:g}" if args.huber_delta is not None else args.objective
+    if args.features:
+        tag += "_" + args.features.replace(",", "+")
     name = f"multi_report_{tag}" + ("_synthetic" if args.synthetic_reversal is not None else "")
     dst = REPO / "benchmarks" / "results" / f"{name}.json"
     dst.write_text(json.dumps(out, indent=2, default=str))

@@ -66,7 +66,13 @@ class _Impl:
 # Registered feature-set modules, by import path. A new set is one module exposing NAME, VERSION,
 # NAMES, INPUTS, PAD_VALUES, LAGS, first_valid(), new_state() and kernel() (see core27), optionally
 # OPTIONAL (candle fields that may be missing, → NaN); bump its VERSION on any value change.
-SET_MODULES: tuple[str, ...] = ("pipelines.features.core27",)
+SET_MODULES: tuple[str, ...] = (
+    "pipelines.features.core27",
+    "pipelines.features.core18",
+    "pipelines.features.ta",
+    "pipelines.features.whale19",
+    "pipelines.features.mtf",
+)
 
 
 @lru_cache(maxsize=1)

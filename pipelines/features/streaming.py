@@ -88,13 +88,18 @@ class StreamingFeatures:
         self.interval_ms = None if interval_ms is None else int(interval_ms)
         fields = [(r, n) for r, n in enumerate(impl.inputs) if n is not None]
         # required fields, X-row order; open_time (when a set reads the clock) first, taken from `t`
-        self._req = [n for _, n in fields if n not in impl.optional and n != "open_time"]
+        self._req = list(dict.fromkeys(n for _, n in fields if n not in impl.optional and n != "open_time"))
         self._clock = any(n == "open_time" for _, n in fields)
         if self._clock:
             self._req.insert(0, "open_time")
-        self._opt = [n for _, n in fields if n in impl.optional]
-        rows = {n: r for r, n in fields}
+        self._opt = list(dict.fromkeys(n for _, n in fields if n in impl.optional))
+        rows: dict[str, int] = {}  # first X row of each field
+        for r, n in fields:
+            rows.setdefault(n, r)
         self._rows = np.array([rows[n] for n in self._req + self._opt])  # X row of each value, in order
+        # a composite ("core27+whale19") reads a field in several parts' rows: copied from the first
+        self._dup_to = np.array([r for r, n in fields if rows[n] != r], dtype=np.intp)
+        self._dup_from = np.array([rows[n] for r, n in fields if rows[n] != r], dtype=np.intp)
         self._close = self._req.index("close")
         self._X = np.empty((len(impl.inputs), impl.lags + CAPACITY))  # (rows, lags + CAPACITY)
         self._out = np.empty((len(impl.spec.names), 1))  # (F, 1), overwritten by every update
@@ -198,6 +203,8 @@ class StreamingFeatures:
             X[:, :lags] = X[:, p - lags : p]
             p = lags
         X[self._rows, p] = vals
+        if self._dup_to.size:
+            X[self._dup_to, p] = X[self._dup_from, p]
         out = self._out
         self._impl.kernel(X, p, p + 1, self._count, self._state, out)
         if self._count < self.feature_set.warmup:

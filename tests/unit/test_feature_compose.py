@@ -41,10 +41,29 @@ def test_unknown_part_names_the_known_sets():
     assert "nope" in str(e.value) and "core27" in str(e.value)
 
 
-@pytest.mark.parametrize("other", [s for s in known_feature_sets() if s != "core27"])
+@pytest.mark.parametrize("other", [s for s in known_feature_sets() if s not in ("core27", "core18")])
 def test_composite_spec_concatenates_names_and_records_versions(other):
     a, b = get_feature_set("core27"), get_feature_set(other)
     c = get_feature_set(f"core27+{other}")
     assert c.names == a.names + b.names
     assert c.warmup == max(a.warmup, b.warmup)
     assert dict(c.components) == {"core27": a.version, other: b.version}
+
+
+def test_core18_is_core27_without_levels_in_batch_and_streaming():
+    import numpy as np
+
+    from pipelines.features import StreamingFeatures, compute_features
+    from pipelines.features.core18 import LEVELS
+    from pipelines.sources.binance_files import read_klines
+    from tests.conftest import FIL_FILES
+
+    candles = read_klines(FIL_FILES[0], "FILUSDT", "1m").iloc[:10_500].reset_index(drop=True)
+    full, core18 = compute_features(candles, "core27"), compute_features(candles, "core18")
+    assert not set(core18.columns) & set(LEVELS) and len(core18.columns) == 18
+    np.testing.assert_array_equal(full[list(core18.columns)].to_numpy(), core18.to_numpy())
+    assert get_feature_set("core18").warmup == get_feature_set("core27").warmup
+    sf = StreamingFeatures("core18", interval_ms=60_000)
+    recs = candles.assign(open_time=candles["open_time"].astype("int64") // 10**6).to_dict("records")
+    rows = np.array([sf.update(r) for r in recs])
+    np.testing.assert_array_equal(rows, core18.to_numpy())  # NaN in the same places too
