@@ -84,15 +84,16 @@ class FeatureState:
         seq_len: int,
         interval_ms: int | None,
         history: Sequence[Mapping[str, Any]] = (),
+        params: Mapping[str, Any] | None = None,
     ):
         from pipelines import features
 
         self.name = name
         if history:
             arrays = features.arrays_from_records(history, name)
-            self._sf = features.StreamingFeatures.from_history(arrays, name, interval_ms)
+            self._sf = features.StreamingFeatures.from_history(arrays, name, interval_ms, params)
         else:
-            self._sf = features.StreamingFeatures(name, interval_ms)
+            self._sf = features.StreamingFeatures(name, interval_ms, params)
         self.seq_len = seq_len
         self._rows = np.zeros((seq_len, n_features), dtype=np.float32)  # ring: last seq_len feature rows
         self._n_rows = 0  # feature rows appended since ready
@@ -196,10 +197,12 @@ class Predictor:
     def _ensure_state(self, model: LoadedModel) -> FeatureState:
         fs = model.manifest.feature_set
         seq = model.manifest.sequence_length or 1
-        st = self._states.get(fs.name)
+        st = self._states.get(model.state_key)
         if st is None or st.seq_len < seq:
-            st = FeatureState(fs.name, len(fs.names), seq, self.interval_ms, list(self._history))
-            self._states[fs.name] = st
+            st = FeatureState(
+                fs.name, len(fs.names), seq, self.interval_ms, list(self._history), fs.params or None
+            )
+            self._states[model.state_key] = st
         return st
 
     def reset(self) -> None:
@@ -213,7 +216,7 @@ class Predictor:
     @property
     def warmup_remaining(self) -> int:
         champ = self._arms["champion"]
-        st = self._states[champ.manifest.feature_set.name]
+        st = self._states[champ.state_key]
         need = champ.manifest.feature_set.warmup + (champ.manifest.sequence_length or 1) - 1
         return 0 if st.ready else max(1, need - st.count)
 
@@ -231,10 +234,10 @@ class Predictor:
             self._history.append(candle)
             route = self.router.route(routing_key or self.symbol, "challenger" in arms)
             served = arms[route.served]
-            st = self._states[served.manifest.feature_set.name]
+            st = self._states[served.state_key]
             if not st.ready and route.served == "challenger":  # challenger still warming: champion answers
                 route, served = Route("champion", None), arms["champion"]
-                st = self._states[served.manifest.feature_set.name]
+                st = self._states[served.state_key]
             if not st.ready:
                 return None
             x = st.model_input(len(served.manifest.input.shape))
@@ -243,7 +246,7 @@ class Predictor:
             shadow = None
             if route.shadow is not None:
                 other = arms[route.shadow]
-                st2 = self._states[other.manifest.feature_set.name]
+                st2 = self._states[other.state_key]
                 if st2.ready:  # a challenger with a new feature set may still be warming up
                     x2 = st2.model_input(len(other.manifest.input.shape))
                     t1 = time.perf_counter_ns()
@@ -278,20 +281,25 @@ class Predictor:
             for arm in (route.served, route.shadow):
                 if arm is None:
                     continue
-                m = arms[arm].manifest
-                if m.feature_set.name not in states:
+                m, key = arms[arm].manifest, arms[arm].state_key
+                if key not in states:
                     seq = m.sequence_length or 1
                     # the batch kernel over all but the last T candles, then T streamed to fill the rows
                     st = FeatureState(
-                        m.feature_set.name, len(m.feature_set.names), seq, self.interval_ms, window[:-seq]
+                        m.feature_set.name,
+                        len(m.feature_set.names),
+                        seq,
+                        self.interval_ms,
+                        window[:-seq],
+                        m.feature_set.params or None,
                     )
                     for c in window[-seq:]:
                         st.update(c)
-                    states[m.feature_set.name] = st
+                    states[key] = st
         except (KeyError, ValueError, KairosError) as e:
             raise InputError(f"window rejected by the feature code: {e}") from None
         last = window[-1]["open_time"]
-        st = states[served.manifest.feature_set.name]
+        st = states[served.state_key]
         if not st.ready:
             raise InputError(f"window of {len(window)} candles is too short for the features to be ready")
         t_feat = time.perf_counter_ns()
@@ -301,7 +309,7 @@ class Predictor:
         self._log(pred, True, routing_key or self.symbol)
         if route.shadow is not None:
             other = arms[route.shadow]
-            x2 = states[other.manifest.feature_set.name].model_input(len(other.manifest.input.shape))
+            x2 = states[other.state_key].model_input(len(other.manifest.input.shape))
             t1 = time.perf_counter_ns()
             shadow = self._score(other, route.shadow, x2, last, t1 - (t_feat - t0), pred.request_id)
             self._log(shadow, False, routing_key or self.symbol)

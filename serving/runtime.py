@@ -9,6 +9,8 @@ old model serving. `LoadedModel.run(x)` is the hot path: features float32 (N, F)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -103,6 +105,7 @@ class LoadedModel:
     horizons_tuple: tuple[int, ...] = ()  # served horizons, built once (every Prediction carries them)
     signed: bool = True  # manifest.signed, built once
     output_name: str = "returns"  # manifest.outputs[0].name, built once
+    state_key: str = ""  # feature set name (+ a digest of its fitted params), built once
     # horizons of the bundle not served: walk-forward did not beat the task's best naive rule there
     withheld: tuple[int, ...] = ()
     _keep: list[int] | None = None  # output columns served; None = all
@@ -121,6 +124,11 @@ class LoadedModel:
         self.horizons_tuple = tuple(h for h in hs if h not in drop)
         self.signed = self.manifest.signed
         self.output_name = self.manifest.outputs[0].name
+        fs = self.manifest.feature_set
+        self.state_key = fs.name  # models share streaming features when the set and its params are equal
+        if fs.params:
+            digest = hashlib.sha256(json.dumps(fs.params, sort_keys=True).encode()).hexdigest()[:16]
+            self.state_key = f"{fs.name}#{digest}"
 
     @property
     def name(self) -> str:

@@ -46,6 +46,9 @@ class FeatureSetSpec:
     names: list[str]
     warmup: int  # candles of history needed before the features are exact
     components: dict[str, int] = field(default_factory=dict)  # a composite "core27+ta": part → version
+    # fitted parts' parameters (e.g. risk's HMM), fitted on the final training window: serving passes
+    # them to the feature code exactly as training did
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

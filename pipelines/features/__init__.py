@@ -23,6 +23,7 @@ from pipelines.features.base import (
     composite_name,
     compute_features,
     feature_matrix,
+    fit_feature_params,
     get_feature_set,
     known_feature_sets,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "composite_name",
     "compute_features",
     "feature_matrix",
+    "fit_feature_params",
     "get_feature_set",
     "known_feature_sets",
 ]

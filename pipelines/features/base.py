@@ -49,6 +49,7 @@ class FeatureSet:
     names: tuple[str, ...]
     warmup: int
     components: tuple[tuple[str, int], ...] = ()  # a composite "a+b": each part's (name, version)
+    fitted: tuple[str, ...] = ()  # parts whose kernels need parameters fitted on training data
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,18 @@ class _Impl:
     pad: np.ndarray  # (rows,) X values before the first candle
     lags: int  # context columns the kernel reads before `lo`
     first_valid: np.ndarray  # (F,) first candle index at which each feature is defined
-    new_state: Callable[[], Any]
+    new_state: Callable[[Mapping[str, Any] | None], Any]  # params {set name: fitted params} → state
     kernel: Callable[..., None]
     optional: frozenset[str] = frozenset({"spread_bps"})  # fields that may be missing (→ NaN)
+    fitters: tuple[tuple[str, tuple[str, ...], Callable[..., Any]], ...] = ()  # (set, its fields, fit)
 
 
 # Registered feature-set modules, by import path. A new set is one module exposing NAME, VERSION,
 # NAMES, INPUTS, PAD_VALUES, LAGS, first_valid(), new_state() and kernel() (see core27), optionally
 # OPTIONAL (candle fields that may be missing, → NaN); bump its VERSION on any value change.
+# A *fitted* set (e.g. risk: an HMM fitted on the training fold) also exposes
+# `fit(arrays: dict[field, (N,) float64]) -> dict` (JSON-serialisable parameters, from training rows
+# only) and takes them in `new_state(params)`; the parameters travel in the bundle manifest.
 SET_MODULES: tuple[str, ...] = (
     "pipelines.features.core27",
     "pipelines.features.core18",
@@ -84,10 +89,38 @@ def _registry() -> dict[str, _Impl]:
     for path in SET_MODULES:
         m = importlib.import_module(path)
         fv = np.asarray(m.first_valid())
-        spec = FeatureSet(m.NAME, m.VERSION, tuple(m.NAMES), int(fv.max()) + 1)
+        fitted = hasattr(m, "fit")
+        spec = FeatureSet(m.NAME, m.VERSION, tuple(m.NAMES), int(fv.max()) + 1, fitted=(m.NAME,) * fitted)
         optional = frozenset(getattr(m, "OPTIONAL", ("spread_bps",)))
-        reg[m.NAME] = _Impl(spec, tuple(m.INPUTS), m.PAD_VALUES, m.LAGS, fv, m.new_state, m.kernel, optional)
+        fields = tuple(dict.fromkeys(i for i in m.INPUTS if i is not None))
+        fitters = ((m.NAME, fields, m.fit),) if fitted else ()
+        reg[m.NAME] = _Impl(
+            spec,
+            tuple(m.INPUTS),
+            m.PAD_VALUES,
+            m.LAGS,
+            fv,
+            _state_maker(m, fitted),
+            m.kernel,
+            optional,
+            fitters,
+        )
     return reg
+
+
+def _state_maker(m: Any, fitted: bool) -> Callable[[Mapping[str, Any] | None], Any]:
+    def new_state(params: Mapping[str, Any] | None = None) -> Any:
+        if not fitted:
+            return m.new_state()
+        p = (params or {}).get(m.NAME)
+        if p is None:
+            raise FeatureError(
+                f"feature set {m.NAME!r} is fitted on training data: pass its parameters "
+                f"(fit_feature_params(training candles, ...) or the bundle manifest's feature_set.params)"
+            )
+        return m.new_state(p)
+
+    return new_state
 
 
 def known_feature_sets() -> list[str]:
@@ -130,8 +163,8 @@ def _composite(name: str) -> _Impl:
     rows = np.cumsum([0] + [len(p.inputs) for p in parts])
     feats = np.cumsum([0] + [len(p.spec.names) for p in parts])
 
-    def new_state() -> tuple[Any, ...]:
-        return tuple(p.new_state() for p in parts)
+    def new_state(params: Mapping[str, Any] | None = None) -> tuple[Any, ...]:
+        return tuple(p.new_state(params) for p in parts)
 
     def kernel(X: np.ndarray, lo: int, hi: int, t0: int, state: tuple[Any, ...], out: np.ndarray) -> None:
         for i, p in enumerate(parts):  # X[a:b] of a C-contiguous matrix is C-contiguous
@@ -144,6 +177,7 @@ def _composite(name: str) -> _Impl:
         tuple(seen),
         int(fv.max()) + 1,
         tuple((p.spec.name, p.spec.version) for p in parts),
+        tuple(f for p in parts for f in p.spec.fitted),
     )
     return _Impl(
         spec,
@@ -154,6 +188,7 @@ def _composite(name: str) -> _Impl:
         new_state,
         kernel,
         frozenset().union(*(p.optional for p in parts)),
+        tuple(f for p in parts for f in p.fitters),
     )
 
 
@@ -307,16 +342,34 @@ def _run(impl: _Impl, X: np.ndarray, t0: int, state: Any, out: np.ndarray | None
                 out[j, : fv - t0] = np.nan
 
 
-def _batch(candles: Candles, impl: _Impl) -> np.ndarray:
+def _batch(candles: Candles, impl: _Impl, params: Mapping[str, Any] | None = None) -> np.ndarray:
+    state = impl.new_state(params)  # a fitted set without its parameters fails before any work
     _check_frame(candles, impl)
     X = _work_matrix(candles, impl)
     out = np.empty((len(impl.spec.names), X.shape[1] - impl.lags))
     with np.errstate(all="ignore"):  # masked pad rows may divide by zero; values are checked above
-        _run(impl, X, 0, impl.new_state(), out)
+        _run(impl, X, 0, state, out)
     return out
 
 
-def compute_features(candles: Candles, feature_set: str = "core27") -> pd.DataFrame:
+def fit_feature_params(candles: Candles, feature_set: str) -> dict[str, Any]:
+    """Parameters of the fitted parts of `feature_set` (e.g. risk's HMM), fitted on `candles`, which
+    must be training rows only; {} when no part is fitted. Pass the result as `params` to the batch
+    functions and to `StreamingFeatures`; it is JSON-serialisable and travels in the bundle manifest."""
+    impl = _impl(feature_set)
+    if not impl.fitters:
+        return {}
+    _check_frame(candles, impl)
+    n = n_candles(candles)
+    out = {}
+    for name, fields, fit in impl.fitters:
+        out[name] = fit({f: _float_column(candles, f, n) for f in fields})
+    return out
+
+
+def compute_features(
+    candles: Candles, feature_set: str = "core27", params: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
     """Features of every candle of one symbol, using candles <= t only.
 
     Args:
@@ -324,7 +377,9 @@ def compute_features(candles: Candles, feature_set: str = "core27") -> pd.DataFr
             finite values, close > 0; or a mapping column → (N,) numpy array with the same
             fields (open_time int64 epoch ms). Gaps are not detected here (validation.candles
             reports them): rows are treated as consecutive.
-        feature_set: registered name, e.g. "core27".
+        feature_set: registered name, e.g. "core27", or a composition "core27+ta".
+        params: fitted parameters of the set's fitted parts (`fit_feature_params`); None for sets
+            without any.
 
     Returns:
         float64 frame (N, F), columns = the set's names, index = candles.index (a RangeIndex for
@@ -336,12 +391,14 @@ def compute_features(candles: Candles, feature_set: str = "core27") -> pd.DataFr
     import pandas as pd
 
     impl = _impl(feature_set)
-    out = _batch(candles, impl)  # (F, N)
+    out = _batch(candles, impl, params)  # (F, N)
     index = candles.index if _is_frame(candles) else None
     return pd.DataFrame(out.T, index=index, columns=list(impl.spec.names), copy=False)
 
 
-def feature_matrix(candles: Candles, feature_set: str = "core27") -> np.ndarray:
+def feature_matrix(
+    candles: Candles, feature_set: str = "core27", params: Mapping[str, Any] | None = None
+) -> np.ndarray:
     """Like `compute_features` (frame or mapping of arrays), as the float32 (N, F) matrix the ONNX
     models take; needs no pandas for a mapping."""
-    return np.ascontiguousarray(_batch(candles, _impl(feature_set)).T, dtype=np.float32)
+    return np.ascontiguousarray(_batch(candles, _impl(feature_set), params).T, dtype=np.float32)

@@ -77,10 +77,19 @@ class StreamingFeatures:
     Args:
         feature_set: registered name, e.g. "core27".
         interval_ms: candle length; when given, a gap raises StreamError (otherwise only order is checked).
+        params: fitted parameters of the set's fitted parts (`fit_feature_params`, or a bundle
+            manifest's `feature_set.params`); None for sets without any.
     """
 
-    def __init__(self, feature_set: str = "core27", interval_ms: int | None = None):
+    def __init__(
+        self,
+        feature_set: str = "core27",
+        interval_ms: int | None = None,
+        params: Mapping[str, Any] | None = None,
+    ):
         impl = _impl(feature_set)
+        self._params = params
+        impl.new_state(params)  # a fitted set without its parameters fails here
         if interval_ms is not None and int(interval_ms) <= 0:
             raise StreamError(f"interval_ms must be a positive candle length, got {interval_ms}")
         self._impl = impl
@@ -112,12 +121,16 @@ class StreamingFeatures:
         self._X[:, :lags] = self._impl.pad[:, None]
         self._p = lags  # next column to write
         self._count = 0  # candles seen since the history started
-        self._state = self._impl.new_state()
+        self._state = self._impl.new_state(self._params)
         self.last_open_time: int | None = None  # epoch ms of the last accepted candle
 
     @classmethod
     def from_history(
-        cls, candles: Candles, feature_set: str = "core27", interval_ms: int | None = None
+        cls,
+        candles: Candles,
+        feature_set: str = "core27",
+        interval_ms: int | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> StreamingFeatures:
         """A stream warmed on `candles` (oldest first), as if each had been passed to `update`.
 
@@ -135,7 +148,7 @@ class StreamingFeatures:
                 interval_ms = interval_length(str(col.iloc[0] if hasattr(col, "iloc") else col[0]))
             except ValueError as e:
                 raise FeatureError(str(e)) from None
-        obj = cls(feature_set, interval_ms)
+        obj = cls(feature_set, interval_ms, params)
         if n == 0:
             return obj
         impl = obj._impl

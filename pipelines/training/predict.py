@@ -42,7 +42,7 @@ def predict_bundle(
     fs = manifest.feature_set
     shape = manifest.input.shape
     cols = horizon_columns(manifest.horizons)
-    feats = compute_features(candles, fs.name)
+    feats = compute_features(candles, fs.name, fs.params or None)
     missing = [c for c in fs.names if c not in feats.columns]
     if missing:
         raise BundleError(

@@ -121,9 +121,16 @@ def data_hash(candles: pd.DataFrame) -> str:
 
 
 def _prepare(
-    candles: pd.DataFrame, cfg: TrainingConfig, fs: Any, seq_len: int | None, task: Task
+    candles: pd.DataFrame,
+    cfg: TrainingConfig,
+    fs: Any,
+    seq_len: int | None,
+    task: Task,
+    params: dict[str, Any] | None = None,
 ) -> _Dataset:
-    """Features, the task's labels and baseline inputs, and the usable row range [lo, end) (module docstring)."""
+    """Features, the task's labels and baseline inputs, and the usable row range [lo, end) (module docstring).
+
+    `params`: fitted parameters of the feature set's fitted parts (None when it has none)."""
     from pipelines.features import compute_features
 
     times = pd.to_datetime(candles["open_time"], utc=True).reset_index(drop=True)
@@ -131,7 +138,7 @@ def _prepare(
         raise TrainingError(
             "candles are not strictly increasing in open_time; sort and de-duplicate them first"
         )
-    feats = compute_features(candles, fs.name)
+    feats = compute_features(candles, fs.name, params)
     X_all = np.ascontiguousarray(feats[list(fs.names)].to_numpy(np.float64), dtype=np.float32)  # (N, F)
     close = candles["close"].to_numpy(np.float64)
     Y_all = np.asarray(task.labels(close), dtype=np.float64)  # (N, H)
@@ -177,6 +184,13 @@ def _prepare(
         end=end,
         start=start,
     )
+
+
+def _fit_params(candles: pd.DataFrame, fs: Any, lo: int, hi: int | None) -> dict[str, Any]:
+    """Fitted feature parameters from candle rows [lo, hi) (a training window: nothing after it)."""
+    from pipelines.features import fit_feature_params
+
+    return fit_feature_params(candles.iloc[lo:hi].reset_index(drop=True), fs.name)
 
 
 def _fit(model: Any, ds: _Dataset, train_start: int, train_end: int, purge: int) -> Any:
@@ -258,12 +272,24 @@ def train_walk_forward(
 
     probe = new_model()  # __init__ only stores params: tells us the input kind and T
     seq_len = probe.sequence_length if probe.input_kind == "sequence" else None
+    fitted = bool(getattr(fs, "fitted", ()))
     report_progress("features", 0, 1)
-    ds = _prepare(candles, cfg, fs, seq_len, task)
+    # A fitted feature set (e.g. risk's HMM) is first built with parameters fitted on the oldest
+    # train_size candles, only to find the row range; each fold then refits them on its own training
+    # rows and recomputes its features, and so does the final model on its training window.
+    first = _fit_params(candles, fs, 0, cfg.walk_forward.train_size) if fitted else None
+    ds = _prepare(candles, cfg, fs, seq_len, task, first)
     report_progress("features", 1, 1)
     n = ds.end - ds.lo
     wf, ev = cfg.walk_forward, cfg.evaluation
     folds = walk_forward_folds(n, wf)
+    base_ds = ds
+
+    def fold_data(train_start: int, train_end: int) -> tuple[_Dataset, dict[str, Any]]:
+        if not fitted:
+            return base_ds, {}
+        params = _fit_params(candles, fs, base_ds.lo + train_start, base_ds.lo + train_end)
+        return _prepare(candles, cfg, fs, seq_len, task, params), params
 
     fold_metrics: list[dict[str, float]] = []
     pooled: list[tuple[np.ndarray, slice]] = []
@@ -272,6 +298,7 @@ def train_walk_forward(
     covered = 0  # pooled rows end here; overlapping test windows (step < test_size) count once
     report_progress("folds", 0, len(folds))
     for fold in folds:
+        ds, _ = fold_data(fold.train_start, fold.train_end)
         model = _fit(new_model(), ds, fold.train_start, fold.train_end, wf.purge)
         test = slice(fold.test_start, fold.test_end)
         pred = np.asarray(model.predict(ds.X[test]), dtype=np.float64)  # (test_rows, H)
@@ -323,6 +350,7 @@ def train_walk_forward(
     # Final model: the newest train_size labelled rows (its labels reach max(h) candles past `end`).
     report_progress("final", 0, 1)
     final_start = max(0, n - wf.train_size)
+    ds, feature_params = fold_data(final_start, n)
     final = _fit(new_model(), ds, final_start, n, wf.purge)
     report_progress("final", 1, 1)
 
@@ -348,6 +376,7 @@ def train_walk_forward(
     }
     manifest = _manifest(
         onnx_bytes,
+        feature_params=feature_params,
         task=task,
         fs=fs,
         model_type=model_type,
@@ -438,6 +467,7 @@ def _manifest(
     metrics: dict[str, float],
     synthetic: bool,
     extra: dict[str, Any],
+    feature_params: dict[str, Any] | None = None,
 ) -> Manifest:
     """The bundle manifest; outputs are read from the graph so an optional "confidence" is declared."""
     import onnx
@@ -476,6 +506,7 @@ def _manifest(
             names=list(fs.names),
             warmup=int(fs.warmup),
             components={n: int(v) for n, v in getattr(fs, "components", ())},
+            params=feature_params or {},
         ),
         input=TensorSpec(INPUT_NAME, [None, seq_len, n_f] if seq_len else [None, n_f]),
         outputs=outputs,

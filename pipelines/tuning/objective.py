@@ -197,7 +197,13 @@ def prepare_tuning_data(candles: Any, cfg: TrainingConfig, task: Any = None) -> 
     from pipelines.training.walk_forward import _prepare
 
     task = task or get_task(DEFAULT_TASK, cfg.labels.horizons)
-    ds = _prepare(candles, cfg, get_feature_set(cfg.features.feature_set), None, task)
+    fs = get_feature_set(cfg.features.feature_set)
+    if fs.fitted:  # its parameters would have to be refitted inside every inner fold: not done yet
+        raise TuningError(
+            f"feature set {fs.name!r} has parts fitted on training data ({', '.join(fs.fitted)}); "
+            "tuning does not refit them per inner fold yet: tune with the unfitted sets, then train"
+        )
+    ds = _prepare(candles, cfg, fs, None, task)
     n = ds.end - ds.lo
     cut = n - cfg.walk_forward.test_size - cfg.walk_forward.purge
     if cut <= 0:

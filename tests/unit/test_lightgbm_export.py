@@ -178,7 +178,7 @@ def _fake_features(monkeypatch, n_names: int = F, warmup: int = 3):
     """A stand-in `pipelines.features` whose features are simple functions of close (NaN in warm-up)."""
     names = [f"f{i}" for i in range(n_names)]
 
-    def compute_features(candles: pd.DataFrame, name: str) -> pd.DataFrame:
+    def compute_features(candles: pd.DataFrame, name: str, params: object = None) -> pd.DataFrame:
         c = candles["close"].to_numpy(float)
         cols = {n: np.sin(c * (i + 1)) for i, n in enumerate(names)}
         df = pd.DataFrame(cols)

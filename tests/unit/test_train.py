@@ -73,7 +73,7 @@ def fake_features(monkeypatch):
     names = [f"r{k}" for k in range(1, 5)]
     warmup = 10
 
-    def compute_features(candles, name):
+    def compute_features(candles, name, params=None):
         lc = np.log(candles["close"].to_numpy(float))
         cols = {}
         for k, n in enumerate(names, start=1):
