@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -145,6 +146,8 @@ def run_one(job: dict) -> dict:
     overrides = p["overrides"] | (
         {"features": {"feature_set": job["features"]}} if job.get("features") else {}
     )
+    if job.get("lightgbm"):
+        overrides["lightgbm"] = job["lightgbm"]
     cfg = load_training_config(configs, overrides, task="returns")
     t0 = time.perf_counter()
     res = train_walk_forward(
@@ -248,7 +251,15 @@ def main() -> None:
         default=None,
         help="feature set(s) for the model, e.g. core18 or core27,ta (default: config)",
     )
+    ap.add_argument(
+        "--lightgbm",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="LightGBM config overrides, e.g. n_estimators=50 num_leaves=7 linear_base=true",
+    )
     args = ap.parse_args()
+    lgb_overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.lightgbm)}
     if args.huber_delta is not None and args.objective != "huber":
         ap.error("--huber-delta needs --objective huber")
 
@@ -266,6 +277,7 @@ def main() -> None:
         j["objective"] = args.objective
         j["huber_delta"] = args.huber_delta
         j["features"] = args.features
+        j["lightgbm"] = lgb_overrides
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     if args.jobs > 1:
@@ -301,6 +313,7 @@ def main() -> None:
         "synthetic_reversal": args.synthetic_reversal,
         "huber_delta": args.huber_delta,
         "features": args.features,
+        "lightgbm": lgb_overrides,
         "summary": counts,
         "issue11_bar": bar,
         "wall_s": round(wall, 1),
@@ -312,6 +325,8 @@ def main() -> None:
     tag = f"{args.objective}_d{args.huber_delta:g}" if args.huber_delta is not None else args.objective
     if args.features:
         tag += "_" + args.features.replace(",", "+")
+    if lgb_overrides:
+        tag += "_" + "_".join(f"{k}{v}" for k, v in lgb_overrides.items())
     name = f"multi_report_{tag}" + ("_synthetic" if args.synthetic_reversal is not None else "")
     dst = REPO / "benchmarks" / "results" / f"{name}.json"
     dst.write_text(json.dumps(out, indent=2, default=str))

@@ -72,6 +72,11 @@ class LightGBMConfig(_Frozen):
     reg_lambda: float = Field(1.0, ge=0)
     num_threads: int = Field(1, ge=1)
     seed: int = 42
+    # A ridge regression on the standardised features first (targets winsorised at 0.5/99.5 %), the
+    # trees boosted on what it leaves: a weak linear effect (the reversal rule's -last move) is one
+    # coefficient for it and many noisy splits for trees. Regression objectives only.
+    linear_base: bool = False
+    linear_l2: float = Field(0.01, ge=0, description="ridge penalty per row, on standardised features")
 
 
 class ExportConfig(_Frozen):

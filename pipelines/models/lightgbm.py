@@ -70,8 +70,13 @@ class LightGBMReturns:
         self.horizons = list(horizons)
         self.target_opset = target_opset
         self.objective = objective
+        if cfg.linear_base and objective == "direction":
+            raise ModelError(
+                "lightgbm linear_base needs a regression objective (l2, huber, quantile), not direction"
+            )
         self.boosters_: list[lgb.Booster] | None = None
         self.n_features_: int | None = None
+        self.linear_: LinearBase | None = None
 
     def booster_params(self) -> dict[str, Any]:
         """Native LightGBM parameters derived from the config (sklearn-style names mapped)."""
@@ -123,10 +128,18 @@ class LightGBMReturns:
             Yv = check_Y(Y_val, Xv.shape[0], len(self.horizons), who="LightGBMReturns.fit(validation)")
             valid = (lgb.Dataset(Xv, label=Yv[:, 0], reference=data, free_raw_data=False).construct(), Yv)
         boosters = []
+        self.linear_ = LinearBase.fit(X, Y, self.cfg.linear_l2) if self.cfg.linear_base else None
+        base = self.linear_.predict(X) if self.linear_ is not None else None
+        base_val = self.linear_.predict(Xv) if self.linear_ is not None and valid is not None else None
         for j in range(Y.shape[1]):
             if self.objective == "huber":
-                params["alpha"] = huber_delta(Y[:, j])
+                resid = Y[:, j] if base is None else Y[:, j] - base[:, j]
+                params["alpha"] = huber_delta(resid)
             data.set_label(self._label(Y[:, j]))
+            if base is not None:
+                data.set_init_score(base[:, j])
+                if valid is not None:
+                    valid[0].set_init_score(base_val[:, j])
             if self.objective == "direction":
                 data.set_weight((Y[:, j] != 0).astype(np.float64))
             kwargs: dict[str, Any] = {}
@@ -150,7 +163,8 @@ class LightGBMReturns:
         threads = 1 if X.shape[0] <= SMALL_BATCH else self.cfg.num_threads
         raw = self.objective == "direction"  # the margin (sum of trees), which the ONNX graph computes
         cols = [b.predict(X, num_threads=threads, raw_score=raw) for b in self.boosters_]
-        return np.column_stack(cols).astype(np.float64)
+        out = np.column_stack(cols).astype(np.float64)
+        return out if self.linear_ is None else out + self.linear_.predict(X)
 
     def to_onnx(self) -> bytes:
         """One self-contained ONNX graph: "features" float32 [N, F] → "returns" float32 [N, H]."""
@@ -160,7 +174,14 @@ class LightGBMReturns:
         boosters = self.boosters_
         if self.objective == "direction":  # export the margin: the same trees read as a regressor
             boosters = [_as_regressor(b) for b in boosters]
-        return lightgbm_to_onnx(boosters, self.n_features_, target_opset=self.target_opset)
+        onnx_bytes = lightgbm_to_onnx(boosters, self.n_features_, target_opset=self.target_opset)
+        if self.linear_ is not None:
+            from pipelines.training.export import add_linear_term
+
+            onnx_bytes = add_linear_term(
+                onnx_bytes, self.linear_.mean, self.linear_.coef, self.linear_.intercept
+            )
+        return onnx_bytes
 
     def get_params(self) -> dict[str, Any]:
         """Flat hyperparameters (config fields + horizons), for MLflow."""
@@ -172,6 +193,37 @@ class LightGBMReturns:
         if self.objective != "l2":  # l2 runs stay exactly as they were logged before objectives existed
             params["objective"] = self.objective
         return params
+
+
+@dataclass(frozen=True)
+class LinearBase:
+    """A ridge regression per horizon on standardised features: prediction = where(isnan(x), mean, x) @ coef
+    + intercept (the standardisation folded into coef; a NaN feature contributes its training mean)."""
+
+    mean: np.ndarray  # (F,) training means (NaN-ignoring; 0 where a column is all NaN)
+    coef: np.ndarray  # (F, H) on raw feature units
+    intercept: np.ndarray  # (H,)
+
+    @classmethod
+    def fit(cls, X: np.ndarray, Y: np.ndarray, l2: float) -> LinearBase:
+        X = np.asarray(X, np.float64)
+        with np.errstate(all="ignore"):
+            mean = np.nan_to_num(np.nanmean(X, axis=0))
+            Z = np.where(np.isnan(X), 0.0, X - mean)
+            sd = np.sqrt((Z * Z).mean(axis=0))
+        sd = np.where(sd > 0, sd, 1.0)
+        Z /= sd
+        lo, hi = np.quantile(Y, [0.005, 0.995], axis=0)
+        Yc = np.clip(Y, lo, hi)
+        ym = Yc.mean(axis=0)
+        n, f = Z.shape
+        w = np.linalg.solve(Z.T @ Z + l2 * n * np.eye(f), Z.T @ (Yc - ym))  # (F, H)
+        coef = w / sd[:, None]
+        return cls(mean, coef, ym - mean @ coef)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, np.float64)
+        return np.where(np.isnan(X), self.mean, X) @ self.coef + self.intercept
 
 
 def huber_delta(y: np.ndarray) -> float:

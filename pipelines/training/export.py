@@ -212,6 +212,50 @@ def lightgbm_to_onnx(boosters: Sequence[Any], n_features: int, *, target_opset: 
     return model.SerializeToString()
 
 
+def add_linear_term(
+    onnx_bytes: bytes,
+    mean: np.ndarray,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    *,
+    output_name: str = OUTPUT_NAME,
+) -> bytes:
+    """The graph with `where(isnan(features), mean, features) @ coef + intercept` added to its output
+    (a linear base the trees were boosted on); float32 like the rest of the graph."""
+    model = onnx.load_model_from_string(onnx_bytes)
+    outs = [o.name for o in model.graph.output]
+    if output_name not in outs:
+        raise ExportError(f"graph has no output {output_name!r} (outputs {outs})")
+    trees = f"{output_name}_trees"
+    for node in model.graph.node:
+        node.output[:] = [trees if n == output_name else n for n in node.output]
+        node.input[:] = [trees if n == output_name else n for n in node.input]
+    f32 = np.float32
+    model.graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(np.asarray(mean, f32), "linear_mean"),
+            onnx.numpy_helper.from_array(np.asarray(coef, f32), "linear_coef"),
+            onnx.numpy_helper.from_array(np.asarray(intercept, f32), "linear_intercept"),
+        ]
+    )
+    model.graph.node.extend(
+        [
+            helper.make_node("IsNaN", [INPUT_NAME], ["linear_nan"], name="linear_isnan"),
+            helper.make_node(
+                "Where", ["linear_nan", "linear_mean", INPUT_NAME], ["linear_x"], name="linear_fill"
+            ),
+            helper.make_node("MatMul", ["linear_x", "linear_coef"], ["linear_xw"], name="linear_matmul"),
+            helper.make_node("Add", ["linear_xw", "linear_intercept"], ["linear_out"], name="linear_bias"),
+            helper.make_node("Add", [trees, "linear_out"], [output_name], name="linear_plus_trees"),
+        ]
+    )
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version < 9:
+            imp.version = 9  # IsNaN / Where
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def rename_output(onnx_bytes: bytes, old: str, new: str) -> bytes:
     """The graph with its output `old` (and every reference to it) named `new`; unchanged when equal.
 
