@@ -7,6 +7,7 @@ metric per horizon, pooled over the folds, plus per fold how often the model bea
 task's promotion metric.
 
     python benchmarks/report_fil.py [--task returns|volatility] [--objective l2|huber|quantile|direction]
+        [--symbol NEARUSDT] [--features core27,ta,mtf,risk]
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = sorted((REPO.parent / "shared" / "data").glob("FILUSDT-1m-2023-*.zip"))
+DATA = REPO.parent / "shared" / "data"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="returns")
     ap.add_argument("--objective", default=None, help="the models' training objective (default: the task's)")
+    ap.add_argument("--symbol", default="FILUSDT", help="a symbol with 1m monthly dumps in ../shared/data")
+    ap.add_argument(
+        "--features", default=None, help="feature set(s), e.g. core27,ta,mtf,risk (default: config)"
+    )
     args = ap.parse_args()
 
     from pipelines.config import load_training_config
@@ -32,15 +37,19 @@ def main() -> None:
     from pipelines.tasks import get_task, read_task_file
     from pipelines.training.walk_forward import train_walk_forward
 
-    candles = read_many(FILES, "FILUSDT", "1m")
-    cfg = load_training_config(REPO / "configs", task=args.task)
+    files = sorted(DATA.glob(f"{args.symbol}-1m-????-??.zip"))
+    if not files:
+        ap.error(f"no {args.symbol}-1m-YYYY-MM.zip files in {DATA}")
+    candles = read_many(files, args.symbol, "1m").drop_duplicates("open_time", ignore_index=True)
+    overrides = {"features": {"feature_set": args.features}} if args.features else None
+    cfg = load_training_config(REPO / "configs", overrides, task=args.task)
     tf = read_task_file(REPO / "configs", args.task)
     task = get_task(args.task, cfg.labels.horizons, tf.options, args.objective or tf.objective)
     t0 = time.perf_counter()
-    res = train_walk_forward(candles, symbol="FILUSDT", interval="1m", cfg=cfg, task=task)
+    res = train_walk_forward(candles, symbol=args.symbol, interval="1m", cfg=cfg, task=task)
     wall = time.perf_counter() - t0
     print(
-        f"{task.name}: FILUSDT 1m, {res.data_window['start']} → {res.data_window['end']}, "
+        f"{task.name}: {args.symbol} 1m, {cfg.features.feature_set}, {res.data_window['start']} → {res.data_window['end']}, "
         f"{len(res.fold_metrics)} folds, parity max |Δ| {res.parity_max_abs:.1e}, {wall:.0f} s"
     )
     metric, sign = task.promotion_metric, (1 if task.higher_is_better else -1)
@@ -65,6 +74,8 @@ def main() -> None:
     out = {
         "task": task.name,
         "objective": task.training_objective,
+        "symbol": args.symbol,
+        "feature_set": cfg.features.feature_set,
         "data_window": res.data_window,
         "folds": len(res.fold_metrics),
         "parity_max_abs": res.parity_max_abs,
@@ -76,6 +87,10 @@ def main() -> None:
     name = "fil_report.json" if task.name == "returns" else f"fil_{task.name}_report.json"
     if args.objective:
         name = name.replace(".json", f"_{args.objective}.json")
+    if args.symbol != "FILUSDT":
+        name = name.replace("fil_", f"{args.symbol.lower()}_")
+    if args.features:
+        name = name.replace(".json", "_" + cfg.features.feature_set + ".json")
     dst = REPO / "benchmarks" / "results" / name
     dst.write_text(json.dumps(out, indent=2, default=str))
     print(f"wrote {dst}")

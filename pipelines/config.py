@@ -74,7 +74,8 @@ class LightGBMConfig(_Frozen):
     seed: int = 42
     # A ridge regression on the standardised features first (targets winsorised at 0.5/99.5 %), the
     # trees boosted on what it leaves: a weak linear effect (the reversal rule's -last move) is one
-    # coefficient for it and many noisy splits for trees. Regression objectives only.
+    # coefficient for it and many noisy splits for trees. Regression objectives only (a `direction`
+    # classifier ignores it and boosts from its prior, as without it).
     linear_base: bool = False
     linear_l2: float = Field(0.01, ge=0, description="ridge penalty per row, on standardised features")
 

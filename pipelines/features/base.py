@@ -77,6 +77,7 @@ SET_MODULES: tuple[str, ...] = (
     "pipelines.features.ta",
     "pipelines.features.whale19",
     "pipelines.features.mtf",
+    "pipelines.features.risk",
 )
 
 

@@ -70,10 +70,6 @@ class LightGBMReturns:
         self.horizons = list(horizons)
         self.target_opset = target_opset
         self.objective = objective
-        if cfg.linear_base and objective == "direction":
-            raise ModelError(
-                "lightgbm linear_base needs a regression objective (l2, huber, quantile), not direction"
-            )
         self.boosters_: list[lgb.Booster] | None = None
         self.n_features_: int | None = None
         self.linear_: LinearBase | None = None
@@ -128,7 +124,9 @@ class LightGBMReturns:
             Yv = check_Y(Y_val, Xv.shape[0], len(self.horizons), who="LightGBMReturns.fit(validation)")
             valid = (lgb.Dataset(Xv, label=Yv[:, 0], reference=data, free_raw_data=False).construct(), Yv)
         boosters = []
-        self.linear_ = LinearBase.fit(X, Y, self.cfg.linear_l2) if self.cfg.linear_base else None
+        # the ridge base serves regression objectives; a direction classifier boosts from its prior
+        linear = self.cfg.linear_base and self.objective != "direction"
+        self.linear_ = LinearBase.fit(X, Y, self.cfg.linear_l2) if linear else None
         base = self.linear_.predict(X) if self.linear_ is not None else None
         base_val = self.linear_.predict(Xv) if self.linear_ is not None and valid is not None else None
         for j in range(Y.shape[1]):
@@ -137,9 +135,9 @@ class LightGBMReturns:
                 params["alpha"] = huber_delta(resid)
             data.set_label(self._label(Y[:, j]))
             if base is not None:
-                data.set_init_score(base[:, j])
+                data.set_init_score(np.ascontiguousarray(base[:, j]))
                 if valid is not None:
-                    valid[0].set_init_score(base_val[:, j])
+                    valid[0].set_init_score(np.ascontiguousarray(base_val[:, j]))
             if self.objective == "direction":
                 data.set_weight((Y[:, j] != 0).astype(np.float64))
             kwargs: dict[str, Any] = {}

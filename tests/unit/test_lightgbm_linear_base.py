@@ -7,7 +7,6 @@ import pytest
 
 from pipelines.config import LightGBMConfig
 from pipelines.contracts.onnx import make_session
-from pipelines.models.base import ModelError
 from pipelines.models.lightgbm import LightGBMReturns, LinearBase
 
 
@@ -45,6 +44,9 @@ def test_ridge_recovers_a_linear_effect_and_fills_nan_with_the_mean():
     np.testing.assert_allclose(lin.predict(row), lin.predict(filled), rtol=1e-6)  # float32 row
 
 
-def test_linear_base_needs_a_regression_objective():
-    with pytest.raises(ModelError, match="linear_base needs a regression objective"):
-        LightGBMReturns(LightGBMConfig(linear_base=True), [1], objective="direction")
+def test_a_direction_classifier_boosts_without_the_linear_base():
+    X, Y = _data(2000)
+    m = LightGBMReturns(LightGBMConfig(n_estimators=5, linear_base=True), [1, 2], objective="direction")
+    assert m.fit(X, Y).linear_ is None
+    out = make_session(m.to_onnx()).run(None, {"features": X})[0]
+    np.testing.assert_allclose(out, m.predict(X), rtol=1e-5, atol=1e-6)
