@@ -78,6 +78,10 @@ class LightGBMConfig(_Frozen):
     # classifier ignores it and boosts from its prior, as without it).
     linear_base: bool = False
     linear_l2: float = Field(0.01, ge=0, description="ridge penalty per row, on standardised features")
+    # Volatility-scaled targets: fit label / s_t, where s_t is this input feature (e.g. volatility_30m,
+    # from candles <= t) floored at its 5th percentile on the training rows; predict (fit) x s_t, so the
+    # output stays in label units (the ONNX graph multiplies too). None = fit the labels as they are.
+    scale_by: str | None = None
 
 
 class ExportConfig(_Frozen):

@@ -60,7 +60,12 @@ class LightGBMReturns:
     parity_tolerance = 1e-5
 
     def __init__(
-        self, cfg: LightGBMConfig, horizons: Sequence[int], target_opset: int = 15, objective: str = "l2"
+        self,
+        cfg: LightGBMConfig,
+        horizons: Sequence[int],
+        target_opset: int = 15,
+        objective: str = "l2",
+        scale_index: int | None = None,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ModelError(
@@ -70,9 +75,14 @@ class LightGBMReturns:
         self.horizons = list(horizons)
         self.target_opset = target_opset
         self.objective = objective
+        if cfg.scale_by is not None and scale_index is None:
+            raise ModelError(f"lightgbm scale_by={cfg.scale_by!r} needs the index of that input feature")
+        # the scale serves regression objectives (a sign classifier's labels have no scale)
+        self.scale_index = scale_index if objective != "direction" else None
         self.boosters_: list[lgb.Booster] | None = None
         self.n_features_: int | None = None
         self.linear_: LinearBase | None = None
+        self.scale_floor_: float | None = None
 
     def booster_params(self) -> dict[str, Any]:
         """Native LightGBM parameters derived from the config (sklearn-style names mapped)."""
@@ -110,6 +120,15 @@ class LightGBMReturns:
         """
         X = check_X(X, n_dims=2, who="LightGBMReturns.fit")
         Y = check_Y(Y, X.shape[0], len(self.horizons), who="LightGBMReturns.fit")
+        if self.scale_index is not None:
+            s = X[:, self.scale_index].astype(np.float64)
+            finite = s[np.isfinite(s) & (s > 0)]
+            if finite.size == 0:
+                raise ModelError(f"scale_by feature {self.cfg.scale_by!r} has no positive value to scale by")
+            self.scale_floor_ = float(np.float32(np.quantile(finite, 0.05)))
+            Y = Y / self._scale(X)[:, None]
+            if Y_val is not None and X_val is not None:
+                Y_val = np.asarray(Y_val, np.float64) / self._scale(np.asarray(X_val))[:, None]
         params = self.booster_params()
         fevals = [cb.feval for cb in callbacks if isinstance(cb, ValidationCallback)]
         plain = [cb.callback if isinstance(cb, ValidationCallback) else cb for cb in callbacks]
@@ -162,7 +181,13 @@ class LightGBMReturns:
         raw = self.objective == "direction"  # the margin (sum of trees), which the ONNX graph computes
         cols = [b.predict(X, num_threads=threads, raw_score=raw) for b in self.boosters_]
         out = np.column_stack(cols).astype(np.float64)
-        return out if self.linear_ is None else out + self.linear_.predict(X)
+        out = out if self.linear_ is None else out + self.linear_.predict(X)
+        return out if self.scale_floor_ is None else out * self._scale(X)[:, None]
+
+    def _scale(self, X: np.ndarray) -> np.ndarray:
+        """(N,) s_t = max(feature, floor) in float32 arithmetic, as the ONNX graph computes it (NaN → floor)."""
+        s = np.asarray(X[:, self.scale_index], np.float32)
+        return np.fmax(s, np.float32(self.scale_floor_)).astype(np.float64)
 
     def to_onnx(self) -> bytes:
         """One self-contained ONNX graph: "features" float32 [N, F] → "returns" float32 [N, H]."""
@@ -179,6 +204,10 @@ class LightGBMReturns:
             onnx_bytes = add_linear_term(
                 onnx_bytes, self.linear_.mean, self.linear_.coef, self.linear_.intercept
             )
+        if self.scale_floor_ is not None:
+            from pipelines.training.export import scale_output_by_input
+
+            onnx_bytes = scale_output_by_input(onnx_bytes, self.scale_index, self.scale_floor_)
         return onnx_bytes
 
     def get_params(self) -> dict[str, Any]:
@@ -244,8 +273,23 @@ def _as_regressor(booster: lgb.Booster) -> lgb.Booster:
 def _build(
     cfg: LightGBMConfig, n_features: int, horizons: Sequence[int], *, objective: str, context: ModelContext
 ) -> LightGBMReturns:
+    index = None
+    if cfg.scale_by is not None:
+        from pipelines.features import get_feature_set
+
+        names = list(get_feature_set(context.training.features.feature_set).names)
+        if cfg.scale_by not in names:
+            raise ModelError(
+                f"lightgbm scale_by={cfg.scale_by!r} is not a feature of {context.training.features.feature_set} "
+                f"({', '.join(names)})"
+            )
+        index = names.index(cfg.scale_by)
     return LightGBMReturns(
-        cfg, horizons, target_opset=context.training.export.target_opset, objective=objective
+        cfg,
+        horizons,
+        target_opset=context.training.export.target_opset,
+        objective=objective,
+        scale_index=index,
     )
 
 

@@ -256,6 +256,45 @@ def add_linear_term(
     return model.SerializeToString()
 
 
+def scale_output_by_input(
+    onnx_bytes: bytes, index: int, floor: float, *, output_name: str = OUTPUT_NAME
+) -> bytes:
+    """The graph with its output multiplied by max(features[:, index], floor) (a NaN feature gives the
+    floor, as `LightGBMReturns._scale`): a model fitted on scaled targets answers in label units."""
+    model = onnx.load_model_from_string(onnx_bytes)
+    outs = [o.name for o in model.graph.output]
+    if output_name not in outs:
+        raise ExportError(f"graph has no output {output_name!r} (outputs {outs})")
+    unscaled = f"{output_name}_unscaled"
+    for node in model.graph.node:
+        node.output[:] = [unscaled if n == output_name else n for n in node.output]
+        node.input[:] = [unscaled if n == output_name else n for n in node.input]
+    model.graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(np.array([index], np.int64), "scale_index"),
+            onnx.numpy_helper.from_array(np.array([floor], np.float32), "scale_floor"),
+        ]
+    )
+    model.graph.node.extend(
+        [
+            helper.make_node(
+                "Gather", [INPUT_NAME, "scale_index"], ["scale_col"], axis=1, name="scale_gather"
+            ),
+            helper.make_node("IsNaN", ["scale_col"], ["scale_nan"], name="scale_isnan"),
+            helper.make_node(
+                "Where", ["scale_nan", "scale_floor", "scale_col"], ["scale_filled"], name="scale_fill"
+            ),
+            helper.make_node("Max", ["scale_filled", "scale_floor"], ["scale_s"], name="scale_max"),
+            helper.make_node("Mul", [unscaled, "scale_s"], [output_name], name="scale_mul"),
+        ]
+    )
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version < 9:
+            imp.version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def rename_output(onnx_bytes: bytes, old: str, new: str) -> bytes:
     """The graph with its output `old` (and every reference to it) named `new`; unchanged when equal.
 
