@@ -33,6 +33,7 @@ from pipelines.features import (  # noqa: E402
     StreamingFeatures,
     compute_features,
     feature_matrix,
+    fit_feature_params,
     get_feature_set,
 )
 from pipelines.sources.binance_files import read_many  # noqa: E402
@@ -71,15 +72,15 @@ def percentiles(ns: np.ndarray) -> dict[str, float]:
     }
 
 
-def bench_batch(candles: pd.DataFrame, feature_set: str, repeats: int) -> dict[str, float]:
+def bench_batch(candles: pd.DataFrame, feature_set: str, repeats: int, params=None) -> dict[str, float]:
     times, times_m, cpu = [], [], []
     for _ in range(repeats):
         t, c = time.perf_counter(), time.process_time()
-        compute_features(candles, feature_set)
+        compute_features(candles, feature_set, params)
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
         t = time.perf_counter()
-        feature_matrix(candles, feature_set)
+        feature_matrix(candles, feature_set, params)
         times_m.append(time.perf_counter() - t)
     n = len(candles)
     return {
@@ -93,9 +94,9 @@ def bench_batch(candles: pd.DataFrame, feature_set: str, repeats: int) -> dict[s
     }
 
 
-def bench_stream(candles: pd.DataFrame, feature_set: str, updates: int) -> dict[str, object]:
+def bench_stream(candles: pd.DataFrame, feature_set: str, updates: int, params=None) -> dict[str, object]:
     warmup = get_feature_set(feature_set).warmup
-    sf = StreamingFeatures.from_history(candles.iloc[:warmup], feature_set)
+    sf = StreamingFeatures.from_history(candles.iloc[:warmup], feature_set, params=params)
     recs = candles.iloc[warmup : warmup + updates].copy()
     recs["open_time"] = recs["open_time"].astype("datetime64[ms, UTC]").astype("int64")
     records = recs.to_dict("records")
@@ -120,7 +121,10 @@ def bench_stream(candles: pd.DataFrame, feature_set: str, updates: int) -> dict[
     }
 
 
-DEFAULT_SETS = ("core27", "core18", "ta", "whale19", "mtf", "core27+ta+mtf", "core27+ta+whale19+mtf")
+DEFAULT_SETS = (
+    "core27", "core18", "ta", "whale19", "mtf", "risk", "core18+ta+mtf", "core27+ta+mtf+risk",
+    "core27+ta+whale19+mtf+risk",
+)  # fmt: skip
 
 
 def main() -> None:
@@ -136,8 +140,10 @@ def main() -> None:
     big = tile(fil, args.rows)
     sets = {}
     for fs in args.feature_set:
-        batch = bench_batch(big, fs, args.repeats)
-        stream = bench_stream(fil, fs, args.updates)
+        # fitted sets (risk's HMM): parameters from the first 20,000 candles, as a training fold would
+        params = fit_feature_params(fil.iloc[:20_000], fs) or None
+        batch = bench_batch(big, fs, args.repeats, params)
+        stream = bench_stream(fil, fs, args.updates, params)
         sets[fs] = {"features": len(get_feature_set(fs).names), "warmup": get_feature_set(fs).warmup}
         sets[fs] |= {"batch": batch, "stream": stream}
         b, u, r = batch, stream["update"], stream["numpy_tiny_op"]
