@@ -134,7 +134,8 @@ def test_real_fil_months_ingest_validate_train_and_bundle_parity(small, harness,
     )
     candles = rt.store().load("FILUSDT", "1m").tail(3000)
     from_bundle = predict_bundle(onnx_bytes, manifest, candles)
-    X = feature_matrix(candles)
+    assert manifest.feature_set.name == "core18"  # the returns default: no price/volume levels
+    X = feature_matrix(candles, manifest.feature_set.name)
     ok = np.isfinite(X).all(axis=1)
     pred = result.model.predict(X[ok])  # the native LightGBM boosters
     native = pd.DataFrame(
