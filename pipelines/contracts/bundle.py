@@ -49,6 +49,9 @@ class FeatureSetSpec:
     # fitted parts' parameters (e.g. risk's HMM), fitted on the final training window: serving passes
     # them to the feature code exactly as training did
     params: dict[str, Any] = field(default_factory=dict)
+    # features that are NaN by design where an optional input is missing (whale19's book fields on a
+    # kline feed); the model takes NaN there as "missing"
+    nullable: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class FeatureSet:
     warmup: int
     components: tuple[tuple[str, int], ...] = ()  # a composite "a+b": each part's (name, version)
     fitted: tuple[str, ...] = ()  # parts whose kernels need parameters fitted on training data
+    nullable: tuple[str, ...] = ()  # features that are NaN by design when an optional input is missing
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,14 @@ def _registry() -> dict[str, _Impl]:
         m = importlib.import_module(path)
         fv = np.asarray(m.first_valid())
         fitted = hasattr(m, "fit")
-        spec = FeatureSet(m.NAME, m.VERSION, tuple(m.NAMES), int(fv.max()) + 1, fitted=(m.NAME,) * fitted)
+        spec = FeatureSet(
+            m.NAME,
+            m.VERSION,
+            tuple(m.NAMES),
+            int(fv.max()) + 1,
+            fitted=(m.NAME,) * fitted,
+            nullable=tuple(getattr(m, "NULLABLE", ())),
+        )
         optional = frozenset(getattr(m, "OPTIONAL", ("spread_bps",)))
         fields = tuple(dict.fromkeys(i for i in m.INPUTS if i is not None))
         fitters = ((m.NAME, fields, m.fit),) if fitted else ()
@@ -179,6 +187,7 @@ def _composite(name: str) -> _Impl:
         int(fv.max()) + 1,
         tuple((p.spec.name, p.spec.version) for p in parts),
         tuple(f for p in parts for f in p.spec.fitted),
+        tuple(f for p in parts for f in p.spec.nullable),
     )
     return _Impl(
         spec,

@@ -88,6 +88,9 @@ NAMES: tuple[str, ...] = (
     "volatility_20", "skewness_20", "kurtosis_20", "bid_price", "ask_price",
 )  # fmt: skip
 _F = {n: i for i, n in enumerate(NAMES)}
+# NaN by design when the feed has no book fields (kline-only sources): models that take NaN as missing
+# (trees) train on them; training refuses them for models that cannot (sequence networks).
+NULLABLE: tuple[str, ...] = ("spread", "relative_spread", "bid_price", "ask_price")
 
 # Rows of X: close, volume, quote volume and the scratch row of 1-candle log returns are adjacent (one
 # lag view covers the windows); then the optional book fields (NaN when a feed lacks them).

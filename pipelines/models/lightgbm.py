@@ -7,6 +7,7 @@ Prediction on few rows (the serving-like path) uses one thread: thread start-up 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Self
@@ -58,6 +59,7 @@ class LightGBMReturns:
     input_kind: Literal["tabular", "sequence"] = "tabular"
     sequence_length: int | None = None
     parity_tolerance = 1e-5
+    accepts_nan = True  # a NaN input is "missing" (LightGBM and its ONNX graph send it down a default branch)
 
     def __init__(
         self,
@@ -234,7 +236,8 @@ class LinearBase:
     @classmethod
     def fit(cls, X: np.ndarray, Y: np.ndarray, l2: float) -> LinearBase:
         X = np.asarray(X, np.float64)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column (no book feed): mean 0
             mean = np.nan_to_num(np.nanmean(X, axis=0))
             Z = np.where(np.isnan(X), 0.0, X - mean)
             sd = np.sqrt((Z * Z).mean(axis=0))

@@ -54,7 +54,10 @@ def predict_bundle(
     X_all = np.ascontiguousarray(feats[list(fs.names)].to_numpy(np.float64), dtype=np.float32)  # (N, F)
     times = candles["open_time"].reset_index(drop=True)
     X_all[: max(int(fs.warmup) - 1, 0)] = np.nan  # rows before warm-up are inexact even if finite
-    finite = np.isfinite(X_all).all(axis=1)
+    from pipelines.training.walk_forward import usable_rows
+
+    finite = usable_rows(X_all, fs.names, fs.nullable)
+    finite[: max(int(fs.warmup) - 1, 0)] = False
     if len(shape) == 3:
         from pipelines.training.windows import window_dataset
 

@@ -160,7 +160,7 @@ def _prepare(
             "check the candles for gaps or bad values (validation.candles)"
         )
     first_row = start - T + 1
-    bad = ~np.isfinite(X_all[first_row:end]).all(axis=1)
+    bad = ~usable_rows(X_all[first_row:end], fs.names, tuple(getattr(fs, "nullable", ())))
     if bad.any():
         where = first_row + int(np.argmax(bad))
         raise TrainingError(
@@ -184,6 +184,19 @@ def _prepare(
         end=end,
         start=start,
     )
+
+
+def usable_rows(X: np.ndarray, names: Any, nullable: Any = ()) -> np.ndarray:
+    """(N,) bool: rows of a (N, F) feature matrix whose values are finite, except that the `nullable`
+    features (NaN by design where an optional input is missing, e.g. whale19's book fields) may be NaN
+    (never ±inf)."""
+    X = np.asarray(X)
+    may = (
+        np.isin(np.asarray(list(names), dtype=object), list(nullable))
+        if len(nullable)
+        else np.zeros(X.shape[-1], bool)
+    )
+    return (np.isfinite(X) | (np.isnan(X) & may)).all(axis=1)
 
 
 def _fit_params(candles: pd.DataFrame, fs: Any, lo: int, hi: int | None) -> dict[str, Any]:
@@ -280,6 +293,12 @@ def train_walk_forward(
     first = _fit_params(candles, fs, 0, cfg.walk_forward.train_size) if fitted else None
     ds = _prepare(candles, cfg, fs, seq_len, task, first)
     report_progress("features", 1, 1)
+    if not getattr(probe, "accepts_nan", False) and np.isnan(np.asarray(ds.X)).any():
+        cols = [n for j, n in enumerate(fs.names) if np.isnan(np.asarray(ds.X)[..., j]).any()]
+        raise TrainingError(
+            f"features {cols} of {fs.name} are NaN on these candles (no book fields on this feed); "
+            f"{model_type} cannot take missing inputs: train lightgbm, or use a feed with those fields"
+        )
     n = ds.end - ds.lo
     wf, ev = cfg.walk_forward, cfg.evaluation
     folds = walk_forward_folds(n, wf)
@@ -507,6 +526,7 @@ def _manifest(
             warmup=int(fs.warmup),
             components={n: int(v) for n, v in getattr(fs, "components", ())},
             params=feature_params or {},
+            nullable=list(getattr(fs, "nullable", ())),
         ),
         input=TensorSpec(INPUT_NAME, [None, seq_len, n_f] if seq_len else [None, n_f]),
         outputs=outputs,
