@@ -12,6 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     "bench_features.py",
+    "bench_default_model.py",
     "bench_serving.py",
     "bench_daily_retrain.py",
     "report_fil.py",
