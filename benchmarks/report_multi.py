@@ -201,7 +201,14 @@ def run_one(job: dict) -> dict:
     close = p["candles"]["close"].to_numpy(np.float64)
     test_t = pd.to_datetime(p["candles"]["open_time"], utc=True)
     r = np.diff(np.log(close[(test_t >= pd.Timestamp(p["test_start"])).to_numpy()]))
-    from pipelines.training.metrics import paired_accuracy_diff
+    from pipelines.review.fixed import paired_block_bootstrap_ci
+
+    def paired(model: np.ndarray, rule: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+        """Direction accuracy of model minus rule on the same rows (actual != 0, both finite)."""
+        keep = np.isfinite(model) & np.isfinite(rule) & np.isfinite(actual) & (actual != 0)
+        y = np.sign(actual[keep])
+        ci = paired_block_bootstrap_ci((np.sign(model[keep]) == y) * 1.0 - (np.sign(rule[keep]) == y))
+        return {"diff": ci.diff, "diff_lo": ci.low, "diff_hi": ci.high, "n": float(keep.sum())}
 
     rows = []
     for j, h in enumerate(res.horizons):
@@ -237,7 +244,7 @@ def run_one(job: dict) -> dict:
                 "beats_every_rule_ci": bool(m["accuracy_lo"] > max(accs.values())),
                 # paired: model minus each rule on the same rows, block-bootstrap 95 % interval
                 "paired": {
-                    who: paired_accuracy_diff(
+                    who: paired(
                         res.pooled.predictions[:, j],
                         task.baseline_column(res.pooled.baselines[who], j, "accuracy"),
                         res.pooled.actuals[:, j],

@@ -146,6 +146,17 @@ def cumsum_lags(T: np.ndarray, inplace: bool = False) -> np.ndarray:
     return out
 
 
+def sum_lags(T: np.ndarray) -> np.ndarray:
+    """Sum over axis 0 (lags) of T (n, R, M), newest first, one sequential add per lag: the last plane of
+    `cumsum_lags` without keeping the others (same adds in the same order, so the same bits)."""
+    if T.shape[2] <= 8:
+        return np.add.accumulate(T, axis=0)[-1]
+    s = T[0].copy()
+    for j in range(1, T.shape[0]):
+        s += T[j]
+    return s
+
+
 def kernel(X: np.ndarray, lo: int, hi: int, t0: int, ewm: Ewm, out: np.ndarray) -> None:
     """Write core27 of columns [lo, hi) of X into out (27, hi-lo); advances `ewm`.
 

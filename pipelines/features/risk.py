@@ -140,7 +140,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.features.core27 import lag_view
+from pipelines.features.core27 import lag_view, sum_lags
 
 NAME = "risk"
 VERSION = 1
@@ -427,16 +427,6 @@ def _windows(row: np.ndarray, lo: int, hi: int, n: int) -> np.ndarray:
     )  # fmt: skip
 
 
-def _lagsum(T: np.ndarray) -> np.ndarray:
-    """Sum over axis 0 (lags) of T (n, R, M), newest first, one sequential add per lag."""
-    if T.shape[2] <= 8:
-        return np.add.accumulate(T, axis=0)[-1]
-    s = T[0].copy()
-    for j in range(1, T.shape[0]):
-        s += T[j]
-    return s
-
-
 def _window_sums(X: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """The 12 window sums of _SUMS (12, M), each added lag by lag, newest first."""
     V = lag_view(X, _Q0, _NQ, lo, hi, LONG_WINDOW)  # (240, 10, M)
@@ -528,7 +518,7 @@ def kernel(X: np.ndarray, lo: int, hi: int, t0: int, st: State, out: np.ndarray)
     np.log(th, out=lt, where=live)
     H = lag_view(X, X_LP, 2, lo, hi, HILL_WINDOW) - lt  # (240, 2, M)
     np.maximum(H, 0.0, out=H)
-    hill = _lagsum(H) / HILL_K
+    hill = sum_lags(H) / HILL_K
     hill *= live  # 0 without k+1 positive tail values
     out[0] = hill[1]
     out[1] = hill[0]

@@ -3,7 +3,7 @@
 Same engine as core27 (see its docstring): the kernel computes new columns [lo, hi) of a work matrix
 X from those columns and the LAGS before them, plus carried recursions (`Ewm`); batch and streaming
 run the same code and agree bit for bit. Window sums add lags newest first, one lag at a time
-(`_wsum` / core27.cumsum_lags), so they never depend on where a history started or how it was chunked.
+(core27.sum_lags / cumsum_lags), so they never depend on where a history started or how it was chunked.
 
 Definitions (t = candle index, candles <= t only; o/h/l/c/v = open/high/low/close/volume; all EMAs
 are `ewm(adjust=False)` recursions y = (1 - alpha) y' + alpha x seeded with their first input, on the
@@ -84,7 +84,7 @@ import math
 import numpy as np
 
 from pipelines.features._ewm import Ewm
-from pipelines.features.core27 import cumsum_lags, lag_view
+from pipelines.features.core27 import cumsum_lags, lag_view, sum_lags
 
 NAME = "ta"
 VERSION = 1
@@ -179,16 +179,6 @@ def new_state() -> tuple[Ewm, Ewm, Ewm]:
     return Ewm(_ALPHA_A), Ewm(_ALPHA_B), Ewm(_ALPHA_C)
 
 
-def _wsum(T: np.ndarray) -> np.ndarray:
-    """Sum over axis 0 (lags) of T (n, R, M), newest first, one sequential add per lag (as cumsum_lags)."""
-    if T.shape[2] <= 8:
-        return np.add.accumulate(T, axis=0)[-1]
-    s = T[0].copy()
-    for j in range(1, T.shape[0]):
-        s += T[j]
-    return s
-
-
 def _ewm(e: Ewm, x: np.ndarray) -> np.ndarray:
     """Advance `e` over x (K, M); a fresh recursion is seeded with its first input (history start)."""
     if e.Y is None:
@@ -234,11 +224,11 @@ def kernel(X: np.ndarray, lo: int, hi: int, t0: int, state: tuple[Ewm, Ewm, Ewm]
 
     # ---- windows
     Y = lag_view(X, X_CLOSE, 2, lo, hi, 20) - P[0, 2:4]  # (20, 2, M): close, tp minus the current ones
-    my = _wsum(Y) / 20.0  # (2, M): SMA20 - current value (close, tp)
+    my = sum_lags(Y) / 20.0  # (2, M): SMA20 - current value (close, tp)
     D = Y - my  # deviations from the means
     D[:, 0] *= D[:, 0]
     np.abs(D[:, 1], out=D[:, 1])
-    dev = _wsum(D)  # (2, M): sum of squared close deviations, sum of absolute tp deviations
+    dev = sum_lags(D)  # (2, M): sum of squared close deviations, sum of absolute tp deviations
     sd = np.sqrt(dev[0] / 20.0)  # population std of close
     S = cumsum_lags(lag_view(X, X_VOLUME, 4, lo, hi, 20))  # volume, signed volume, +mf, -mf
     HL = lag_view(X, X_HIGH, 2, lo, hi, 14)
@@ -266,7 +256,7 @@ def kernel(X: np.ndarray, lo: int, hi: int, t0: int, state: tuple[Ewm, Ewm, Ewm]
     out[_F["obv_slope_20"]] = r[5]
     X[X_BODY, lo:hi] = r[6]
     X[X_STOCHK, lo:hi] = r[2]
-    body = _wsum(lag_view(X, X_BODY, 1, lo, hi, BODY_WINDOW))[0]
+    body = sum_lags(lag_view(X, X_BODY, 1, lo, hi, BODY_WINDOW))[0]
     np.multiply(body, 150.0 / BODY_WINDOW, out=out[_F["cipher_mf"]])  # SMA60 * 150 (150/60 = 2.5 exactly)
     out[_F["cipher_mf"]] -= 2.5
 
@@ -292,7 +282,7 @@ def kernel(X: np.ndarray, lo: int, hi: int, t0: int, state: tuple[Ewm, Ewm, Ewm]
     G[3] = yA[3]
     out[_PER_CLOSE_OUT] = G / c
     out[_F["adx_14"]] = yB[2]
-    sma3 = _wsum(lag_view(X, X_STOCHK, 2, lo, hi, 3)) / 3.0  # stoch_d_3, wt2
+    sma3 = sum_lags(lag_view(X, X_STOCHK, 2, lo, hi, 3)) / 3.0  # stoch_d_3, wt2
     out[_SMA3_OUT] = sma3
     out[_F["wt1"]] = X[X_WT1, lo:hi]
     np.subtract(X[X_WT1, lo:hi], sma3[1], out=out[_F["wt_cross"]])

@@ -212,6 +212,32 @@ def lightgbm_to_onnx(boosters: Sequence[Any], n_features: int, *, target_opset: 
     return model.SerializeToString()
 
 
+def _rename_tensor(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Every node input/output named `old` is named `new` (graph outputs are left to the caller)."""
+    for node in model.graph.node:
+        node.output[:] = [new if n == old else n for n in node.output]
+        node.input[:] = [new if n == old else n for n in node.input]
+
+
+def _extend_output(
+    onnx_bytes: bytes, output_name: str, inner: str, initializers: list[Any], nodes: list[Any]
+) -> bytes:
+    """The graph whose output `output_name` is now computed by `nodes` from the old output (renamed
+    `inner`), the input and `initializers`; opset >= 9 (IsNaN, Where), checked."""
+    model = onnx.load_model_from_string(onnx_bytes)
+    outs = [o.name for o in model.graph.output]
+    if output_name not in outs:
+        raise ExportError(f"graph has no output {output_name!r} (outputs {outs})")
+    _rename_tensor(model, output_name, inner)
+    model.graph.initializer.extend(initializers)
+    model.graph.node.extend(nodes)
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version < 9:
+            imp.version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def add_linear_term(
     onnx_bytes: bytes,
     mean: np.ndarray,
@@ -222,38 +248,22 @@ def add_linear_term(
 ) -> bytes:
     """The graph with `where(isnan(features), mean, features) @ coef + intercept` added to its output
     (a linear base the trees were boosted on); float32 like the rest of the graph."""
-    model = onnx.load_model_from_string(onnx_bytes)
-    outs = [o.name for o in model.graph.output]
-    if output_name not in outs:
-        raise ExportError(f"graph has no output {output_name!r} (outputs {outs})")
-    trees = f"{output_name}_trees"
-    for node in model.graph.node:
-        node.output[:] = [trees if n == output_name else n for n in node.output]
-        node.input[:] = [trees if n == output_name else n for n in node.input]
-    f32 = np.float32
-    model.graph.initializer.extend(
-        [
-            onnx.numpy_helper.from_array(np.asarray(mean, f32), "linear_mean"),
-            onnx.numpy_helper.from_array(np.asarray(coef, f32), "linear_coef"),
-            onnx.numpy_helper.from_array(np.asarray(intercept, f32), "linear_intercept"),
-        ]
-    )
-    model.graph.node.extend(
-        [
-            helper.make_node("IsNaN", [INPUT_NAME], ["linear_nan"], name="linear_isnan"),
-            helper.make_node(
-                "Where", ["linear_nan", "linear_mean", INPUT_NAME], ["linear_x"], name="linear_fill"
-            ),
-            helper.make_node("MatMul", ["linear_x", "linear_coef"], ["linear_xw"], name="linear_matmul"),
-            helper.make_node("Add", ["linear_xw", "linear_intercept"], ["linear_out"], name="linear_bias"),
-            helper.make_node("Add", [trees, "linear_out"], [output_name], name="linear_plus_trees"),
-        ]
-    )
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx") and imp.version < 9:
-            imp.version = 9  # IsNaN / Where
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    trees, f32 = f"{output_name}_trees", np.float32
+    initializers = [
+        onnx.numpy_helper.from_array(np.asarray(mean, f32), "linear_mean"),
+        onnx.numpy_helper.from_array(np.asarray(coef, f32), "linear_coef"),
+        onnx.numpy_helper.from_array(np.asarray(intercept, f32), "linear_intercept"),
+    ]
+    nodes = [
+        helper.make_node("IsNaN", [INPUT_NAME], ["linear_nan"], name="linear_isnan"),
+        helper.make_node(
+            "Where", ["linear_nan", "linear_mean", INPUT_NAME], ["linear_x"], name="linear_fill"
+        ),
+        helper.make_node("MatMul", ["linear_x", "linear_coef"], ["linear_xw"], name="linear_matmul"),
+        helper.make_node("Add", ["linear_xw", "linear_intercept"], ["linear_out"], name="linear_bias"),
+        helper.make_node("Add", [trees, "linear_out"], [output_name], name="linear_plus_trees"),
+    ]
+    return _extend_output(onnx_bytes, output_name, trees, initializers, nodes)
 
 
 def scale_output_by_input(
@@ -261,38 +271,21 @@ def scale_output_by_input(
 ) -> bytes:
     """The graph with its output multiplied by max(features[:, index], floor) (a NaN feature gives the
     floor, as `LightGBMReturns._scale`): a model fitted on scaled targets answers in label units."""
-    model = onnx.load_model_from_string(onnx_bytes)
-    outs = [o.name for o in model.graph.output]
-    if output_name not in outs:
-        raise ExportError(f"graph has no output {output_name!r} (outputs {outs})")
     unscaled = f"{output_name}_unscaled"
-    for node in model.graph.node:
-        node.output[:] = [unscaled if n == output_name else n for n in node.output]
-        node.input[:] = [unscaled if n == output_name else n for n in node.input]
-    model.graph.initializer.extend(
-        [
-            onnx.numpy_helper.from_array(np.array([index], np.int64), "scale_index"),
-            onnx.numpy_helper.from_array(np.array([floor], np.float32), "scale_floor"),
-        ]
-    )
-    model.graph.node.extend(
-        [
-            helper.make_node(
-                "Gather", [INPUT_NAME, "scale_index"], ["scale_col"], axis=1, name="scale_gather"
-            ),
-            helper.make_node("IsNaN", ["scale_col"], ["scale_nan"], name="scale_isnan"),
-            helper.make_node(
-                "Where", ["scale_nan", "scale_floor", "scale_col"], ["scale_filled"], name="scale_fill"
-            ),
-            helper.make_node("Max", ["scale_filled", "scale_floor"], ["scale_s"], name="scale_max"),
-            helper.make_node("Mul", [unscaled, "scale_s"], [output_name], name="scale_mul"),
-        ]
-    )
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx") and imp.version < 9:
-            imp.version = 9
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    initializers = [
+        onnx.numpy_helper.from_array(np.array([index], np.int64), "scale_index"),
+        onnx.numpy_helper.from_array(np.array([floor], np.float32), "scale_floor"),
+    ]
+    nodes = [
+        helper.make_node("Gather", [INPUT_NAME, "scale_index"], ["scale_col"], axis=1, name="scale_gather"),
+        helper.make_node("IsNaN", ["scale_col"], ["scale_nan"], name="scale_isnan"),
+        helper.make_node(
+            "Where", ["scale_nan", "scale_floor", "scale_col"], ["scale_filled"], name="scale_fill"
+        ),
+        helper.make_node("Max", ["scale_filled", "scale_floor"], ["scale_s"], name="scale_max"),
+        helper.make_node("Mul", [unscaled, "scale_s"], [output_name], name="scale_mul"),
+    ]
+    return _extend_output(onnx_bytes, output_name, unscaled, initializers, nodes)
 
 
 def rename_output(onnx_bytes: bytes, old: str, new: str) -> bytes:
@@ -307,9 +300,7 @@ def rename_output(onnx_bytes: bytes, old: str, new: str) -> bytes:
     names = {o.name for o in model.graph.output}
     if old not in names or new in names:
         raise ExportError(f"cannot rename graph output {old!r} to {new!r}: graph outputs are {sorted(names)}")
-    for node in model.graph.node:
-        node.output[:] = [new if n == old else n for n in node.output]
-        node.input[:] = [new if n == old else n for n in node.input]
+    _rename_tensor(model, old, new)
     for o in model.graph.output:
         if o.name == old:
             o.name = new

@@ -65,41 +65,6 @@ def direction_accuracy(pred: np.ndarray, actual: np.ndarray, confidence: float =
     }
 
 
-def paired_accuracy_diff(
-    pred_a: np.ndarray,
-    pred_b: np.ndarray,
-    actual: np.ndarray,
-    *,
-    confidence: float = 0.95,
-    block: int = 60,
-    reps: int = 2000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Direction accuracy of `pred_a` minus that of `pred_b` on the same rows, with a moving-block
-    bootstrap interval (circular blocks of `block` consecutive rows, so the autocorrelation of
-    overlapping multi-candle labels stays inside a block).
-
-    Paired, because two forecasts of the same rows share most of their hits and misses: the interval
-    of the difference is far narrower than comparing the two accuracies' own intervals.
-    Rows: actual finite and != 0, both forecasts finite (as `direction_hits`).
-    """
-    a, b, y = (np.asarray(v, float) for v in (pred_a, pred_b, actual))
-    keep = np.isfinite(a) & np.isfinite(b) & np.isfinite(y) & (y != 0.0)
-    d = (np.sign(a[keep]) == np.sign(y[keep])).astype(float) - (np.sign(b[keep]) == np.sign(y[keep]))
-    n = d.size
-    if n == 0:
-        return {"diff": math.nan, "diff_lo": math.nan, "diff_hi": math.nan, "n": 0.0}
-    block = max(1, min(block, n))
-    k = -(-n // block)  # blocks per resample
-    rng = np.random.default_rng(seed)
-    starts = rng.integers(0, n, size=(reps, k))
-    idx = (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(reps, -1)[:, :n] % n
-    means = d[idx].mean(axis=1)
-    tail = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [tail, 1 - tail])
-    return {"diff": float(d.mean()), "diff_lo": float(lo), "diff_hi": float(hi), "n": float(n)}
-
-
 def spearman_ic(pred: np.ndarray, actual: np.ndarray) -> float:
     """Spearman rank correlation; NaN when either side is constant (no ranking to judge)."""
     pred, actual = np.asarray(pred, float), np.asarray(actual, float)

@@ -88,7 +88,7 @@ def test_train_prints_the_task_metrics_beside_its_baselines_and_registers(traine
     from registry.runs import version_below_baselines
 
     below = version_below_baselines(client, NAME, "1")  # the honest verdict is recorded either way
-    assert below is not None and all(h in (5, 15, 60) for h in below)
+    assert below is not None and 15 in below and set(below) <= {5, 15, 60}  # HAR-RV wins at h15 here
     assert run.data.tags["kairos.below_baselines"] == (",".join(map(str, sorted(below))) or "none")
     m = run.data.metrics
     for h in (5, 15, 60):

@@ -357,3 +357,22 @@ def test_sequential_power_for_one_point_accuracy_lift():
     r = simulate("direction", paired=True, experiments=300, n=40_000, looks=20, effect=0.01, seed=0, block=50)
     assert r.sequential_rate >= 0.7, r
     assert r.hac_last_look_rate >= r.sequential_rate - 0.02, r
+
+
+def test_paired_block_bootstrap_is_narrower_than_the_marginal_intervals_and_covers_the_truth():
+    from pipelines.review.fixed import paired_block_bootstrap_ci
+
+    rng = np.random.default_rng(7)
+    n = 20_000
+    y = rng.choice([-1.0, 1.0], size=n)
+    rule = np.where(rng.random(n) < 0.54, y, -y)  # a rule right 54 % of the time
+    model = np.where(rng.random(n) < 0.90, rule, -rule)  # agrees with it on 90 % of rows, flips the rest
+    d = (model == y) * 1.0 - (rule == y)
+    ci = paired_block_bootstrap_ci(d, block_length=60)
+    assert ci.low < d.mean() < ci.high and ci.diff == pytest.approx(d.mean())
+    truth = 0.10 * (0.46 - 0.54)  # flips turn 54 % hits into 46 %: E[d] = -0.008
+    assert ci.low < truth < ci.high
+    half_marginal = 1.96 * np.sqrt(0.25 / n)  # one accuracy's own half-width, ~0.7 pp
+    assert (ci.high - ci.low) / 2 < 0.75 * half_marginal  # sd of d: sqrt(0.10) vs sqrt(0.25) per row
+    again = paired_block_bootstrap_ci(d, block_length=60)
+    assert (again.low, again.high) == (ci.low, ci.high)  # seeded
