@@ -1,4 +1,5 @@
-"""Ingest flow: fetch candles from a source, validate them (bad batch → quarantine), upsert the store."""
+"""Ingest flows: fetch candles from a source (or build them from trade files), validate them (bad batch →
+quarantine), upsert the store."""
 
 from __future__ import annotations
 
@@ -40,6 +41,19 @@ def upsert(df: pd.DataFrame) -> int:
     return Runtime.from_env().store().upsert(df)
 
 
+@task(name="read-trades", **IO)
+def read_trade_files(paths: list[str], symbol: str, interval: str):
+    """Candles and per-minute order facts built from trade files (`pipelines.sources.trades`)."""
+    from pipelines.sources import get_source
+
+    return get_source("trades", {"paths": paths}).build(symbol, interval)
+
+
+@task(name="upsert-trade-minutes", **IO)
+def upsert_trade_minutes(symbol: str, interval: str, df: pd.DataFrame) -> int:
+    return Runtime.from_env().store().upsert_trade_minutes(symbol, interval, df)
+
+
 @flow(name="ingest")
 def ingest(
     source: str, symbol: str, interval: str = "1m", options: dict[str, Any] | None = None
@@ -62,4 +76,35 @@ def ingest(
         "expectations": report.evaluated_expectations,
         "first": str(df["open_time"].min()),
         "last": str(df["open_time"].max()),
+    }
+
+
+@flow(name="ingest-trades")
+def ingest_trades(paths: list[str], symbol: str, interval: str = "1m") -> dict[str, Any]:
+    """Build 1-minute candles and trade minutes from trade files, validate the candles (bad batch →
+    quarantine, flow fails, nothing stored), upsert both."""
+    series = read_trade_files(paths, symbol, interval)
+    summary: dict[str, Any] = {
+        "symbol": symbol,
+        "interval": interval,
+        "rows": len(series.candles),
+        "added": 0,
+        "gaps": 0,
+        "trades": series.trades,
+        "duplicates_dropped": series.duplicates_dropped,
+        "overlapping": series.overlapping,
+        "orders": series.orders,
+        "minutes_added": 0,
+    }
+    if series.candles.empty:
+        return summary
+    stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S")
+    report = validate(series.candles, f"trades-{symbol}-{interval}-{stamp}")
+    summary["added"] = upsert(series.candles)
+    summary["minutes_added"] = upsert_trade_minutes(symbol, interval, series.minutes)
+    return summary | {
+        "gaps": report.total_gaps,
+        "expectations": report.evaluated_expectations,
+        "first": str(series.candles["open_time"].min()),
+        "last": str(series.candles["open_time"].max()),
     }

@@ -1,5 +1,9 @@
 """The candle store: one DuckDB file, table `candles` keyed (symbol, interval, open_time).
 
+A second table, `trade_minutes`, holds the per-minute taker-order facts of candles built from trades
+(`pipelines.sources.trades.MINUTE_COLUMNS`: n_orders, max_order_quote, max_order_side, order_p999_24h,
+large_orders), keyed the same way and upserted with the same semantics; it is created on its first write.
+
 Connections are short-lived (one per call, opened and closed inside it), so the CLI, Prefect tasks
 and tests can use the same file one after another; DuckDB allows one writing process at a time, so
 a call that finds the file locked retries for `lock_timeout_s` and then raises `StoreError`.
@@ -35,6 +39,7 @@ from pipelines.contracts.schema import (
     empty_candles,
     normalize_candles,
 )
+from pipelines.sources.trades import MINUTE_COLUMNS, MINUTE_DTYPES, empty_minutes
 
 STORED_COLUMNS = [c for c in CANDLE_COLUMNS if c != "taker_buy_ratio"]
 VALUE_COLUMNS = [c for c in STORED_COLUMNS if c not in KEY_COLUMNS]
@@ -54,6 +59,19 @@ _CREATE = (
     + ",\n  PRIMARY KEY (symbol, interval, open_time)\n)"
 )
 _JOIN_ON = " AND ".join(f"c.{k} = i.{k}" for k in KEY_COLUMNS)
+
+MINUTE_STORED = [*KEY_COLUMNS, *MINUTE_COLUMNS[1:]]
+MINUTE_VALUES = MINUTE_COLUMNS[1:]
+_MINUTE_SQL = {"int64": "BIGINT", "float64": "DOUBLE"}
+_CREATE_MINUTES = (
+    "CREATE TABLE IF NOT EXISTS trade_minutes (\n"
+    + ",\n".join(
+        f"  {c} {_SQL_TYPES[c] if c in KEY_COLUMNS else _MINUTE_SQL[MINUTE_DTYPES[c]]}"
+        f"{' NOT NULL' if c in KEY_COLUMNS else ''}"
+        for c in MINUTE_STORED
+    )
+    + ",\n  PRIMARY KEY (symbol, interval, open_time)\n)"
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,20 @@ def _to_naive_utc(ts: pd.Timestamp | str | None) -> pd.Timestamp | None:
     return (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")).tz_localize(None)
 
 
+def _range_where(
+    symbol: str, interval: str, start: pd.Timestamp | str | None, end: pd.Timestamp | str | None
+) -> tuple[str, list]:
+    """WHERE clause and arguments selecting one series, start <= open_time <= end (UTC)."""
+    where, args = ["symbol = ?", "interval = ?"], [symbol, interval]
+    if start is not None:
+        where.append("open_time >= ?")
+        args.append(_to_naive_utc(start).to_pydatetime())
+    if end is not None:
+        where.append("open_time <= ?")
+        args.append(_to_naive_utc(end).to_pydatetime())
+    return " AND ".join(where), args
+
+
 def _stage(df: pd.DataFrame) -> pd.DataFrame:
     """The frame as stored: contract-typed, naive-UTC open_time; StoreError if it cannot be keyed."""
     try:
@@ -123,19 +155,62 @@ def _stage(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _stage_minutes(symbol: str, interval: str, df: pd.DataFrame) -> pd.DataFrame:
+    """A trade-minutes frame as stored (keys added, naive-UTC open_time); StoreError if it cannot be keyed."""
+    if not isinstance(symbol, str) or not symbol:
+        raise StoreError("trade minutes need a symbol, e.g. 'BRDBTC'")
+    if interval not in INTERVALS:
+        raise StoreError(f"unknown interval {interval!r}; use one of {sorted(INTERVALS)}")
+    missing = [c for c in MINUTE_COLUMNS if c not in df.columns]
+    if missing:
+        raise StoreError(
+            f"trade-minutes frame lacks columns {missing}; build it with pipelines.sources.trades"
+        )
+    try:
+        f = df[MINUTE_COLUMNS].astype(MINUTE_DTYPES).reset_index(drop=True)
+    except (ValueError, TypeError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise StoreError(f"trade-minutes frame does not fit {MINUTE_DTYPES} ({reason})") from None
+    if f["open_time"].isna().any():
+        i = int(np.flatnonzero(f["open_time"].isna().to_numpy())[0])
+        raise StoreError(f"trade-minutes row {i} has no open_time; drop or fix keyless rows")
+    dup = f["open_time"].duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise StoreError(
+            f"trade-minutes frame has {int(dup.sum())} duplicate open_times, first {f.loc[i, 'open_time']}"
+        )
+    f["open_time"] = f["open_time"].dt.tz_convert("UTC").dt.tz_localize(None)
+    f.insert(0, "interval", interval)
+    f.insert(0, "symbol", symbol)
+    f["symbol"] = f["symbol"].astype(object)
+    f["interval"] = f["interval"].astype(object)
+    return f[MINUTE_STORED]
+
+
 def _insert_new(con: duckdb.DuckDBPyConnection) -> int:
+    return _insert_rows(con, "candles", STORED_COLUMNS)
+
+
+def _replace_changed(con: duckdb.DuckDBPyConnection) -> int:
+    return _replace_rows(con, "candles", VALUE_COLUMNS)
+
+
+def _insert_rows(con: duckdb.DuckDBPyConnection, table: str, columns: list[str]) -> int:
+    """Insert the rows of `incoming` whose key `table` does not hold yet; returns how many."""
     sql = (
-        f"INSERT INTO candles ({', '.join(STORED_COLUMNS)}) "
-        f"SELECT {', '.join('i.' + c for c in STORED_COLUMNS)} "
-        f"FROM incoming i WHERE NOT EXISTS (SELECT 1 FROM candles c WHERE {_JOIN_ON})"
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"SELECT {', '.join('i.' + c for c in columns)} "
+        f"FROM incoming i WHERE NOT EXISTS (SELECT 1 FROM {table} c WHERE {_JOIN_ON})"
     )
     return int(con.execute(sql).fetchone()[0])
 
 
-def _replace_changed(con: duckdb.DuckDBPyConnection) -> int:
-    differs = " OR ".join(f"c.{c} IS DISTINCT FROM i.{c}" for c in VALUE_COLUMNS)
-    sets = ", ".join(f"{c} = i.{c}" for c in VALUE_COLUMNS)
-    sql = f"UPDATE candles AS c SET {sets} FROM incoming AS i WHERE {_JOIN_ON} AND ({differs})"
+def _replace_rows(con: duckdb.DuckDBPyConnection, table: str, values: list[str]) -> int:
+    """Overwrite the rows of `table` whose values differ from `incoming`'s for the same key."""
+    differs = " OR ".join(f"c.{c} IS DISTINCT FROM i.{c}" for c in values)
+    sets = ", ".join(f"{c} = i.{c}" for c in values)
+    sql = f"UPDATE {table} AS c SET {sets} FROM incoming AS i WHERE {_JOIN_ON} AND ({differs})"
     return int(con.execute(sql).fetchone()[0])
 
 
@@ -178,24 +253,32 @@ class CandleStore:
         finally:
             con.close()
 
-    def _has_table(self) -> bool:
+    def _has_table(self, table: str = "candles") -> bool:
         if not self.path.exists():
             return False
         with self.connect(read_only=True) as con:
-            sql = "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'candles'"
-            return bool(con.execute(sql).fetchone()[0])
+            sql = "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?"
+            return bool(con.execute(sql, [table]).fetchone()[0])
 
     def merge(self, df: pd.DataFrame) -> MergeResult:
         """Insert new keys and replace changed rows, in one transaction (all or nothing)."""
-        staged = _stage(df)
+        return self._merge_staged(  # looked up at call time, so a test can inject a failure
+            _stage(df), None, lambda con: _insert_new(con), lambda con: _replace_changed(con)
+        )
+
+    def _merge_staged(self, staged: pd.DataFrame, create: str | None, insert, replace) -> MergeResult:
+        """Register `staged` as `incoming`, then `create` (DDL or None), `insert` and `replace` (each
+        con -> rows) in one transaction."""
         if staged.empty:
             return MergeResult(0, 0)
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
+                if create:
+                    con.execute(create)
                 con.register("incoming", staged)
-                added = _insert_new(con)
-                replaced = _replace_changed(con)
+                added = insert(con)
+                replaced = replace(con)
                 con.execute("COMMIT")
             except Exception as e:
                 con.execute("ROLLBACK")
@@ -211,6 +294,39 @@ class CandleStore:
         """`merge(df)` and return the number of rows added (0 when re-ingesting the same frame)."""
         return self.merge(df).added
 
+    def merge_trade_minutes(self, symbol: str, interval: str, df: pd.DataFrame) -> MergeResult:
+        """`merge` for a trade-minutes frame (`pipelines.sources.trades.MINUTE_COLUMNS`) of one series."""
+        staged = _stage_minutes(symbol, interval, df)
+        return self._merge_staged(
+            staged,
+            _CREATE_MINUTES,  # the table is created on its first write, inside the transaction
+            lambda con: _insert_rows(con, "trade_minutes", MINUTE_STORED),
+            lambda con: _replace_rows(con, "trade_minutes", MINUTE_VALUES),
+        )
+
+    def upsert_trade_minutes(self, symbol: str, interval: str, df: pd.DataFrame) -> int:
+        """Store the per-minute order facts of one series; rows added (0 when re-ingesting the same frame)."""
+        return self.merge_trade_minutes(symbol, interval, df).added
+
+    def load_trade_minutes(
+        self,
+        symbol: str,
+        interval: str = "1m",
+        start: pd.Timestamp | str | None = None,
+        end: pd.Timestamp | str | None = None,
+    ) -> pd.DataFrame:
+        """Trade minutes (`MINUTE_COLUMNS`) of one series, start <= open_time <= end (UTC), sorted by time."""
+        if not self._has_table("trade_minutes"):
+            return empty_minutes()
+        where, args = _range_where(symbol, interval, start, end)
+        sql = f"SELECT {', '.join(MINUTE_COLUMNS)} FROM trade_minutes WHERE {where} ORDER BY open_time"
+        with self.connect(read_only=True) as con:
+            df = con.execute(sql, args).df()
+        if df.empty:
+            return empty_minutes()
+        df["open_time"] = pd.to_datetime(df["open_time"]).dt.tz_localize("UTC")
+        return df.astype(MINUTE_DTYPES)
+
     def load(
         self,
         symbol: str,
@@ -221,15 +337,9 @@ class CandleStore:
         """Candles of one series with start <= open_time <= end (both inclusive, UTC), sorted by time."""
         if not self._has_table():
             return empty_candles()
-        where, args = ["symbol = ?", "interval = ?"], [symbol, interval]
-        if start is not None:
-            where.append("open_time >= ?")
-            args.append(_to_naive_utc(start).to_pydatetime())
-        if end is not None:
-            where.append("open_time <= ?")
-            args.append(_to_naive_utc(end).to_pydatetime())
+        where, args = _range_where(symbol, interval, start, end)
         cols = ", ".join(STORED_COLUMNS)
-        sql = f"SELECT {cols} FROM candles WHERE {' AND '.join(where)} ORDER BY open_time"
+        sql = f"SELECT {cols} FROM candles WHERE {where} ORDER BY open_time"
         with self.connect(read_only=True) as con:
             df = con.execute(sql, args).df()
         return normalize_candles(df) if len(df) else empty_candles()

@@ -40,6 +40,32 @@ def ingest_binance_files(
         _print_ingest(ingest("binance-files", symbol, interval, {"paths": [str(p.resolve()) for p in paths]}))
 
 
+@ingest_app.command("trades")
+def ingest_trades(
+    paths: list[Path] = typer.Argument(
+        ..., help="Trade files of one symbol: ccxt trade CSVs or Binance aggTrades dumps (.zip or .csv)."
+    ),
+    symbol: str = SymbolOpt,
+    interval: str = typer.Option("1m", "--interval", "-i", help="Candle interval (trades make 1m only)."),
+) -> None:
+    """Build 1-minute candles and per-minute taker-order facts from trade files, and store both."""
+    prepare()
+    with errors():
+        for p in paths:
+            if not p.exists():
+                raise FileNotFoundError(f"file not found: {p}")
+        from flows.ingest import ingest_trades as flow
+
+        summary = flow([str(p.resolve()) for p in paths], symbol, interval)
+        _print_ingest(summary)
+        overlap = summary.get("overlapping", 0)
+        console.print(
+            f"{summary['trades']:,} trades ({summary['duplicates_dropped']:,} exact duplicates dropped), "
+            f"{summary['orders']:,} taker orders, {summary['minutes_added']:,} trade minutes added"
+            + (f"; {overlap:,} trades held by two overlapping files counted once" if overlap else "")
+        )
+
+
 @ingest_app.command("synthetic")
 def ingest_synthetic(
     symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s", help="Synthetic symbol (must contain SYNTH)."),

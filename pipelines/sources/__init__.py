@@ -8,6 +8,8 @@ instances implement `Source`. Nothing else lists the sources, and no flow branch
 - `synthetic`: seeded synthetic series with real-market stylised facts (`generate`, `is_synthetic_symbol`).
 - `binance-files`: Binance kline dumps, .zip or .csv (`read_klines`, `read_many`).
 - `ccxt`: any CCXT exchange, paged backfill and incremental top-up (`fetch_ohlcv_range`).
+- `trades`: trade files (ccxt trades, Binance aggTrades) → 1m candles + per-minute taker-order facts
+  (`read_trades`, `trades_to_minutes`, `build_series`; the minutes go to the store's `trade_minutes`).
 
 Submodules are imported only when asked for: ccxt is slow to import and only the ccxt source needs it.
 """

@@ -148,7 +148,7 @@ def test_a_family_is_one_module_plus_one_config(tmp_path):
 
 # ---------------------------------------------------------------- sources
 def test_every_source_is_one_module_found_by_name():
-    assert available_sources() == ["binance-files", "ccxt", "synthetic"]
+    assert available_sources() == ["binance-files", "ccxt", "synthetic", "trades"]
     src = get_source("synthetic", {"days": 1})
     assert isinstance(src, Source)
 
@@ -156,7 +156,7 @@ def test_every_source_is_one_module_found_by_name():
 def test_unknown_source_and_bad_options_are_named():
     with pytest.raises(
         SourceError,
-        match=r"unknown source 'kraken-ws'; known sources: \['binance-files', 'ccxt', 'synthetic'\]",
+        match=r"unknown source 'kraken-ws'; known sources: \['binance-files', 'ccxt', 'synthetic', 'trades'\]",
     ):
         get_source("kraken-ws", {})
     with pytest.raises(
