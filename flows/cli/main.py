@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from flows.cli import data, review, serve, train, tune
+from flows.cli import data, predict, review, serve, train, tune
 
 app = typer.Typer(
     help="Kairos: ingest → validate → train walk-forward → ONNX → MLflow registry → serve.",
@@ -28,6 +28,7 @@ app.command()(tune.tune)
 app.command()(review.review)
 app.command()(review.rollback)
 app.command()(review.history)
+app.command()(predict.predict)
 app.command(help="Serve the champion (and challenger) over REST + WebSocket with hot reload.")(serve.serve)
 
 
