@@ -4,6 +4,8 @@ Torch is imported only inside this package; serving and feature code never impor
 architecture module (`lstm_attention`, `transformer`, `tft`, `mamba`) and `ensemble` exposes
 `SPEC` (`pipelines.models.spec.ModelSpec`) and has its presets in `configs/models/<name>.yaml`;
 `pipelines.models.make_model` builds them like any other family.
+`classifier.SequenceClassifier` puts a one-logit head (binary cross-entropy or focal loss) on the
+same encoders and training loop, for event tasks (P(whale event in the next candles)).
 """
 
 from __future__ import annotations
@@ -14,8 +16,15 @@ from typing import Any
 
 from pipelines.config import SEQUENCE_ARCHITECTURES, TrainingConfig
 from pipelines.models.sequence.base import SequenceModelError, SequenceRegressor
+from pipelines.models.sequence.classifier import SequenceClassifier
 
-__all__ = ["SEQUENCE_ARCHITECTURES", "SequenceModelError", "SequenceRegressor", "make_sequence_model"]
+__all__ = [
+    "SEQUENCE_ARCHITECTURES",
+    "SequenceClassifier",
+    "SequenceModelError",
+    "SequenceRegressor",
+    "make_sequence_model",
+]
 
 
 def make_sequence_model(

@@ -2,7 +2,8 @@
 
 `SequenceRegressor(cfg, n_features, horizons)` follows the `ReturnsModel` protocol
 (pipelines/models/base.py): `fit(X [N, T, F], Y [N, H], X_val=, Y_val=)`, `predict`, `to_onnx`,
-`get_params`. The architecture is only the encoder (one small file per model); this module owns:
+`get_params`. The architecture is only the encoder (one small file per model); this module owns
+(in `train_network`, shared with `classifier.SequenceClassifier`):
 - normalisation fitted on the training fold only (installed inside the graph, see net.py);
 - AdamW with linear warm-up then cosine decay per step; global-norm gradient clipping;
 - early stopping on the purged validation slice, best weights restored (kept in memory, no files);
@@ -16,18 +17,20 @@ import contextlib
 import copy
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Self
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
+from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from pipelines.config import SequenceModelConfig
 from pipelines.contracts.errors import KairosError
-from pipelines.models.sequence.losses import make_loss
+from pipelines.models.sequence.losses import LossFn, make_loss
 from pipelines.models.sequence.net import SequenceNet
 
 PREDICT_BATCH = 2048  # windows per inference chunk (memory bound: 2048 x 60 x F floats)
@@ -72,12 +75,14 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
 
 
 class SequenceLightningModule(L.LightningModule):
-    """Owns the optimisation of any `SequenceNet`: loss from config, warm-up + cosine schedule."""
+    """Owns the optimisation of any network of the zoo: loss (from config or given), warm-up + cosine."""
 
-    def __init__(self, net: SequenceNet, cfg: SequenceModelConfig, total_steps: int) -> None:
+    def __init__(
+        self, net: nn.Module, cfg: SequenceModelConfig, total_steps: int, loss_fn: LossFn | None = None
+    ) -> None:
         super().__init__()
         self.net, self.cfg, self.total_steps = net, cfg, total_steps
-        self.loss_fn = make_loss(cfg)
+        self.loss_fn = loss_fn or make_loss(cfg)  # the regressors' loss from the config unless given
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -168,6 +173,100 @@ def _check_xy(X: np.ndarray, Y: np.ndarray | None, T: int, F: int, H: int, what:
         )
 
 
+def feature_scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (mean, std) float64 (F,) of training windows X (N, T, F), installed inside the graph.
+
+    Each window's last row covers every row except the first T-1 (overlapping windows), without
+    materialising N*T*F values. Constant features get std 1.
+    """
+    last = np.asarray(X[:, -1, :], dtype=np.float64)
+    x_mean, x_std = last.mean(0), last.std(0)
+    return x_mean, np.where(x_std > 1e-12, x_std, 1.0)
+
+
+@dataclass
+class TrainResult:
+    """What `train_network` hands back: the network in eval mode (best or SWA weights) and its history."""
+
+    net: nn.Module
+    best_epoch: int
+    epochs_run: int
+    val_history: list[float]
+    used_swa: bool
+
+
+def _eval_loss(module: SequenceLightningModule, dl: DataLoader) -> float:
+    module.net.eval()
+    with torch.no_grad():
+        losses = [(float(module.loss_fn(module.net(x), y)), len(x)) for x, y in dl]
+    return sum(v * n for v, n in losses) / sum(n for _, n in losses)
+
+
+def train_network(
+    build: Callable[[], nn.Module],
+    cfg: SequenceModelConfig,
+    X: np.ndarray,
+    Y: np.ndarray,
+    X_val: np.ndarray,
+    Y_val: np.ndarray,
+    *,
+    loss_fn: LossFn | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """The zoo's one training loop, for any network whose `forward(x)` is what `loss_fn(out, y)` takes.
+
+    Seeds torch with `cfg.seed` and then calls `build()` (so weight init is seeded), trains with AdamW,
+    warm-up + cosine per step and gradient clipping for at most `cfg.max_epochs`, stops early on the
+    validation loss (`cfg.patience`), restores the best-validation weights, and keeps the SWA average
+    instead when `cfg.swa` and it beats them on validation. Runs with `cfg.num_threads` torch threads.
+
+    Args:
+        build: makes the network (with its fitted normalisation already installed).
+        cfg: the preset (epochs, batch size, lr, schedule, patience, SWA, seed, threads, precision).
+        X, Y: training windows (N, T, F) and targets (N, K) as the loss sees them.
+        X_val, Y_val: the validation windows and targets for early stopping.
+        loss_fn: the training loss; None = the regressors' loss named by `cfg.loss`.
+        callbacks: extra Lightning callbacks (e.g. Optuna pruning on "val_loss").
+    """
+    with torch_threads(cfg.num_threads), _quiet_lightning():
+        torch.manual_seed(cfg.seed)  # weights init and dropout masks during training
+        net = build()
+        train_dl = _loader(X, Y, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        val_dl = _loader(X_val, Y_val, max(cfg.batch_size, 1024), shuffle=False, seed=cfg.seed)
+        total_steps = cfg.max_epochs * len(train_dl)
+        module = SequenceLightningModule(net, cfg, total_steps, loss_fn)
+        keeper = BestAndSWA(int(cfg.swa_start_frac * cfg.max_epochs) if cfg.swa else None)
+        cuda = torch.cuda.is_available()
+        trainer = L.Trainer(
+            max_epochs=cfg.max_epochs,
+            accelerator="gpu" if cuda else "cpu",
+            devices=1,
+            precision=("bf16-mixed" if cuda and cfg.mixed_precision else "32-true"),
+            gradient_clip_val=cfg.grad_clip,
+            gradient_clip_algorithm="norm",
+            callbacks=[EarlyStopping("val_loss", patience=cfg.patience, mode="min"), keeper, *callbacks],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(module, train_dl, val_dl)
+        net = module.net.cpu()
+        net.load_state_dict(keeper.best_state)
+        used_swa = False
+        if keeper.swa_state is not None and keeper.swa_n > 1:
+            best_loss = _eval_loss(module, val_dl)
+            best_state = keeper.best_state
+            net.load_state_dict(keeper.swa_state)
+            if _eval_loss(module, val_dl) < best_loss:
+                used_swa = True
+            else:
+                net.load_state_dict(best_state)
+    net.eval()
+    return TrainResult(net, keeper.best_epoch, len(keeper.val_history), keeper.val_history, used_swa)
+
+
 class SequenceRegressor:
     """Estimator wrapper (ReturnsModel protocol) around one `SequenceNet` architecture.
 
@@ -242,65 +341,24 @@ class SequenceRegressor:
                 f"fit: {len(X)} training windows are too few for batch_size={cfg.batch_size}"
             )
 
-        # Normalisation from the TRAINING fold only. Each window's last row covers every row
-        # except the first T-1 (overlapping windows), without materialising N*T*F values.
-        last = np.asarray(X[:, -1, :], dtype=np.float64)
-        x_mean, x_std = last.mean(0), last.std(0)
-        x_std = np.where(x_std > 1e-12, x_std, 1.0)
+        x_mean, x_std = feature_scaling(X)
         # Labels: divide by RMS (no centring) so that the sign of every label is preserved.
         y_scale = np.sqrt(np.mean(Y**2, axis=0))
         y_scale = np.where(y_scale > 0, y_scale, 1.0)
 
-        with torch_threads(cfg.num_threads), _quiet_lightning():
-            torch.manual_seed(cfg.seed)  # weights init and dropout masks during training
+        def build() -> SequenceNet:
             net = SequenceNet(cfg, F, H)
             net.set_scaling(*(torch.tensor(a, dtype=torch.float32) for a in (x_mean, x_std, y_scale)))
-            train_dl = _loader(X, Y / y_scale, cfg.batch_size, shuffle=True, seed=cfg.seed)
-            val_dl = _loader(X_val, Y_val / y_scale, max(cfg.batch_size, 1024), shuffle=False, seed=cfg.seed)
-            total_steps = cfg.max_epochs * len(train_dl)
-            module = SequenceLightningModule(net, cfg, total_steps)
-            keeper = BestAndSWA(int(cfg.swa_start_frac * cfg.max_epochs) if cfg.swa else None)
-            cuda = torch.cuda.is_available()
-            trainer = L.Trainer(
-                max_epochs=cfg.max_epochs,
-                accelerator="gpu" if cuda else "cpu",
-                devices=1,
-                precision=("bf16-mixed" if cuda and cfg.mixed_precision else "32-true"),
-                gradient_clip_val=cfg.grad_clip,
-                gradient_clip_algorithm="norm",
-                callbacks=[EarlyStopping("val_loss", patience=cfg.patience, mode="min"), keeper, *callbacks],
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-            )
-            trainer.fit(module, train_dl, val_dl)
-            net = module.net.cpu()
-            net.load_state_dict(keeper.best_state)
-            self.used_swa_ = False
-            if keeper.swa_state is not None and keeper.swa_n > 1:
-                best_loss = self._eval_loss(module, val_dl)
-                best_state = keeper.best_state
-                net.load_state_dict(keeper.swa_state)
-                if self._eval_loss(module, val_dl) < best_loss:
-                    self.used_swa_ = True
-                else:
-                    net.load_state_dict(best_state)
-        net.eval()
-        self.net_ = net
-        self.best_epoch_ = keeper.best_epoch
-        self.epochs_run_ = len(keeper.val_history)
-        self.val_history_ = keeper.val_history
+            return net
+
+        result = train_network(build, cfg, X, Y / y_scale, X_val, Y_val / y_scale, callbacks=callbacks)
+        self.net_ = result.net
+        self.best_epoch_ = result.best_epoch
+        self.epochs_run_ = result.epochs_run
+        self.val_history_ = result.val_history
+        self.used_swa_ = result.used_swa
         self.n_train_ = len(X)
         return self
-
-    @staticmethod
-    def _eval_loss(module: SequenceLightningModule, dl: DataLoader) -> float:
-        module.net.eval()
-        with torch.no_grad():
-            losses = [(float(module.loss_fn(module.net(x), y)), len(x)) for x, y in dl]
-        return sum(v * n for v, n in losses) / sum(n for _, n in losses)
 
     # -- inference --------------------------------------------------------------------------------
     def _require_fitted(self) -> SequenceNet:

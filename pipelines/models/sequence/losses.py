@@ -3,6 +3,8 @@
 All losses see labels already divided by the training-fold RMS per horizon (sign preserved, so
 "direction" and "sharpe" are unchanged by the scaling): predictions and targets are O(1).
 Point losses take `pred`, `y` of shape (B, H); the quantile loss takes `pred` (B, H, Q).
+The binary losses of `classifier.SequenceClassifier` (`weighted_bce_loss`, `focal_loss`) take
+logits and 0/1 labels of shape (B, 1); they are not selected by `cfg.loss`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,29 @@ def quantile_loss(pred: Tensor, y: Tensor, quantiles: tuple[float, ...] = (0.1, 
     q = torch.tensor(quantiles, dtype=pred.dtype, device=pred.device)  # (Q,)
     err = y.unsqueeze(-1) - pred  # (B, H, Q)
     return torch.maximum(q * err, (q - 1) * err).sum(-1).mean()
+
+
+def weighted_bce_loss(logit: Tensor, y: Tensor, pos_weight: float = 1.0) -> Tensor:
+    """Binary cross-entropy on logits (B, 1) against 0/1 labels (B, 1), positives weighted `pos_weight`.
+
+    -mean[pos_weight * y * log σ(z) + (1 - y) * log(1 - σ(z))], computed stably from the logit.
+    """
+    w = torch.tensor(pos_weight, dtype=logit.dtype, device=logit.device)
+    return F.binary_cross_entropy_with_logits(logit, y, pos_weight=w)
+
+
+def focal_loss(logit: Tensor, y: Tensor, gamma: float = 2.0, pos_weight: float = 1.0) -> Tensor:
+    """Focal loss (Lin et al. 2017) on logits (B, 1) against 0/1 labels (B, 1).
+
+    -mean[pos_weight * y * (1 - p)^γ log p + (1 - y) * p^γ log(1 - p)], p = σ(z): well-classified
+    windows (most of the negatives) are down-weighted by (1 - p_true)^γ; γ = 0 is `weighted_bce_loss`.
+    `pos_weight` plays the role of the paper's α (class balance), as a ratio instead of α / (1 - α).
+    """
+    log_p, log_q = F.logsigmoid(logit), F.logsigmoid(-logit)  # log p, log(1 - p), stable
+    p = torch.sigmoid(logit)
+    pos = pos_weight * y * (1.0 - p).pow(gamma) * log_p
+    neg = (1.0 - y) * p.pow(gamma) * log_q
+    return -(pos + neg).mean()
 
 
 def make_loss(cfg: SequenceModelConfig) -> LossFn:

@@ -37,7 +37,23 @@ def export_onnx(
         opset: ONNX opset (17 default; 15 when composed with LightGBM).
         num_threads: torch threads while tracing.
     """
-    graph = OnnxGraph(net).cpu().eval()
+    return export_module(OnnxGraph(net), sequence_length, n_features, opset, OUTPUT_NAMES, num_threads)
+
+
+def export_module(
+    graph: torch.nn.Module,
+    sequence_length: int,
+    n_features: int,
+    opset: int,
+    output_names: Sequence[str],
+    num_threads: int = 1,
+) -> bytes:
+    """Trace any module `graph(features [N, T, F]) -> outputs` into self-contained ONNX bytes.
+
+    The input is named "features"; outputs take `output_names` in order; the batch axis N is dynamic.
+    The graph is checked with onnx.checker before it is returned.
+    """
+    graph = graph.cpu().eval()
     dummy = torch.zeros(2, sequence_length, n_features, dtype=torch.float32)
     buf = io.BytesIO()
     before = torch.get_num_threads()
@@ -52,8 +68,8 @@ def export_onnx(
                 (dummy,),
                 buf,
                 input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_axes={INPUT_NAME: {0: "N"}, **{o: {0: "N"} for o in OUTPUT_NAMES}},
+                output_names=list(output_names),
+                dynamic_axes={INPUT_NAME: {0: "N"}, **{o: {0: "N"} for o in output_names}},
                 opset_version=opset,
                 dynamo=False,
                 do_constant_folding=True,
