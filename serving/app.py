@@ -4,6 +4,7 @@
     POST   /v1/candles          push closed candle(s) of a symbol into its stream → prediction
     DELETE /v1/streams/{symbol} forget a symbol's stream (re-sync after a gap you cannot fill)
     WS     /v1/stream           send {"symbol", "candle"} messages, receive predictions (bounded queue)
+    WS     /v1/alerts           subscribe ({"symbols", "min_level"}, as query or message), receive alerts
     GET    /v1/models           loaded versions, registry aliases, load errors, routing
     GET    /healthz  /readyz    alive; ready only when every watched model has a warmed champion
     GET    /metrics             Prometheus text format
@@ -21,7 +22,7 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi import Path as FPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -30,7 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.contracts.errors import KairosError, StreamError
 from pipelines.contracts.schema import INTERVAL_MS
-from serving.predictor import InputError, Prediction, Predictor
+from serving.alerts import Subscription
+from serving.predictor import InputError, Prediction, Predictor, UnknownSymbol
 from serving.schemas import CandlesIn, CandlesOut, ErrorOut, PredictIn, PredictionOut, StreamIn
 from serving.state import ServingState
 
@@ -68,6 +70,14 @@ def prediction_out(p: Prediction) -> dict[str, Any]:
             }
             for h, v, d, c in zip(p.horizons, p.values, p.directions, conf)
         ],
+        # the bundle's other outputs, only when it has them (whale: anomaly_score, threat_level, ...)
+        **({"extras": dict(p.extras)} if p.extras is not None else {}),
+        **(
+            {"top_features": [{"name": n, "deviation": d} for n, d in p.top_features]}
+            if p.top_features is not None
+            else {}
+        ),
+        **({"alert": dict(p.alert)} if p.alert is not None else {}),
     }
 
 
@@ -171,20 +181,27 @@ def create_app(state: ServingState) -> FastAPI:
             pred = slot.predictor
             if pred is None:
                 raise ApiError(503, f"model {model!r} has no champion loaded yet; see GET /v1/models")
-            if pred.symbol != symbol:
-                raise ApiError(422, f"model {model!r} serves symbol {pred.symbol!r}, not {symbol!r}")
+            if not pred.serves(symbol):
+                if pred.universe_name is None:
+                    raise ApiError(422, f"model {model!r} serves symbol {pred.symbol!r}, not {symbol!r}")
+                raise ApiError(
+                    404,
+                    f"unknown symbol {symbol!r} for model {model!r} (universe {pred.universe_name}: "
+                    f"{_listing(pred.symbols)})",
+                )
         else:
             pred = state.by_symbol(symbol)
             if pred is None:
-                symbols = sorted(s.predictor.symbol for s in state.slots.values() if s.predictor)
-                raise ApiError(404, f"unknown symbol {symbol!r}; served symbols: {symbols}")
+                raise ApiError(
+                    404, f"unknown symbol {symbol!r}; served symbols: {_listing(state.served_symbols())}"
+                )
         if interval is not None and interval != pred.interval:
             raise ApiError(422, f"interval {interval!r} does not match model {pred.name} ({pred.interval!r})")
         return pred
 
     def records(body: CandlesIn, pred: Predictor, contiguous: bool) -> list[dict[str, Any]]:
         step = INTERVAL_MS.get(pred.interval)
-        recs = [c.to_record(pred.symbol, pred.interval) for c in body.candles]
+        recs = [c.to_record(body.symbol, pred.interval) for c in body.candles]
         for i, r in enumerate(recs):
             if step and r["open_time"] % step:
                 raise ApiError(
@@ -213,6 +230,8 @@ def create_app(state: ServingState) -> FastAPI:
         recs = records(body, pred, contiguous=True)
         try:
             p = pred.predict(recs, routing_key(request, body.symbol), request.headers.get("x-request-id"))
+        except UnknownSymbol as e:
+            raise ApiError(404, str(e)) from None
         except (InputError, StreamError) as e:
             raise ApiError(422, str(e)) from None
         return JSONResponse(prediction_out(p))
@@ -224,7 +243,7 @@ def create_app(state: ServingState) -> FastAPI:
             raise ApiError(
                 422, f"{len(body.candles)} candles exceed max_batch={api.max_batch}; split the upload"
             )
-        pred = predictor_for(body.symbol, body.interval)
+        pred = predictor_for(body.symbol, body.interval, body.model)
         recs = records(body, pred, contiguous=False)
         key, rid = routing_key(request, body.symbol), request.headers.get("x-request-id")
         p, accepted = None, 0
@@ -233,15 +252,17 @@ def create_app(state: ServingState) -> FastAPI:
                 p = pred.update(r, key, rid)
                 accepted += 1
         except StreamError as e:
-            why = f"{e} (accepted {accepted} of {len(recs)}; DELETE /v1/streams/{pred.symbol} to re-sync)"
+            why = f"{e} (accepted {accepted} of {len(recs)}; DELETE /v1/streams/{body.symbol} to re-sync)"
             raise ApiError(409, why) from None
+        except UnknownSymbol as e:  # the universe changed under the request (hot reload)
+            raise ApiError(404, str(e)) from None
         except InputError as e:
             raise ApiError(422, f"{e} (accepted {accepted} of {len(recs)})") from None
         return JSONResponse(
             {
-                "symbol": pred.symbol,
+                "symbol": body.symbol,
                 "accepted": accepted,
-                "warmup_remaining": pred.warmup_remaining,
+                "warmup_remaining": pred.warmup_left(body.symbol),
                 "prediction": None if p is None else prediction_out(p),
             }
         )
@@ -249,11 +270,12 @@ def create_app(state: ServingState) -> FastAPI:
     @app.delete("/v1/streams/{symbol}")
     async def reset_stream(
         symbol: Annotated[str, FPath(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._:-]+$")],
+        model: Annotated[str | None, Query(max_length=200, description="registered model name")] = None,
     ) -> dict[str, Any]:
         """Forget the stream of `symbol`; predictions resume after the feature warm-up."""
-        pred = predictor_for(symbol, None)
-        pred.reset()
-        return {"symbol": symbol, "reset": True, "warmup_remaining": pred.warmup_remaining}
+        pred = predictor_for(symbol, None, model)
+        pred.reset(symbol if pred.universe_name is not None else None)
+        return {"symbol": symbol, "reset": True, "warmup_remaining": pred.warmup_left(symbol)}
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
@@ -281,15 +303,68 @@ def create_app(state: ServingState) -> FastAPI:
             return {"type": "error", "error": f"message exceeds {api.max_body_bytes} bytes"}
         try:
             m = StreamIn.model_validate_json(msg)
-            pred = predictor_for(m.symbol, None)
-            p = pred.update(m.candle.to_record(pred.symbol, pred.interval), routing_key(ws, m.symbol))
+            pred = predictor_for(m.symbol, None, m.model)
+            p = pred.update(m.candle.to_record(m.symbol, pred.interval), routing_key(ws, m.symbol))
         except ValidationError as e:
             return {"type": "error", "error": _validation_message(e.errors())}
         except (ApiError, StreamError, InputError) as e:
             return {"type": "error", "error": str(e)}
         if p is None:
-            return {"type": "warming_up", "symbol": pred.symbol, "warmup_remaining": pred.warmup_remaining}
+            return {"type": "warming_up", "symbol": m.symbol, "warmup_remaining": pred.warmup_left(m.symbol)}
         return {"type": "prediction", **prediction_out(p)}
+
+    @app.websocket("/v1/alerts")
+    async def alerts(ws: WebSocket) -> None:
+        """Alerts as they are raised. Subscribe with query parameters (`?symbols=A,B&min_level=3`) and/or
+        send `{"symbols": [...] | null, "min_level": n}` at any time to replace the subscription; each
+        subscription is acknowledged (`{"type": "subscribed", ...}`) before the alerts it selects."""
+        await ws.accept()
+        hub, default = state.alerts, state.cfg.alerts.min_level
+        query: dict[str, Any] = dict(ws.query_params)
+        if "symbols" in query:
+            query["symbols"] = ",".join(ws.query_params.getlist("symbols"))
+        try:
+            sub = Subscription.parse(query, default)
+        except ValueError as e:
+            await ws.send_text(json.dumps({"type": "error", "error": str(e)}))
+            await ws.close(code=1008)
+            return
+        client = hub.subscribe(sub, asyncio.get_running_loop())
+
+        def ack(s: Subscription) -> str:
+            served = set(state.served_symbols())
+            missing = sorted(s.symbols - served) if s.symbols is not None else []
+            return json.dumps({"type": "subscribed", **s.describe(), "not_served": missing})
+
+        client.push(ack(sub))
+
+        async def reader() -> None:
+            try:
+                while True:
+                    text = await ws.receive_text()
+                    try:
+                        if len(text) > 65_536:
+                            raise ValueError("subscription message exceeds 65536 bytes")
+                        new = Subscription.parse(json.loads(text), default)
+                    except ValueError as e:  # JSONDecodeError is a ValueError
+                        client.push(json.dumps({"type": "error", "error": f"subscription refused: {e}"}))
+                        continue
+                    client.sub = new
+                    client.push(ack(new))
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+            finally:
+                client.close()
+
+        task = asyncio.create_task(reader())
+        try:
+            while (msg := await client.get()) is not None:
+                await ws.send_text(msg)
+        except Exception:  # the client went away mid-send (disconnect, reset): end this connection only
+            pass
+        finally:
+            task.cancel()
+            hub.unsubscribe(client)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -313,6 +388,13 @@ def create_app(state: ServingState) -> FastAPI:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _listing(symbols: list[str] | tuple[str, ...], limit: int = 50) -> str:
+    """A symbol list for an error message, cut at `limit` names."""
+    names = sorted(symbols)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{names[:limit]}{more}"
 
 
 def _jsonable(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -2,15 +2,16 @@
 
 Each part is handed only to the component that needs it: `RuntimeConfig` to the onnxruntime session
 factory, `RoutingConfig` to the router, `WatcherConfig` to the MLflow watcher, `PredLogConfig` to the
-prediction-log writer, `ApiConfig` to the FastAPI app.
+prediction-log writer, `ApiConfig` to the FastAPI app, `AlertsConfig` to the alert hub, `universes` to the
+predictors of universe models.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.contracts.aliases import ALIASES
 from pipelines.contracts.yamlio import parse_config, read_yaml
@@ -77,12 +78,47 @@ class ApiConfig(_Frozen):
     history_candles: int = Field(2000, ge=1)  # raw candles kept per symbol to build a new feature state
 
 
+Symbol = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._:/-]+$")]
+Level = Annotated[int, Field(ge=1, le=5)]
+
+
+class UniverseConfig(_Frozen):
+    """A universe model (manifest `extra.universe`) serves its training symbols plus these: the model is
+    pooled over symbols, so one it never saw is served without retraining (each symbol its own stream)."""
+
+    add_symbols: tuple[Symbol, ...] = ()
+
+
+class AlertsConfig(_Frozen):
+    """Alerts of models with a `threat_level` output (whale): raised from the champion's predictions
+    at `threat_level >= min_level`, pushed to `WS /v1/alerts` subscribers and, when `webhook_url` is
+    set, POSTed as JSON by a background thread (bounded queue; never on the request path)."""
+
+    min_level: Level = 2  # a champion prediction at this threat level or above raises an alert
+    webhook_url: str | None = None  # http(s) URL; None = no webhook
+    webhook_min_level: Level | None = None  # only these levels go to the webhook; None = min_level
+    timeout_s: float = Field(2.0, gt=0)  # per POST attempt
+    retries: int = Field(3, ge=0)  # attempts after the first, on connection errors, timeouts, 429 and 5xx
+    backoff_s: float = Field(0.5, ge=0)  # wait before retry i (0-based): backoff_s * 2**i
+    queue_size: int = Field(1000, ge=1)  # alerts waiting for the webhook; full → dropped and counted
+    ws_queue: int = Field(256, ge=1)  # alerts buffered per /v1/alerts client; full → oldest dropped, counted
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"webhook_url must be an http(s):// URL, got {v!r}")
+        return v
+
+
 class ServingConfig(_Frozen):
     runtime: RuntimeConfig = RuntimeConfig()
     routing: RoutingConfig = RoutingConfig()
     watcher: WatcherConfig = WatcherConfig()
     prediction_log: PredLogConfig = PredLogConfig()
     api: ApiConfig = ApiConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    universes: dict[str, UniverseConfig] = Field(default_factory=dict)  # universe name → additions
 
     @model_validator(mode="after")
     def _cpu_last(self) -> ServingConfig:

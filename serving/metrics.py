@@ -9,6 +9,11 @@
 | kairos_model_loaded_version              | gauge     | model, alias (value = version number) |
 | kairos_model_load_failed                 | gauge     | model, alias (1 = newest registry version refused) |
 | kairos_prediction_log_written_total / _dropped_total | gauge | -             |
+| kairos_alerts_total                      | counter   | model, level              |
+| kairos_alerts_dropped_total              | counter   | sink (websocket/webhook)  |
+| kairos_alert_webhook_delivered_total     | counter   | -                         |
+| kairos_alert_webhook_failures_total      | counter   | - (alerts undelivered after every retry) |
+| kairos_alert_subscribers                 | gauge     | - (open /v1/alerts connections) |
 """
 
 from __future__ import annotations
@@ -58,6 +63,24 @@ class ServingMetrics:
             "kairos_prediction_log_dropped", "Prediction records dropped (queue full)", registry=r
         )
         self._children: dict[tuple, tuple] = {}  # (model, version, arm, served) → (latency, counter) children
+        self.alerts = Counter("kairos_alerts", "Alerts raised", ["model", "level"], registry=r)
+        self.alerts_dropped = Counter(
+            "kairos_alerts_dropped",
+            "Alerts dropped: a /v1/alerts client's buffer or the webhook queue was full",
+            ["sink"],
+            registry=r,
+        )
+        self.webhook_delivered = Counter(
+            "kairos_alert_webhook_delivered", "Alerts the webhook accepted", registry=r
+        )
+        self.webhook_failures = Counter(
+            "kairos_alert_webhook_failures", "Alerts the webhook did not take after every retry", registry=r
+        )
+        self.alert_subscribers = Gauge(
+            "kairos_alert_subscribers", "Open /v1/alerts WebSocket connections", registry=r
+        )
+        for sink in ("websocket", "webhook"):  # exported at 0 from the start
+            self.alerts_dropped.labels(sink)
 
     def watch_log(self, log: PredictionLog) -> None:
         self._log_written.set_function(lambda: log.written)
@@ -73,6 +96,9 @@ class ServingMetrics:
             )
         children[0].observe(p.latency_us / 1e6)
         children[1].inc()
+
+    def alert(self, model: str, level: int) -> None:
+        self.alerts.labels(model, str(level)).inc()
 
     def loaded(self, model: str, alias: str, version: str, ok: bool) -> None:
         self.reloads.labels(model, alias, "ok" if ok else "failed").inc()

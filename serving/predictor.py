@@ -1,11 +1,22 @@
 """In-process prediction API: `Predictor.update(candle)` (streaming) and `Predictor.predict(window)`.
 
-A `Predictor` serves one registered model (one symbol + interval) with a champion and an optional
-challenger. Streaming features come from `pipelines.features.StreamingFeatures` (the one feature
-implementation): one state per feature set, advanced once per candle whatever the arms, so champion
-and challenger see identical inputs. Sequence models ([N, T, F] input) read the last T feature rows
-from a ring buffer. Models are swapped by replacing one immutable dict (atomic under the GIL), so a
-request sees either the old or the new version, never a mix.
+A `Predictor` serves one registered model with a champion and an optional challenger. A model serves
+one symbol, or, when its manifest has `extra.universe` (a model pooled over symbols, e.g.
+`whale-PUMPS-1m`), every symbol of its universe plus the ones `configs/serving.yaml` adds
+(`universes: {NAME: {add_symbols: [...]}}`); each symbol has its own stream (raw history, feature
+states, lock). Streaming features come from `pipelines.features.StreamingFeatures` (the one feature
+implementation): per symbol one state per feature set, advanced once per candle whatever the arms, so
+champion and challenger see identical inputs. Sequence models ([N, T, F] input) read the last T feature
+rows from a ring buffer. Models are swapped by replacing one immutable dict (atomic under the GIL), so
+a request sees either the old or the new version, never a mix; every symbol's feature states for the
+new model are built before the swap.
+
+Alerts: when the champion has a `threat_level` output, a champion prediction at a level >=
+`alert_min_level` raises an alert, once per (symbol, candle) and only for a candle newer than the last
+one that alerted (a stream replayed after a reset does not page twice). The served prediction carries
+`alert` (answer and log record) and `alert_sink` gets the alert event (`alert_event`). In split mode a
+candle routed to the challenger is scored by the champion as well, for the alert only (that score is
+neither returned nor logged as a prediction): alerts follow the champion whatever the routing.
 
 Re-sync: an out-of-order, duplicate or gapped candle raises `pipelines.contracts.errors.StreamError` and leaves
 the state unchanged; the client either sends the missing candles or calls `reset()` and pushes a
@@ -15,6 +26,7 @@ fresh history (the feature set's warm-up length) before predictions resume.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import threading
@@ -22,7 +34,8 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -30,7 +43,7 @@ import numpy as np
 
 from pipelines.contracts.errors import KairosError, StreamError
 from pipelines.contracts.schema import interval_ms
-from serving.config import RoutingConfig
+from serving.config import RoutingConfig, UniverseConfig
 from serving.predlog import SCHEMA_VERSION, PredictionLog, iso_from_epoch
 from serving.router import Route, Router
 from serving.runtime import LoadedModel
@@ -38,6 +51,14 @@ from serving.runtime import LoadedModel
 
 class InputError(KairosError):
     """A request's candles cannot be used (too short, not increasing, wrong symbol/interval)."""
+
+
+class UnknownSymbol(InputError):
+    """The predictor does not serve this symbol (not the model's, nor in its universe)."""
+
+
+THREAT = "threat_level"  # the output whose level raises alerts
+ANOMALY = "anomaly_score"
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,13 @@ class Prediction:
     latency_us: float  # features + model, microseconds
     signed: bool = True  # the sign of a value is a direction call (returns-like tasks)
     output: str = "returns"  # the ONNX output the values come from (the task's; "returns" = log returns)
+    # the bundle's width-1 outputs beyond the task's (whale: anomaly_score, threat_level); None = no such
+    # output; a non-finite value is None
+    extras: Mapping[str, float | None] | None = None
+    # the largest entries of a "feature_deviation" output: (feature name, deviation), largest first
+    top_features: tuple[tuple[str, float], ...] | None = None
+    # {"level", "model", "version"} when the champion raised an alert at this candle (see module doc)
+    alert: Mapping[str, Any] | None = None
 
     @property
     def log_returns(self) -> tuple[float, ...]:
@@ -132,16 +160,31 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_IDS)}"
 
 
+class _Stream:
+    """One symbol's stream: raw candles kept (to build a new feature state), feature states, a lock."""
+
+    __slots__ = ("history", "lock", "states", "symbol")
+
+    def __init__(self, symbol: str, history: int):
+        self.symbol = symbol
+        self.lock = threading.Lock()  # serialises updates of this symbol's stream
+        self.history: deque[Mapping[str, Any]] = deque(maxlen=history)
+        self.states: dict[str, FeatureState] = {}
+
+
 class Predictor:
-    """Champion/challenger predictor for one registered model.
+    """Champion/challenger predictor for one registered model (one symbol, or a universe of symbols).
 
     Args:
-        champion: the loaded champion (its manifest fixes symbol, interval and feature set).
+        champion: the loaded champion (its manifest fixes symbol or universe, interval and feature set).
         challenger: optional second arm.
         routing: split/shadow config.
         log: prediction log (records of every arm that scored); None = no log.
-        history: raw candles kept, to build a feature state when a new feature set is swapped in.
+        history: raw candles kept per symbol, to build a feature state when a new feature set is swapped in.
         observer: called with (prediction, served) for every arm that scored (metrics).
+        universes: `configs/serving.yaml` universes (symbols added to a universe model).
+        alert_sink: called with each alert event (a dict, see `alert_event`); must not block.
+        alert_min_level: the threat level from which a champion prediction raises an alert.
     """
 
     def __init__(
@@ -152,110 +195,205 @@ class Predictor:
         log: PredictionLog | None = None,
         history: int = 2000,
         observer: Callable[[Prediction, bool], None] | None = None,
+        universes: Mapping[str, UniverseConfig] | None = None,
+        alert_sink: Callable[[dict[str, Any]], None] | None = None,
+        alert_min_level: int = 2,
     ):
         m = champion.manifest
         self.name, self.symbol, self.interval = m.model_name, m.symbol, m.interval
+        self.universe_name = champion.universe_name  # None: a single-symbol model
         self.interval_ms = interval_ms(m.interval)
         self.routing = routing
         self.router = Router(routing)
         self.log = log
         self.observer = observer
-        self._lock = threading.Lock()  # serialises stream updates of this symbol
-        self._history: deque[Mapping[str, Any]] = deque(maxlen=history)
-        self._states: dict[str, FeatureState] = {}
+        self.alert_sink = alert_sink
+        self.alert_min_level = alert_min_level
+        self._universes = dict(universes or {})
+        self._history_len = history
+        self._swap_lock = threading.Lock()  # serialises model swaps (watcher vs start-up)
+        self._alert_lock = threading.Lock()  # the once-per-candle check of alerts
+        self._last_alert: dict[str, int] = {}  # symbol → open_time of the newest candle that alerted
+        self._streams: dict[str, _Stream] = {}
         self._arms: dict[str, LoadedModel] = {}
         self.set_model("champion", champion)
         if challenger is not None:
             self.set_model("challenger", challenger)
 
-    # ---- models ---------------------------------------------------------------------------------
+    # ---- models and symbols ---------------------------------------------------------------------
     @property
     def arms(self) -> dict[str, LoadedModel]:
         """Snapshot of the loaded arms (do not mutate)."""
         return self._arms
 
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The symbols served: the model's, or its universe's plus the configured additions."""
+        return tuple(self._streams)
+
+    def serves(self, symbol: str) -> bool:
+        return symbol in self._streams
+
+    def _symbols_of(self, champion: LoadedModel) -> tuple[str, ...]:
+        if champion.universe is None:
+            return (self.symbol,)
+        added = self._universes.get(champion.universe_name or "")
+        return tuple(dict.fromkeys(champion.universe + (added.add_symbols if added else ())))
+
     def set_model(self, arm: str, model: LoadedModel | None) -> None:
-        """Swap `arm` to `model` (None removes a challenger) atomically; builds its feature state first."""
+        """Swap `arm` to `model` (None removes a challenger) atomically; builds its feature states first
+        (every symbol's). A new champion of a universe model also sets the symbols served."""
         if arm not in ("champion", "challenger"):
             raise ValueError(f"arm must be 'champion' or 'challenger', got {arm!r}")
         if model is None:
             if arm == "champion":
                 raise ValueError("the champion cannot be removed")
-            arms = {k: v for k, v in self._arms.items() if k != arm}
-        else:
-            m = model.manifest
-            if (m.symbol, m.interval) != (self.symbol, self.interval):
-                raise InputError(
-                    f"{m.model_name} v{model.version} is for {m.symbol} {m.interval}, this predictor serves "
-                    f"{self.symbol} {self.interval}"
-                )
-            with self._lock:
-                self._ensure_state(model)
-            arms = {**self._arms, arm: model}
-        self._arms = arms  # the atomic swap
+            with self._swap_lock:
+                self._arms = {k: v for k, v in self._arms.items() if k != arm}
+            return
+        m = model.manifest
+        if (m.symbol, m.interval) != (self.symbol, self.interval):
+            raise InputError(
+                f"{m.model_name} v{model.version} is for {m.symbol} {m.interval}, this predictor serves "
+                f"{self.symbol} {self.interval}"
+            )
+        if (model.universe is None) != (self.universe_name is None):
+            what = "a universe model" if model.universe is not None else "a single-symbol model"
+            raise InputError(
+                f"{m.model_name} v{model.version} is {what}; this predictor serves "
+                + (f"universe {self.universe_name}" if self.universe_name else f"symbol {self.symbol}")
+            )
+        with self._swap_lock:
+            old_arms = self._arms
+            arms = {**old_arms, arm: model}
+            symbols = self._symbols_of(arms["champion"])
+            old = self._streams
+            streams = {s: old.get(s) or _Stream(s, self._history_len) for s in symbols}
+            # states for old and new arms in every stream, old or new: a request that read the arms
+            # just before the swap and the streams just after (or the reverse) finds its states
+            models = [*old_arms.values(), model]
+            for st in {id(x): x for x in [*old.values(), *streams.values()]}.values():
+                with st.lock:
+                    for mdl in models:
+                        self._ensure_state(st, mdl)
+            self._streams = streams
+            self._arms = arms  # the atomic swap
 
-    def _ensure_state(self, model: LoadedModel) -> FeatureState:
+    def _ensure_state(self, stream: _Stream, model: LoadedModel) -> FeatureState:
         fs = model.manifest.feature_set
         seq = model.manifest.sequence_length or 1
-        st = self._states.get(model.state_key)
+        st = stream.states.get(model.state_key)
         if st is None or st.seq_len < seq:
             st = FeatureState(
-                fs.name, len(fs.names), seq, self.interval_ms, list(self._history), fs.params or None
+                fs.name, len(fs.names), seq, self.interval_ms, list(stream.history), fs.params or None
             )
-            self._states[model.state_key] = st
+            stream.states[model.state_key] = st
         return st
 
-    def reset(self) -> None:
-        """Forget the stream (after a gap the client cannot fill); predictions resume after warm-up."""
-        with self._lock:
-            self._history.clear()
-            self._states = {}
-            for model in self._arms.values():
-                self._ensure_state(model)
+    def _stream(self, symbol: str | None) -> _Stream:
+        streams = self._streams
+        st = streams.get(symbol) if symbol is not None else None
+        if st is None:
+            if self.universe_name is None:  # a single-symbol model: the candle's symbol is not checked
+                return streams[self.symbol]
+            raise UnknownSymbol(
+                f"unknown symbol {symbol!r}: {self.name} serves universe {self.universe_name} "
+                f"({len(streams)} symbols; add one with universes.{self.universe_name}.add_symbols in "
+                "configs/serving.yaml)"
+            )
+        return st
+
+    def reset(self, symbol: str | None = None) -> None:
+        """Forget the stream of `symbol` (None: every symbol) after a gap the client cannot fill;
+        predictions resume after warm-up."""
+        streams = list(self._streams.values()) if symbol is None else [self._stream(symbol)]
+        for st in streams:
+            with st.lock:
+                st.history.clear()
+                st.states = {}
+                for model in self._arms.values():
+                    self._ensure_state(st, model)
+
+    def warmup_left(self, symbol: str | None = None) -> int:
+        """Candles `symbol`'s stream (None: the slowest stream) needs before the champion predicts."""
+        champ = self._arms["champion"]
+        need = champ.manifest.feature_set.warmup + (champ.manifest.sequence_length or 1) - 1
+        streams = list(self._streams.values()) if symbol is None else [self._stream(symbol)]
+        left = 0
+        for stream in streams:
+            st = stream.states[champ.state_key]
+            left = max(left, 0 if st.ready else max(1, need - st.count))
+        return left
 
     @property
     def warmup_remaining(self) -> int:
-        champ = self._arms["champion"]
-        st = self._states[champ.state_key]
-        need = champ.manifest.feature_set.warmup + (champ.manifest.sequence_length or 1) - 1
-        return 0 if st.ready else max(1, need - st.count)
+        return self.warmup_left(None)
 
     # ---- predictions ----------------------------------------------------------------------------
     def update(
         self, candle: Mapping[str, Any], routing_key: str | None = None, request_id: str | None = None
     ) -> Prediction | None:
-        """Feed one closed candle (contract names, open_time epoch ms); the served arm's prediction,
-        or None while the features warm up. Raises StreamError on out-of-order/duplicate/gap."""
+        """Feed one closed candle (contract names, open_time epoch ms; `symbol` picks the stream of a
+        universe model); the served arm's prediction, or None while the features warm up.
+        Raises StreamError on out-of-order/duplicate/gap, UnknownSymbol for a symbol not served."""
         t0 = time.perf_counter_ns()
         arms = self._arms
-        with self._lock:
-            for st in self._states.values():
+        stream = self._stream(candle.get("symbol"))
+        symbol = stream.symbol
+        key = routing_key or symbol
+        alert = None
+        with stream.lock:
+            states = stream.states
+            for st in states.values():
                 st.update(candle)
-            self._history.append(candle)
-            route = self.router.route(routing_key or self.symbol, "challenger" in arms)
+            stream.history.append(candle)
+            route = self.router.route(key, "challenger" in arms)
             served = arms[route.served]
-            st = self._states[served.state_key]
+            st = states[served.state_key]
             if not st.ready and route.served == "challenger":  # challenger still warming: champion answers
                 route, served = Route("champion", None), arms["champion"]
-                st = self._states[served.state_key]
+                st = states[served.state_key]
             if not st.ready:
                 return None
             x = st.model_input(len(served.manifest.input.shape))
             t_feat = time.perf_counter_ns()
-            pred = self._score(served, route.served, x, candle["open_time"], t0, request_id)
+            pred = self._score(served, route.served, x, candle["open_time"], t0, request_id, symbol)
             shadow = None
             if route.shadow is not None:
                 other = arms[route.shadow]
-                st2 = self._states[other.state_key]
+                st2 = states[other.state_key]
                 if st2.ready:  # a challenger with a new feature set may still be warming up
                     x2 = st2.model_input(len(other.manifest.input.shape))
                     t1 = time.perf_counter_ns()
                     shadow = self._score(
-                        other, route.shadow, x2, candle["open_time"], t1 - (t_feat - t0), pred.request_id
+                        other,
+                        route.shadow,
+                        x2,
+                        candle["open_time"],
+                        t1 - (t_feat - t0),
+                        pred.request_id,
+                        symbol,
                     )
-        self._log(pred, True, routing_key or self.symbol)
+            champ = arms["champion"]
+            if champ.raises_alerts:
+                source = pred
+                if route.served != "champion":  # split: score the champion too, for the alert only
+                    st3 = states[champ.state_key]
+                    source = None
+                    if st3.ready:
+                        x3 = st3.model_input(len(champ.manifest.input.shape))
+                        source = self._alert_score(
+                            champ, x3, candle["open_time"], t0, pred.request_id, symbol
+                        )
+                if source is not None:
+                    alert = self._alert(source)
+                    if alert is not None:
+                        pred = replace(pred, alert=alert[0])
+        self._log(pred, True, key)
         if shadow is not None:
-            self._log(shadow, False, routing_key or self.symbol)
+            self._log(shadow, False, key)
+        if alert is not None:
+            self._emit(alert[1])
         return pred
 
     def predict(
@@ -264,12 +402,17 @@ class Predictor:
         routing_key: str | None = None,
         request_id: str | None = None,
     ) -> Prediction:
-        """Stateless: features over `window` (consecutive candles, oldest first) → prediction at its
-        last candle. Raises InputError if the window is shorter than the warm-up or not consecutive."""
+        """Stateless: features over `window` (consecutive candles of one symbol, oldest first) →
+        prediction at its last candle. Raises InputError if the window is shorter than the warm-up or not
+        consecutive, UnknownSymbol for a symbol not served."""
         t0 = time.perf_counter_ns()
         arms = self._arms
-        route = self.router.route(routing_key or self.symbol, "challenger" in arms)
+        symbol = self._stream(window[-1].get("symbol") if window else None).symbol
+        key = routing_key or symbol
+        route = self.router.route(key, "challenger" in arms)
         served = arms[route.served]
+        champ = arms["champion"]
+        alert_arm = "champion" if champ.raises_alerts else None
         need = served.manifest.feature_set.warmup + (served.manifest.sequence_length or 1) - 1
         if len(window) < need:
             raise InputError(
@@ -278,11 +421,11 @@ class Predictor:
             )
         states: dict[str, FeatureState] = {}
         try:
-            for arm in (route.served, route.shadow):
+            for arm in dict.fromkeys((route.served, route.shadow, alert_arm)):
                 if arm is None:
                     continue
-                m, key = arms[arm].manifest, arms[arm].state_key
-                if key not in states:
+                m, key_ = arms[arm].manifest, arms[arm].state_key
+                if key_ not in states:
                     seq = m.sequence_length or 1
                     # the batch kernel over all but the last T candles, then T streamed to fill the rows
                     st = FeatureState(
@@ -295,7 +438,7 @@ class Predictor:
                     )
                     for c in window[-seq:]:
                         st.update(c)
-                    states[key] = st
+                    states[key_] = st
         except (KeyError, ValueError, KairosError) as e:
             raise InputError(f"window rejected by the feature code: {e}") from None
         last = window[-1]["open_time"]
@@ -304,31 +447,69 @@ class Predictor:
             raise InputError(f"window of {len(window)} candles is too short for the features to be ready")
         t_feat = time.perf_counter_ns()
         pred = self._score(
-            served, route.served, st.model_input(len(served.manifest.input.shape)), last, t0, request_id
+            served,
+            route.served,
+            st.model_input(len(served.manifest.input.shape)),
+            last,
+            t0,
+            request_id,
+            symbol,
         )
-        self._log(pred, True, routing_key or self.symbol)
+        alert = None
+        if alert_arm is not None:
+            source: Prediction | None = pred
+            if route.served != "champion":  # split: the champion scores the window for the alert only
+                st3 = states[champ.state_key]
+                source = None
+                if st3.ready:
+                    x3 = st3.model_input(len(champ.manifest.input.shape))
+                    source = self._alert_score(champ, x3, last, t0, pred.request_id, symbol)
+            if source is not None:
+                alert = self._alert(source)
+                if alert is not None:
+                    pred = replace(pred, alert=alert[0])
+        self._log(pred, True, key)
         if route.shadow is not None:
             other = arms[route.shadow]
             x2 = states[other.state_key].model_input(len(other.manifest.input.shape))
             t1 = time.perf_counter_ns()
-            shadow = self._score(other, route.shadow, x2, last, t1 - (t_feat - t0), pred.request_id)
-            self._log(shadow, False, routing_key or self.symbol)
+            shadow = self._score(other, route.shadow, x2, last, t1 - (t_feat - t0), pred.request_id, symbol)
+            self._log(shadow, False, key)
+        if alert is not None:
+            self._emit(alert[1])
         return pred
 
     def _score(
-        self, model: LoadedModel, arm: str, x: np.ndarray, open_time: int, t0: int, request_id: str | None
+        self,
+        model: LoadedModel,
+        arm: str,
+        x: np.ndarray,
+        open_time: int,
+        t0: int,
+        request_id: str | None,
+        symbol: str | None = None,
     ) -> Prediction:
-        ret, conf = model.run(x)
+        ret, conf, rest = model.run_all(x)
         r = ret[0].tolist()  # float32 → Python floats (exact, as float64); 5 values: cheaper than numpy here
         if not all(map(math.isfinite, r)):
             raise InputError(
                 f"{model.name} v{model.version} gave non-finite predictions for this input; "
                 "check the candle values (out-of-range volumes or prices)"
             )
+        extras = top = None
+        if rest:  # the bundle's other outputs (whale: anomaly_score, threat_level, feature_deviation)
+            n = len(model.extra_names)
+            if n:
+                extras = {}
+                for name, out in zip(model.extra_names, rest):
+                    v = float(out[0, 0])
+                    extras[name] = v if math.isfinite(v) else None
+            if model.has_deviation:
+                top = model.top_features(rest[n][0])
         latency = (time.perf_counter_ns() - t0) / 1e3
         return Prediction(
             request_id or new_request_id(),
-            self.symbol,
+            symbol or self.symbol,
             self.interval,
             int(open_time),
             model.name,
@@ -340,13 +521,68 @@ class Predictor:
             latency,
             model.signed,
             model.output_name,
+            extras,
+            top,
         )
+
+    def _alert_score(
+        self, champ: LoadedModel, x: np.ndarray, open_time: int, t0: int, request_id: str, symbol: str
+    ) -> Prediction | None:
+        """The champion's score of a candle the challenger answered (split), for the alert only: a failure
+        here must not fail the request the challenger answered."""
+        try:
+            return self._score(champ, "champion", x, open_time, t0, request_id, symbol)
+        except InputError:
+            return None
+
+    def _alert(self, p: Prediction) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(the served prediction's `alert`, the alert event) when champion prediction `p` raises one."""
+        level = p.extras.get(THREAT) if p.extras else None
+        if level is None or level < self.alert_min_level - 0.5:
+            return None
+        with self._alert_lock:  # once per (symbol, candle), only forward in time
+            if p.open_time <= self._last_alert.get(p.symbol, -1):
+                return None
+            self._last_alert[p.symbol] = p.open_time
+        lvl = int(round(level))
+        return {"level": lvl, "model": p.model, "version": p.version}, alert_event(p, lvl)
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        if self.alert_sink is not None:
+            try:
+                self.alert_sink(event)
+            except Exception:  # a sink must never fail a prediction
+                logging.getLogger("kairos.serving").exception("alert sink failed")
 
     def _log(self, p: Prediction, served: bool, routing_key: str) -> None:
         if self.observer is not None:
             self.observer(p, served)
         if self.log is not None:  # the dict is built on the writer thread (see predlog)
             self.log.append(partial(_record, p, served, self.routing.mode, routing_key, time.time()))
+
+
+def iso_candle(open_time_ms: int) -> str:
+    """Epoch ms → ISO-8601 UTC with a `Z`, e.g. 2023-08-01T00:15:00Z (milliseconds only when not 0)."""
+    dt = datetime.fromtimestamp(open_time_ms / 1000, UTC)
+    spec = "milliseconds" if open_time_ms % 1000 else "seconds"
+    return dt.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def alert_event(p: Prediction, level: int) -> dict[str, Any]:
+    """The alert of champion prediction `p` at threat `level`, as sent to subscribers and the webhook."""
+    extras = p.extras or {}
+    return {
+        "symbol": p.symbol,
+        "interval": p.interval,
+        "open_time": iso_candle(p.open_time),
+        "probability": p.values[0],  # the task's output (whale: P(whale event in the next 15 candles))
+        "anomaly_score": extras.get(ANOMALY),
+        "level": level,
+        "model": p.model,
+        "version": p.version,
+        "request_id": p.request_id,
+        "top_features": [{"name": n, "deviation": d} for n, d in p.top_features or ()],
+    }
 
 
 def _record(p: Prediction, served: bool, mode: str, routing_key: str, at: float) -> dict[str, Any]:
@@ -368,7 +604,24 @@ def _record(p: Prediction, served: bool, mode: str, routing_key: str, at: float)
         "predictions": list(p.values),
         "confidence": None if p.confidence is None else list(p.confidence),
         "latency_us": p.latency_us,
+        # optional fields (absent for bundles without such outputs; see serving/predlog.py)
+        **({"extras": dict(p.extras)} if p.extras is not None else {}),
+        **(
+            {"top_features": [{"name": n, "deviation": d} for n, d in p.top_features]}
+            if p.top_features is not None
+            else {}
+        ),
+        **({"alert": dict(p.alert)} if p.alert is not None else {}),
     }
 
 
-__all__ = ["FeatureState", "InputError", "Prediction", "Predictor", "StreamError"]
+__all__ = [
+    "FeatureState",
+    "InputError",
+    "Prediction",
+    "Predictor",
+    "StreamError",
+    "UnknownSymbol",
+    "alert_event",
+    "iso_candle",
+]

@@ -21,7 +21,15 @@ batch) if fewer; a torn last line is skipped by the reader. When the queue is fu
 records are dropped and counted (`dropped`), never blocking a request.
 
 Record schema and layout: `pipelines.contracts.predlog` (the A/B review reads the log with its
-`read_prediction_log`; this module only writes).
+`read_prediction_log`; this module only writes). Records of bundles with more outputs carry optional
+fields beyond its 16 `FIELDS` (schema version unchanged: a record without them is exactly as before,
+and readers that select `FIELDS` read both):
+
+| field          | type                          | when                                                      |
+|----------------|-------------------------------|-----------------------------------------------------------|
+| `extras`       | dict[str, float or null]      | width-1 outputs beyond the task's (whale: anomaly_score, threat_level) |
+| `top_features` | list[{"name", "deviation"}]   | a `feature_deviation` output (the 3 largest, largest first) |
+| `alert`        | {"level", "model", "version"} | the champion raised an alert at this candle (its model, version) |
 """
 
 from __future__ import annotations
@@ -38,8 +46,19 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.contracts.predlog import FIELDS, SCHEMA_VERSION, iso_from_epoch, now_iso
+from pipelines.contracts.predlog import OPTIONAL_FIELDS as _OPTIONAL
 
-__all__ = ["FIELDS", "SCHEMA_VERSION", "PredictionLog", "Record", "iso_from_epoch", "now_iso"]
+__all__ = [
+    "FIELDS",
+    "OPTIONAL_FIELDS",
+    "SCHEMA_VERSION",
+    "PredictionLog",
+    "Record",
+    "iso_from_epoch",
+    "now_iso",
+]
+
+OPTIONAL_FIELDS = tuple(_OPTIONAL)  # written only when present (table above)
 
 YIELD_EVERY, YIELD_S = 8, 200e-6  # the writer sleeps 200 µs after every 8 records it encodes
 

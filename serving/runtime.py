@@ -4,7 +4,14 @@
 builds one session with latency-oriented options (see `RuntimeConfig`), checks the graph against the
 manifest and warms it up; any failure raises `ModelLoadError` so a caller (the watcher) can keep the
 old model serving. `LoadedModel.run(x)` is the hot path: features float32 (N, F) or (N, T, F) →
-(returns (N, H) float32, confidence (N, H) float32 or None).
+(returns (N, H) float32, confidence (N, H) float32 or None); `run_all(x)` adds the bundle's other outputs.
+
+Outputs, by name (no per-task code): the manifest's first output is the task's (N, H); an output named
+`confidence` is its per-horizon confidence; an output named `feature_deviation` of width F is a
+per-feature deviation (its largest entries become `Prediction.top_features`); every other output of
+width 1 (whale: `anomaly_score`, `threat_level`) is a named scalar (`Prediction.extras`). A bundle
+whose manifest has `extra.universe = {"name", "symbols"}` is a model pooled over those symbols
+(`LoadedModel.universe`); its manifest `symbol` is the universe's name.
 """
 
 from __future__ import annotations
@@ -36,6 +43,32 @@ _OPT_LEVELS = {
 
 class ModelLoadError(KairosError):
     """A bundle could not be loaded or failed its warm-up; the model that was serving keeps serving."""
+
+
+CONFIDENCE = "confidence"  # optional output: per-horizon confidence of the task's output (N, H)
+DEVIATION = "feature_deviation"  # optional output: per-feature deviation (N, F) → top_features
+TOP_FEATURES = 3  # how many of the largest deviations a prediction carries
+
+
+def parse_universe(manifest: Manifest) -> tuple[str, tuple[str, ...]] | None:
+    """`extra.universe` of a manifest → (name, symbols), None when absent; ModelLoadError when malformed."""
+    u = manifest.extra.get("universe")
+    if u is None:
+        return None
+    where = f"{manifest.model_name}: manifest extra.universe"
+    if not isinstance(u, dict) or not isinstance(u.get("name"), str) or not u["name"]:
+        raise ModelLoadError(f"{where} must be {{'name': str, 'symbols': [str, ...]}}, got {u!r:.200}")
+    symbols = u.get("symbols")
+    if not isinstance(symbols, list) or not symbols or not all(isinstance(x, str) and x for x in symbols):
+        raise ModelLoadError(
+            f"{where}.symbols must be a non-empty list of symbol names, got {symbols!r:.200}"
+        )
+    if u["name"] != manifest.symbol:
+        raise ModelLoadError(
+            f"{where}.name {u['name']!r} differs from the manifest symbol {manifest.symbol!r} "
+            "(a universe model's symbol is its universe's name)"
+        )
+    return u["name"], tuple(dict.fromkeys(symbols))  # order kept, duplicates out
 
 
 _REPORTED_MISSING: set[str] = set()  # providers already reported missing in this process
@@ -109,6 +142,13 @@ class LoadedModel:
     # horizons of the bundle not served: walk-forward did not beat the task's best naive rule there
     withheld: tuple[int, ...] = ()
     _keep: list[int] | None = None  # output columns served; None = all
+    has_confidence: bool = False  # the bundle has a "confidence" output (fetched second)
+    extra_names: tuple[str, ...] = ()  # width-1 outputs beyond the task's (fetched after confidence)
+    has_deviation: bool = False  # a "feature_deviation" (N, F) output (fetched last)
+    raises_alerts: bool = False  # a "threat_level" output: the champion's predictions can raise alerts
+    universe: tuple[str, ...] | None = None  # the symbols a pooled (universe) model was trained on
+    universe_name: str | None = None
+    feature_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         hs = list(self.manifest.horizons)
@@ -124,6 +164,10 @@ class LoadedModel:
         self.horizons_tuple = tuple(h for h in hs if h not in drop)
         self.signed = self.manifest.signed
         self.output_name = self.manifest.outputs[0].name
+        self.feature_names = tuple(self.manifest.feature_set.names)
+        u = parse_universe(self.manifest)
+        if u is not None:
+            self.universe_name, self.universe = u
         fs = self.manifest.feature_set
         self.state_key = fs.name  # models share streaming features when the set and its params are equal
         if fs.params:
@@ -145,14 +189,32 @@ class LoadedModel:
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """x float32 (N, F) or (N, T, F) → (returns (N, H), confidence (N, H) or None)."""
+        ret, conf, _ = self.run_all(x)
+        return ret, conf
+
+    def run_all(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
+        """x → (task output (N, H), confidence (N, H) or None, [extra (N, 1) per `extra_names`...,
+        feature_deviation (N, F) if `has_deviation`])."""
         outs = self.session.run(self._outputs, {self._input: x})
+        ret = outs[0]
+        conf = outs[1] if self.has_confidence else None
         if self._keep is not None:
-            outs = [o[:, self._keep] for o in outs]
-        return outs[0], (outs[1] if len(outs) > 1 else None)
+            ret = ret[:, self._keep]
+            conf = None if conf is None else conf[:, self._keep]
+        return ret, conf, outs[2 if self.has_confidence else 1 :]
+
+    def top_features(self, deviation: np.ndarray) -> tuple[tuple[str, float], ...]:
+        """The `TOP_FEATURES` largest finite entries of one row of `feature_deviation`, largest first."""
+        d = np.where(np.isfinite(deviation), deviation, -np.inf)
+        k = min(TOP_FEATURES, d.size)
+        idx = np.argpartition(-d, k - 1)[:k] if d.size > k else np.arange(d.size)
+        idx = idx[np.argsort(-d[idx], kind="stable")]
+        names = self.feature_names
+        return tuple((names[i], float(d[i])) for i in idx.tolist() if d[i] != -np.inf)
 
 
 def _check_graph(session: ort.InferenceSession, manifest: Manifest) -> tuple[str, list[str]]:
-    """The graph's input/outputs must be the manifest's; returns (input name, output names)."""
+    """The graph's input/outputs must be the manifest's; returns (input name, manifest output names)."""
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].name != manifest.input.name:
         raise ModelLoadError(
@@ -175,7 +237,40 @@ def _check_graph(session: ort.InferenceSession, manifest: Manifest) -> tuple[str
         raise ModelLoadError(
             f"graph outputs {graph_outs} lack manifest outputs {missing or wanted}; re-export"
         )
-    return inputs[0].name, wanted[:2]
+    return inputs[0].name, wanted
+
+
+def _plan_outputs(manifest: Manifest) -> dict[str, object]:
+    """Which outputs to fetch, in `LoadedModel.run_all`'s order: the task's, confidence, width-1 extras,
+    feature_deviation. Other outputs (wider, unnamed here) are not fetched."""
+    task, rest = manifest.outputs[0].name, manifest.outputs[1:]
+    n_features = len(manifest.feature_set.names)
+    conf = any(o.name == CONFIDENCE for o in rest)
+    extras, deviation = [], False
+    for o in rest:
+        width = o.shape[-1] if len(o.shape) == 2 else None
+        if o.name == CONFIDENCE:
+            continue
+        if o.name == DEVIATION:
+            if width != n_features:
+                raise ModelLoadError(
+                    f"output {DEVIATION!r} has shape {o.shape} in the manifest; expected [None, {n_features}] "
+                    "(one deviation per input feature)"
+                )
+            deviation = True
+        elif width == 1:
+            extras.append(o.name)
+        else:
+            log.warning(
+                "%s: output %r of shape %s is not served (only width-1 extras, %r and %r are)",
+                manifest.model_name,
+                o.name,
+                o.shape,
+                CONFIDENCE,
+                DEVIATION,
+            )
+    names = [task] + ([CONFIDENCE] if conf else []) + extras + ([DEVIATION] if deviation else [])
+    return {"outputs": names, "conf": conf, "extras": tuple(extras), "deviation": deviation}
 
 
 def warm_up(model: LoadedModel, runs: int) -> float:
@@ -193,6 +288,12 @@ def warm_up(model: LoadedModel, runs: int) -> float:
         raise ModelLoadError(
             f"warm-up: returns output has shape {ret.shape}, expected (1, {h}) from the manifest"
         )
+    _, _, rest = model.run_all(x)
+    expected = [(1, 1)] * len(model.extra_names) + ([(1, model.n_features)] if model.has_deviation else [])
+    names = list(model.extra_names) + ([DEVIATION] if model.has_deviation else [])
+    for name, out, shape in zip(names, rest, expected):
+        if out.shape != shape:
+            raise ModelLoadError(f"warm-up: output {name!r} has shape {out.shape}, expected {shape}")
     if not np.all(np.isfinite(ret)) or (conf is not None and not np.all(np.isfinite(conf))):
         raise ModelLoadError("warm-up: the model returned NaN/inf on a zero row; refusing to serve it")
     return float(np.median(times)) / 1e3
@@ -217,7 +318,8 @@ def load_model(
         raise ModelLoadError(
             f"onnxruntime cannot load {bundle_dir}/model.onnx: {str(e).splitlines()[0][:300]}"
         ) from None
-    input_name, output_names = _check_graph(session, manifest)
+    input_name, _ = _check_graph(session, manifest)
+    plan = _plan_outputs(manifest)
     below = manifest.extra.get("below_baselines") or {}
     model = LoadedModel(
         manifest=manifest,
@@ -227,8 +329,12 @@ def load_model(
         source=source or str(bundle_dir),
         providers=session.get_providers(),
         _input=input_name,
-        _outputs=output_names,
+        _outputs=plan["outputs"],
         withheld=tuple(int(h) for h in below) if cfg.withhold_below_baselines else (),
+        has_confidence=plan["conf"],
+        extra_names=plan["extras"],
+        has_deviation=plan["deviation"],
+        raises_alerts="threat_level" in plan["extras"],
     )
     try:
         model.warmup_us = warm_up(model, cfg.warmup_runs)

@@ -94,12 +94,15 @@ class CandlesIn(BaseModel):
         None, max_length=8, description="must match the model's; default: the model's"
     )
     candles: list[Candle] = Field(min_length=1, max_length=100_000)
+    model: str | None = Field(
+        None,
+        max_length=200,
+        description="registered model name; default: the model serving the symbol (first loaded, if several)",
+    )
 
 
 class PredictIn(CandlesIn):
     """A window of consecutive closed candles, oldest first; the prediction is made at the last one."""
-
-    model: str | None = Field(None, max_length=200, description="registered model name; default: by symbol")
 
 
 class StreamIn(BaseModel):
@@ -109,6 +112,7 @@ class StreamIn(BaseModel):
 
     symbol: Symbol
     candle: Candle
+    model: str | None = Field(None, max_length=200, description="registered model name; default: by symbol")
 
 
 class HorizonOut(BaseModel):
@@ -117,6 +121,17 @@ class HorizonOut(BaseModel):
     log_return: float | None = Field(None, description="returns models: the predicted log return (= value)")
     direction: int | None = Field(None, description="returns models: +1 up, -1 down, 0 flat")
     confidence: float | None
+
+
+class FeatureDeviationOut(BaseModel):
+    name: str
+    deviation: float
+
+
+class AlertRefOut(BaseModel):
+    level: int = Field(description="threat level of the alert raised at this candle")
+    model: str
+    version: str = Field(description="the champion's version (alerts follow the champion)")
 
 
 class PredictionOut(BaseModel):
@@ -129,6 +144,14 @@ class PredictionOut(BaseModel):
     arm: str
     horizons: list[HorizonOut]
     latency_us: float
+    extras: dict[str, float | None] | None = Field(
+        None,
+        description="the bundle's other width-1 outputs (whale: anomaly_score, threat_level); absent if none",
+    )
+    top_features: list[FeatureDeviationOut] | None = Field(
+        None, description="largest entries of the bundle's feature_deviation output; absent if none"
+    )
+    alert: AlertRefOut | None = Field(None, description="present when this candle raised an alert")
 
 
 class CandlesOut(BaseModel):

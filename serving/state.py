@@ -1,5 +1,5 @@
 """What one serving process holds: per registered model a `ModelSlot` (its Predictor once a champion
-is loaded, what the registry says, load errors), the prediction log and the metrics.
+is loaded, what the registry says, load errors), the prediction log, the metrics and the alert hub.
 
 Loading happens off the request path (watcher thread or start-up); `ModelSlot.install` swaps a warmed
 model in atomically and `ModelSlot.fail` records why a version was refused (shown by /v1/models and
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving.alerts import AlertHub
 from serving.config import ServingConfig
 from serving.metrics import ServingMetrics
 from serving.predictor import Predictor
@@ -55,12 +56,14 @@ class ServingState:
             p = cfg.prediction_log
             self.log = PredictionLog(d, p.flush_every, p.flush_interval_ms, p.queue_size)
             self.metrics.watch_log(self.log)
+        self.alerts = AlertHub(cfg.alerts, self.metrics)
         self._lock = threading.Lock()  # serialises installs (watcher vs start-up)
         self.watchers: list[Any] = []
 
     def start(self) -> ServingState:
         if self.log is not None and self.log._thread is None:
             self.log.start()
+        self.alerts.start()
         for w in self.watchers:
             w.start()
         gc.collect()  # start-up garbage (imports, model loading), then hand the freed pages back
@@ -70,6 +73,7 @@ class ServingState:
     def close(self) -> None:
         for w in self.watchers:
             w.stop()
+        self.alerts.close()
         if self.log is not None:
             self.log.close()
 
@@ -79,11 +83,15 @@ class ServingState:
             return self.slots.setdefault(name, ModelSlot(name))
 
     def by_symbol(self, symbol: str) -> Predictor | None:
-        """The predictor of the model serving `symbol` (first loaded, if several)."""
+        """The predictor of the model serving `symbol`, its own or in its universe (first loaded, if
+        several)."""
         for s in self.slots.values():
-            if s.predictor is not None and s.predictor.symbol == symbol:
+            if s.predictor is not None and s.predictor.serves(symbol):
                 return s.predictor
         return None
+
+    def served_symbols(self) -> list[str]:
+        return sorted({sym for s in self.slots.values() if s.predictor for sym in s.predictor.symbols})
 
     @property
     def ready(self) -> bool:
@@ -104,6 +112,9 @@ class ServingState:
                     log=self.log,
                     history=self.cfg.api.history_candles,
                     observer=self.metrics.observe,
+                    universes=self.cfg.universes,
+                    alert_sink=self.alerts.emit,
+                    alert_min_level=self.cfg.alerts.min_level,
                 )
             else:
                 slot.predictor.set_model(alias, model)
@@ -143,6 +154,9 @@ class ServingState:
                         "sha256": m.sha256,
                         "task": m.manifest.task,
                         "output": {"name": m.output_name, "meaning": m.manifest.outputs[0].meaning},
+                        "extra_outputs": list(m.extra_names)
+                        + (["feature_deviation"] if m.has_deviation else []),
+                        "raises_alerts": m.raises_alerts,
                         "feature_set": m.manifest.feature_set.name,
                         "horizons": m.horizons,
                         "withheld_horizons": {
@@ -157,6 +171,8 @@ class ServingState:
                 {
                     "name": s.name,
                     "symbol": s.predictor.symbol if s.predictor else None,
+                    "universe": s.predictor.universe_name if s.predictor else None,
+                    "symbols": list(s.predictor.symbols) if s.predictor else [],
                     "interval": s.predictor.interval if s.predictor else None,
                     "loaded": arms,
                     "registry_aliases": s.registry,

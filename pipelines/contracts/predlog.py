@@ -51,6 +51,9 @@ FIELDS = [
     "v", "request_id", "time", "symbol", "interval", "open_time", "arm", "served", "mode",
     "routing_key", "model", "version", "horizons", "predictions", "confidence", "latency_us",
 ]  # fmt: skip
+# Written only by bundles that have them (whale: extra outputs, top features, the alert raised); None
+# in the frame for records without them.
+OPTIONAL_FIELDS = ["extras", "top_features", "alert"]
 DEFAULT_SUBDIR = "predictions"  # under $KAIROS_HOME when serving.yaml names no directory
 
 
@@ -74,7 +77,8 @@ def default_log_dir(configs_dir: Path, home: Path) -> Path:
 
 
 def read_prediction_log(directory: Path, model: str) -> pd.DataFrame:
-    """All records of `model` under `directory`, oldest file first, as a DataFrame with `FIELDS`.
+    """All records of `model` under `directory`, oldest file first, as a DataFrame with `FIELDS` (+ the
+    `OPTIONAL_FIELDS` that any record has).
 
     `time` becomes datetime64[ns, UTC]; `open_time` stays int epoch ms; a torn last line (kill -9
     mid-write) is skipped. Returns an empty frame with `FIELDS` when there is no log.
@@ -89,6 +93,7 @@ def read_prediction_log(directory: Path, model: str) -> pd.DataFrame:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue  # torn tail of a killed writer
-    df = pd.DataFrame(rows, columns=FIELDS) if rows else pd.DataFrame({c: [] for c in FIELDS})
+    extra = [c for c in OPTIONAL_FIELDS if any(c in r for r in rows)]
+    df = pd.DataFrame(rows, columns=FIELDS + extra) if rows else pd.DataFrame({c: [] for c in FIELDS})
     df["time"] = pd.to_datetime(df["time"], utc=True, format="ISO8601")
     return df
