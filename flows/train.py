@@ -109,3 +109,104 @@ def train(
     result = fit(candles, symbol, interval, model_type, preset, task, features)
     registered = register(result)
     return {"result": result, "registered": registered}
+
+
+def read_events(path: str | None) -> dict[str, list[pd.Timestamp]]:
+    """Announced event times per symbol from a CSV with columns `symbol` and `pump_time_utc` (or `time`),
+    e.g. ../shared/data/pumps/events.csv; {} when no file is given."""
+    if not path:
+        return {}
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise KairosError(f"events file not found: {p}")
+    df = pd.read_csv(p)
+    col = next((c for c in ("pump_time_utc", "time", "event_time") if c in df.columns), None)
+    if "symbol" not in df.columns or col is None:
+        raise KairosError(
+            f"{p}: expected columns `symbol` and `pump_time_utc` (or `time`), got {list(df.columns)}"
+        )
+    out: dict[str, list[pd.Timestamp]] = {}
+    for sym, t in zip(df["symbol"].astype(str), pd.to_datetime(df[col], utc=True)):
+        out.setdefault(sym, []).append(t)
+    return out
+
+
+@task(name="load-segments", **IO)
+def load_segments(symbols: list[str], interval: str, events: dict[str, list[pd.Timestamp]]):
+    """Each symbol's stored candles joined with its trade minutes (where stored), cut into segments at
+    gaps (one event window each)."""
+    from pipelines.training.pooled import split_segments
+
+    store = Runtime.from_env().store()
+    segments = []
+    for sym in symbols:
+        candles = store.load(sym, interval)
+        if candles.empty:
+            raise KairosError(
+                f"no candles stored for {sym} {interval}; ingest some first (kairos ingest trades ... --symbol {sym})"
+            )
+        minutes = store.load_trade_minutes(sym, interval)
+        if not minutes.empty:
+            candles = candles.merge(minutes, on="open_time", how="left", validate="one_to_one")
+        segments += split_segments(candles, sym, events.get(sym, ()))
+    return segments
+
+
+@task(name="train-pooled", **PURE)
+def fit_pooled(
+    segments,
+    universe: str,
+    interval: str,
+    task: str,
+    features: str | None,
+    test_segments: int,
+    model_type: str = "lightgbm",
+    preset: str | None = None,
+):
+    from pipelines.training.pooled import train_pooled
+
+    rt = Runtime.from_env()
+    cfg = rt.training_config(None, task)
+    if features:
+        from pipelines.config import FeatureConfig
+
+        cfg = cfg.model_copy(update={"features": FeatureConfig(feature_set=features)})
+    return train_pooled(
+        segments,
+        universe=universe,
+        interval=interval,
+        cfg=cfg,
+        task=rt.task(task, cfg.labels.horizons),
+        test_segments=test_segments,
+        model_type=model_type,
+        preset=preset,
+        progress=reporter(),
+    )
+
+
+@flow(name="train-pooled")
+def train_universe(
+    symbols: list[str],
+    universe: str,
+    interval: str = "1m",
+    task: str = "whale",
+    events_file: str | None = None,
+    test_segments: int = 10,
+    features: str | None = None,
+    model_type: str = "lightgbm",
+    preset: str | None = None,
+) -> dict[str, Any]:
+    """One model pooled over a universe of symbols (their event windows): evaluated on the latest
+    `test_segments` windows after training on the earlier ones, refitted on all, registered as
+    `<task>-<universe>-<interval>`."""
+    import re
+
+    if not re.fullmatch(r"[A-Z0-9_]+", universe or ""):
+        raise KairosError(f"universe name {universe!r}: use upper-case letters, digits and _ (e.g. PUMPS)")
+    events = read_events(events_file)
+    segments = load_segments(symbols, interval, events)
+    result = fit_pooled(segments, universe, interval, task, features, test_segments, model_type, preset)
+    registered = register(result)
+    return {"result": result, "registered": registered}

@@ -52,7 +52,12 @@ def _print_decision(out: dict) -> None:
 
 
 def train(
-    symbol: str = SymbolOpt,
+    symbol: str | None = typer.Option(
+        None,
+        "--symbol",
+        "-s",
+        help="Symbol as stored, e.g. FILUSDT (or --symbols/--universe for a pooled model).",
+    ),
     interval: str = IntervalOpt,
     model: str = typer.Option(
         "lightgbm",
@@ -71,14 +76,87 @@ def train(
         "--features",
         help="Feature sets for this run, e.g. core27,ta,mtf (default: configs/defaults.yaml features).",
     ),
+    symbols: str | None = typer.Option(
+        None,
+        "--symbols",
+        help="Pool one model over these symbols (comma-separated; each stored window is one segment), "
+        "registered as <task>-<UNIVERSE>-<interval>; needs --universe.",
+    ),
+    universe: str | None = typer.Option(
+        None, "--universe", help="Name of the pooled model's universe, e.g. PUMPS."
+    ),
+    events: Path | None = typer.Option(
+        None, "--events", help="CSV of announced events (symbol, pump_time_utc) for event-level evaluation."
+    ),
+    test_windows: int = typer.Option(
+        10, "--test-windows", help="Pooled: the latest windows held out for testing (trained on the earlier)."
+    ),
 ) -> None:
     """Walk-forward train and evaluate vs the task's naive baselines, export ONNX, register in MLflow."""
     prepare()
+    if symbols or universe:
+        with errors():
+            if not (symbols and universe):
+                raise ValueError("--symbols and --universe go together (a pooled model over a universe)")
+        with errors(), progress():
+            from flows.train import train_universe
+
+            out = train_universe(
+                [s.strip() for s in symbols.split(",") if s.strip()],
+                universe,
+                interval,
+                task,
+                str(events) if events else None,
+                test_windows,
+                features,
+                model,
+                preset,
+            )
+        _print_pooled(out)
+        return
+    with errors():
+        if not symbol:
+            raise ValueError("give --symbol (one symbol) or --symbols with --universe (a pooled model)")
     with errors(), progress():
         from flows.train import train as train_flow
 
         out = train_flow(symbol, interval, model, preset, task, features)
     _print_training(out)
+
+
+def _print_pooled(out: dict) -> None:
+    """The pooled run: test-window metrics, threat-level rates and event detection."""
+    result, reg = out["result"], out["registered"]
+    extra = result.manifest.extra
+    tests = result.data_window.get("test_segments", [])
+    console.print(_report_table(result, f"held-out windows ({len(tests)}, latest) — {reg.name}"))
+    t = Table(title="threat levels on the held-out windows' normal minutes")
+    for col in ("level", "stated rate", "realised rate", "minutes fired"):
+        t.add_column(col)
+    for k, r in extra.get("level_rates_test", {}).items():
+        t.add_row(
+            k.removeprefix("level"),
+            f"{r['stated']:.2%}",
+            f"{r['realised']:.3%}",
+            f"{r['fired']:,} / {r['normal_minutes']:,}",
+        )
+    console.print(t)
+    t = Table(title="announced events (held-out windows)")
+    for col in ("alarm", "events", "flagged within 2 min", "median delay, min", "false alerts / day"):
+        t.add_column(col)
+    for who, e in extra.get("event_detection_test", {}).items():
+        t.add_row(
+            who,
+            f"{e['events']:.0f}",
+            f"{e['detected_2min']:.0%}",
+            f"{e['median_delay_min']:.1f}",
+            f"{e['false_alerts_per_day']:.2f}",
+        )
+    console.print(t)
+    console.print(
+        f"registered {reg.name} version {reg.version} (run {reg.run_id}); universe "
+        f"{extra['universe']['symbols']}; ONNX parity max |Δ| = {result.parity_max_abs:.2e}"
+    )
 
 
 def promote(symbol: str = SymbolOpt, interval: str = IntervalOpt, task: str = TaskOpt) -> None:

@@ -77,6 +77,7 @@ SET_MODULES: tuple[str, ...] = (
     "pipelines.features.core18",
     "pipelines.features.ta",
     "pipelines.features.whale19",
+    "pipelines.features.whale19r",
     "pipelines.features.mtf",
     "pipelines.features.risk",
 )

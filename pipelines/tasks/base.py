@@ -126,6 +126,11 @@ class Task(ABC):
     def labels(self, close: np.ndarray) -> np.ndarray:
         """float64 (N, H) from close prices (N,); NaN where the horizon runs past the end."""
 
+    def frame_labels(self, frame: Any) -> np.ndarray:
+        """float64 (N, H) from a candle frame (a task whose labels read more than closes, e.g. volumes or
+        trade minutes, overrides this; the default reads `close`)."""
+        return self.labels(np.asarray(frame["close"], dtype=np.float64))
+
     def target(self, Y: np.ndarray) -> np.ndarray:
         """What the models fit (default: the labels themselves)."""
         return Y
@@ -139,6 +144,10 @@ class Task(ABC):
     @abstractmethod
     def baseline_inputs(self, close: np.ndarray) -> np.ndarray:
         """float64 (N, K): per-row inputs of the naive baselines, from closes <= t only."""
+
+    def frame_baseline_inputs(self, frame: Any) -> np.ndarray:
+        """float64 (N, K) from a candle frame (default: `baseline_inputs` of its closes)."""
+        return self.baseline_inputs(np.asarray(frame["close"], dtype=np.float64))
 
     def fit_baselines(self, A: np.ndarray, Y: np.ndarray) -> Any:
         """Fit whatever a baseline learns, on the training fold's rows only (default: nothing)."""

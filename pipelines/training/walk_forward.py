@@ -140,9 +140,8 @@ def _prepare(
         )
     feats = compute_features(candles, fs.name, params)
     X_all = np.ascontiguousarray(feats[list(fs.names)].to_numpy(np.float64), dtype=np.float32)  # (N, F)
-    close = candles["close"].to_numpy(np.float64)
-    Y_all = np.asarray(task.labels(close), dtype=np.float64)  # (N, H)
-    A_all = np.asarray(task.baseline_inputs(close), dtype=np.float64)  # (N, K)
+    Y_all = np.asarray(task.frame_labels(candles), dtype=np.float64)  # (N, H)
+    A_all = np.asarray(task.frame_baseline_inputs(candles), dtype=np.float64)  # (N, K)
 
     n_rows, T = len(candles), seq_len or 1
     start = (
