@@ -60,10 +60,21 @@ def past_looks(name: str, champion: str, challenger: str) -> list[int]:
     return past_review_times(Runtime.from_env().mlflow, name, champion, challenger)
 
 
+def candles_with_minutes(store, symbols, interval: str, start: pd.Timestamp, end: pd.Timestamp):
+    """The stored candles of `symbols` in [start, end], each joined with its trade minutes where stored
+    (the whale task's outcomes read them), and the newest stored open_time per symbol."""
+    frames, last = [], {}
+    for sym in symbols:
+        c = store.load(sym, interval, start=start, end=end)
+        m = store.load_trade_minutes(sym, interval, start=start, end=end)
+        frames.append(c.merge(m, on="open_time", how="left") if len(m) else c)
+        last[sym] = store.last_open_time(sym, interval)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), last
+
+
 @task(name="load-outcome-candles", **IO)
-def load_candles(symbol: str, interval: str, start: pd.Timestamp, end: pd.Timestamp):
-    store = Runtime.from_env().store()
-    return store.load(symbol, interval, start=start, end=end), store.last_open_time(symbol, interval)
+def load_candles(symbols: list[str], interval: str, start: pd.Timestamp, end: pd.Timestamp):
+    return candles_with_minutes(Runtime.from_env().store(), symbols, interval, start, end)
 
 
 @task(name="join-outcomes", **PURE)
@@ -259,13 +270,14 @@ def ab_review(
         if len(log)
         else log
     )
-    span = log_time_range(pair, str(pair["interval"].iloc[0])) if len(pair) else None
+    lookback = rt.task(task_name).outcome_lookback
+    span = log_time_range(pair, str(pair["interval"].iloc[0]), lookback) if len(pair) else None
     if span is None:
         decision = decide_review(policy, None, loss=loss)
         why = f"no predictions of champion v{champ} / challenger v{chall} in the log yet; nothing to review"
         return {**base, "decision": replace(decision, reason=why)}
-    symbol, interval = str(pair["symbol"].iloc[0]), str(pair["interval"].iloc[0])
-    candles, store_last = load_candles(symbol, interval, *span)
+    symbols, interval = sorted(set(pair["symbol"].astype(str))), str(pair["interval"].iloc[0])
+    candles, store_last = load_candles(symbols, interval, *span)
     oc = outcomes(pair, candles, interval, clock, store_last, task_name)
     horizons = sorted(set(int(h) for hs in pair["horizons"] for h in hs))
     looks = past_looks(model, champ, chall)
@@ -346,7 +358,8 @@ def served_history(
     if len(log):
         interval = str(log["interval"].iloc[0])
         store = store if store is not None else rt.store()
-        start, end = log_time_range(log, interval)
-        candles = store.load(str(log["symbol"].iloc[0]), interval, start=start, end=end)
+        start, end = log_time_range(log, interval, task_.outcome_lookback)
+        symbols = sorted(set(log["symbol"].astype(str)))
+        candles, _ = candles_with_minutes(store, symbols, interval, start, end)
         resolved = join_outcomes(log, candles, interval=interval, now=now, task=task_).resolved
     return served_table(intervals, log, resolved, horizon=horizon, fee_bps=fee_bps, task=task_)

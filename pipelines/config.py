@@ -117,6 +117,12 @@ class PromotionPolicy(_Frozen):
     min_lift: float | None = Field(
         None, ge=0, description="lift in the task's promotion-metric units (None: min_lift_pp / 100)"
     )
+    review_min_lift: float | None = Field(
+        None,
+        ge=0,
+        description="A/B review: lift in the task's review-loss units when they differ from the promotion "
+        "metric's (e.g. whale: PR-AUC to promote, Brier to review); None: as min_lift",
+    )
     horizon: int = Field(1, ge=1)
     require_beats_baselines: bool = True
     min_samples: int = Field(500, ge=1)

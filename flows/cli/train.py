@@ -94,6 +94,14 @@ def train(
 ) -> None:
     """Walk-forward train and evaluate vs the task's naive baselines, export ONNX, register in MLflow."""
     prepare()
+    with errors():
+        from pipelines.tasks import task_class
+
+        if symbol and not (symbols or universe) and task_class(task).pooled:
+            symbols, universe = (
+                symbol,
+                symbol,
+            )  # one symbol's event windows: registered <task>-<SYMBOL>-<interval>
     if symbols or universe:
         with errors():
             if not (symbols and universe):

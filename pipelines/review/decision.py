@@ -224,7 +224,8 @@ def decide_review(policy: PromotionPolicy, result: Any | None, *, loss: str = "d
     if loss == "direction":  # 1 - hit: the loss difference is the accuracy lift
         need, unit, scale = min_lift(policy, "accuracy"), " pp", 100.0
     else:
-        need, unit, scale = min_lift(policy, loss), "", 1.0
+        need = policy.review_min_lift if policy.review_min_lift is not None else min_lift(policy, loss)
+        unit, scale = "", 1.0
     fmt = (lambda x: f"{scale * x:+.2f}{unit}") if loss == "direction" else (lambda x: f"{x:+.4g}")
     stats = f"{loss} lift {fmt(lift)} (always-valid {level} CI {fmt(lo)}..{fmt(hi)}, p={p:.3g}, n={n:,})"
     if n < policy.min_samples:

@@ -91,12 +91,11 @@ def _check_log(log: pd.DataFrame) -> None:
             f"prediction log frame lacks columns {missing}; "
             "read it with pipelines.contracts.predlog.read_prediction_log"
         )
-    for col in ("symbol", "interval"):
-        values = sorted(set(log[col].astype(str)))
-        if len(values) > 1:
-            raise OutcomeError(
-                f"prediction log mixes {col}s {values}; review one registered model (one symbol + interval)"
-            )
+    values = sorted(set(log["interval"].astype(str)))
+    if len(values) > 1:
+        raise OutcomeError(
+            f"prediction log mixes intervals {values}; review one registered model (one interval)"
+        )
 
 
 def explode_log(log: pd.DataFrame) -> pd.DataFrame:
@@ -146,13 +145,16 @@ def join_outcomes(
 
     Args:
         log: the prediction log (`pipelines.contracts.predlog.read_prediction_log`), one model.
-        candles: candle frame of that symbol/interval covering [min open_time, max open_time + max h]
-            (extra rows are fine); `open_time` tz-aware UTC.
+        candles: candle frame of the log's symbol(s) at its interval covering [min open_time - the task's
+            outcome lookback, max open_time + max h] (extra rows are fine), with the task's
+            `outcome_columns` (e.g. trade minutes joined for whale); `open_time` tz-aware UTC. A log of
+            several symbols (a model over a universe) is joined symbol by symbol (`candles` then has
+            a `symbol` column).
         interval: candle interval, e.g. "1m" (sets the candle length Δ: target = t + h·Δ).
         now: the review's clock (UTC); default the current time. A candle opened at s is closed
             once now >= s + Δ.
-        store_last: open_time of the store's newest candle of the series; default the newest in
-            `candles`. Targets after it are pending (the store has not caught up), not missing.
+        store_last: open_time of the store's newest candle of the series (per symbol: a dict); default
+            the newest in `candles`. Targets after it are pending (the store has not caught up), not missing.
         task: the model's task (`Task.realised` reads the candle grid); default returns.
 
     Returns:
@@ -161,23 +163,60 @@ def join_outcomes(
     Raises:
         OutcomeError: the log lacks columns or mixes symbols/intervals.
     """
+    _check_log(log)
+    task = task or get_task(DEFAULT_TASK, (1,))
+    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    symbols = sorted(set(log["symbol"].astype(str))) if len(log) else []
+    if len(symbols) > 1:  # a model over a universe: each symbol against its own candles
+        parts = []
+        for sym in symbols:
+            mine = candles[candles["symbol"].astype(str) == sym] if "symbol" in candles else candles
+            last = store_last.get(sym) if isinstance(store_last, dict) else store_last
+            parts.append(
+                join_outcomes(
+                    log[log["symbol"].astype(str) == sym],
+                    mine,
+                    interval=interval,
+                    now=now,
+                    store_last=last,
+                    task=task,
+                )
+            )
+        cat = [
+            pd.concat([getattr(p, k) for p in parts], ignore_index=True).sort_values(
+                ["time_ms", "request_id", "arm", "horizon"], kind="mergesort", ignore_index=True
+            )
+            for k in ("resolved", "pending", "missing")
+        ]
+        known = [p.known_until for p in parts if p.known_until is not None]
+        return Outcomes(*cat, min(known) if known else None)
+    if isinstance(store_last, dict):
+        store_last = store_last.get(symbols[0]) if symbols else None
     delta = interval_delta(interval)
     delta_ms = int(delta / pd.Timedelta(milliseconds=1))
     rows = explode_log(log)
-    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    cols = list(task.outcome_columns)
+    lacking = [c for c in cols if c not in candles.columns]
+    if lacking and not candles.empty:
+        raise OutcomeError(
+            f"task {task.name} realises outcomes from {cols}; the candle frame lacks {lacking} "
+            "(join the store's trade minutes: kairos ingest trades)"
+        )
     if candles.empty:
-        close = pd.Series(dtype="float64")
+        values = pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
     else:
-        close = pd.Series(candles["close"].to_numpy(np.float64), index=_to_ms(candles["open_time"]))
-        close = close[~close.index.duplicated(keep="last")]
-    if store_last is None and len(close):
-        store_last = pd.Timestamp(int(close.index.max()), unit="ms", tz="UTC")
+        values = pd.DataFrame(
+            {c: candles[c].to_numpy(np.float64) for c in cols}, index=_to_ms(candles["open_time"])
+        )
+        values = values[~values.index.duplicated(keep="last")]
+    if store_last is None and len(values):
+        store_last = pd.Timestamp(int(values.index.max()), unit="ms", tz="UTC")
     last_closed = now - delta  # open_time of the newest candle whose close is final
     known_until = last_closed if store_last is None else min(last_closed, pd.Timestamp(store_last))
     known_ms = int((known_until - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(milliseconds=1))
 
     rows["target_time"] = rows["open_time"].to_numpy(np.int64) + rows["horizon"].to_numpy(np.int64) * delta_ms
-    realised = _realise(task or get_task(DEFAULT_TASK, (1,)), close, rows, delta_ms)
+    realised = _realise(task, values, rows, delta_ms)
     rows["realised"] = realised
     if store_last is None:  # an empty store: nothing can be known yet
         elapsed = np.zeros(len(rows), dtype=bool)
@@ -190,27 +229,31 @@ def join_outcomes(
     return Outcomes(resolved[LONG_COLUMNS], pending[LONG_COLUMNS], missing[LONG_COLUMNS], known_until)
 
 
-def _realise(task: Task, close: pd.Series, rows: pd.DataFrame, delta_ms: int) -> np.ndarray:
+def _realise(task: Task, values: pd.DataFrame, rows: pd.DataFrame, delta_ms: int) -> np.ndarray:
     """The task's realised value per (record, horizon), NaN where a candle it reads is absent.
 
-    `close` (epoch ms → close) is laid on a regular grid of step Δ (NaN where a candle is missing), so a
-    task reads any candles between t and t + h (volatility needs every one of them, returns two).
+    `values` (epoch ms → the task's outcome columns) is laid on a regular grid of step Δ (NaN where a
+    candle is missing), so a task reads any candles between t and t + h (volatility needs every one of
+    them, returns two, whale the event minutes of all h).
     """
     out = np.full(len(rows), np.nan)
-    if close.empty or rows.empty:
+    if values.empty or rows.empty:
         return out
-    t0 = int(close.index.min())
-    offsets = close.index.to_numpy(np.int64) - t0
+    t0 = int(values.index.min())
+    offsets = values.index.to_numpy(np.int64) - t0
     on_grid = offsets % delta_ms == 0
-    grid = np.full(int(offsets.max() // delta_ms) + 1, np.nan)
-    grid[offsets[on_grid] // delta_ms] = close.to_numpy(np.float64)[on_grid]
+    grid = {}
+    for c in values.columns:
+        g = np.full(int(offsets.max() // delta_ms) + 1, np.nan)
+        g[offsets[on_grid] // delta_ms] = values[c].to_numpy(np.float64)[on_grid]
+        grid[c] = g
     rel = rows["open_time"].to_numpy(np.int64) - t0
     base = np.where((rel >= 0) & (rel % delta_ms == 0), rel // delta_ms, -1)
     horizons = rows["horizon"].to_numpy(np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         for h in np.unique(horizons):
             m = horizons == h
-            out[m] = task.realised(grid, base[m], int(h))
+            out[m] = task.realised_grid(grid, base[m], int(h))
     return out
 
 
@@ -273,12 +316,15 @@ def experiment_arms(
     )
 
 
-def log_time_range(log: pd.DataFrame, interval: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-    """The candle range a join needs: [min open_time, max open_time + max horizon · Δ]; None if empty."""
+def log_time_range(
+    log: pd.DataFrame, interval: str, lookback: int = 0
+) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The candle range a join needs: [min open_time - lookback · Δ, max open_time + max horizon · Δ]
+    (`lookback`: the task's `outcome_lookback`); None if empty."""
     if log.empty:
         return None
     delta = interval_delta(interval)
     max_h = max((max(hs) for hs in log["horizons"] if len(hs)), default=0)
-    start = pd.Timestamp(int(log["open_time"].min()), unit="ms", tz="UTC")
+    start = pd.Timestamp(int(log["open_time"].min()), unit="ms", tz="UTC") - lookback * delta
     end = pd.Timestamp(int(log["open_time"].max()), unit="ms", tz="UTC") + max_h * delta
     return start, end

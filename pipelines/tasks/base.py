@@ -74,6 +74,7 @@ class Task(ABC):
     tuning_metrics: ClassVar[tuple[str, ...]]  # metrics `kairos tune` may maximise (first = default)
     objective: ClassVar[str] = "l2"  # the models' training loss, unless the YAML sets `objective`
     directional: ClassVar[bool] = False  # outputs are signed returns: direction accuracy and sign P&L apply
+    pooled: ClassVar[bool] = False  # models train pooled over event windows (pipelines.training.pooled)
 
     def __post_init__(self) -> None:
         hs = [int(h) for h in self.horizons]
@@ -204,6 +205,21 @@ class Task(ABC):
         self, pred: np.ndarray, actual: np.ndarray, metric: str, horizon: int, *, interval: str, cfg: Any
     ) -> float:
         """One metric of one horizon's (n,) forecasts, for promotion and tuning (NaN when undefined)."""
+
+    @property
+    def outcome_columns(self) -> tuple[str, ...]:
+        """Store columns (candles, or trade minutes) live outcomes are realised from (`realised_grid`)."""
+        return ("close",)
+
+    @property
+    def outcome_lookback(self) -> int:
+        """Candles before a prediction's candle that its outcome reads (0: from candle t on)."""
+        return 0
+
+    def realised_grid(self, grid: Any, base: np.ndarray, horizon: int) -> np.ndarray:
+        """Live outcomes from `grid`: `{column: (G,) values on the regular candle grid}` (NaN where a candle is
+        missing) for each of `outcome_columns`; default: `realised` of the closes."""
+        return self.realised(grid["close"], base, horizon)
 
     @abstractmethod
     def realised(self, close: np.ndarray, base: np.ndarray, horizon: int) -> np.ndarray:

@@ -143,7 +143,7 @@ class WhaleTask(Task):
     tuning_metrics: ClassVar[tuple[str, ...]] = ("pr_auc", "roc_auc", "neg_brier")
     objective: ClassVar[str] = "binary"
     directional: ClassVar[bool] = False
-    label_columns: ClassVar[tuple[str, ...]] = ("close", "volume", "max_order_quote", "order_p999_24h")
+    pooled: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ options
     @property
@@ -305,10 +305,32 @@ class WhaleTask(Task):
         cal["xlabel"], cal["ylabel"] = "mean predicted probability", "observed event frequency"
         return cal
 
+    @property
+    def outcome_columns(self) -> tuple[str, ...]:
+        return ("max_order_quote", "order_p999_24h") if self.label_kind == "trade_size" else ("volume",)
+
+    @property
+    def outcome_lookback(self) -> int:
+        return 0 if self.label_kind == "trade_size" else int(self._positive("volume_window", 60))
+
+    def realised_grid(self, grid: Any, base: np.ndarray, horizon: int) -> np.ndarray:
+        """1 when an event minute lies in (t, t+h] on the candle grid, 0 when none, NaN when a minute of
+        that range is missing or undefined (the A/B review joins the log with these)."""
+        ev = self.event_minutes(grid)
+        base = np.asarray(base, np.int64)
+        out = np.full(base.size, np.nan)
+        ok = (base >= 0) & (base + horizon < ev.size)
+        if ok.any():
+            win = ev[base[ok, None] + np.arange(1, horizon + 1)[None, :]]
+            out[ok] = np.where(
+                np.isnan(win).any(axis=1), np.nan, np.nanmax(np.nan_to_num(win, nan=0.0), axis=1)
+            )
+        return out
+
     def realised(self, close: np.ndarray, base: np.ndarray, horizon: int) -> np.ndarray:
         raise TaskError(
-            "task whale: live outcomes need the event minutes (trade minutes or volumes), not the closes "
-            "the outcome join reads; review whale models with `kairos predict` output and frame_labels"
+            "task whale: live outcomes read event minutes (trade minutes or volumes), not closes; "
+            "use realised_grid with the task's outcome_columns"
         )
 
     def row_loss(self, pred: np.ndarray, realised: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

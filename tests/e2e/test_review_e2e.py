@@ -46,14 +46,14 @@ def one_feature_bundle(directory: Path, feature: str, weight: float) -> Path:
     return write_bundle(directory, model.SerializeToString(), make_manifest(fs, "FILUSDT", "1m", "linear"))
 
 
-def register_version(client, bundle_dir: Path) -> str:
+def register_version(client, bundle_dir: Path, name: str = NAME) -> str:
     from registry.client import ensure_experiment
 
     run = client.create_run(ensure_experiment(client, "kairos-training"))
     client.log_artifacts(run.info.run_id, str(bundle_dir), "bundle")
     client.set_terminated(run.info.run_id)
     return str(
-        client.create_model_version(NAME, f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id).version
+        client.create_model_version(name, f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id).version
     )
 
 

@@ -30,11 +30,11 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(KAIROS + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_pooled_whale_model_trains_registers_and_scores(tmp_path, shared_data):
+def test_pooled_whale_model_trains_registers_and_scores(kairos_home, tmp_path, shared_data):
     from pipelines.sources.trades import build_series
     from pipelines.store import CandleStore
 
-    home = tmp_path / "home"
+    home = kairos_home  # the subprocesses and this test share it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAIROS_", "PREFECT_", "MLFLOW_"))}
     env.update(KAIROS_HOME=str(home), COLUMNS="200")
     store = CandleStore(home / "candles.duckdb")
@@ -61,19 +61,19 @@ def test_pooled_whale_model_trains_registers_and_scores(tmp_path, shared_data):
     from pipelines.contracts.bundle import read_bundle
     from registry.bundles import download_bundle
 
-    old = os.environ.get("KAIROS_HOME")
-    os.environ["KAIROS_HOME"] = str(home)  # the registry of this home, as the CLI used it
-    try:
-        from flows.runtime import Runtime
+    from flows.runtime import Runtime
 
-        path = download_bundle(Runtime.from_env().mlflow, "whale-TEST-1m", version="1", dst=tmp_path / "b")
-        _, manifest = read_bundle(path)
-    finally:
-        os.environ.pop("KAIROS_HOME") if old is None else os.environ.update(KAIROS_HOME=old)
+    path = download_bundle(Runtime.from_env().mlflow, "whale-TEST-1m", version="1", dst=tmp_path / "b")
+    _, manifest = read_bundle(path)
     assert manifest.task == "whale" and manifest.symbol == "TEST"
     assert manifest.extra["universe"] == {"name": "TEST", "symbols": sorted(FILES)}
     assert [o.name for o in manifest.outputs][:3] == ["whale_probability", "anomaly_score", "threat_level"]
     assert len(manifest.training["segments"]) == 5
+
+    # one symbol: its own windows pooled (`whale-RCNBTC-1m`); RCN's store holds one series, so it is refused
+    res = run(["train", "--task", "whale", "--symbol", "RCNBTC"], env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert "error: pooled training needs at least 2 segments" in " ".join((res.stdout + res.stderr).split())
 
     dst = tmp_path / "brd.parquet"
     res = run(

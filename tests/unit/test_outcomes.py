@@ -138,10 +138,49 @@ def test_paired_and_split_experiments():
     assert np.all(np.diff(exp.champion.time) > 0)
 
 
+def test_a_universe_log_is_joined_symbol_by_symbol():
+    """A model over several symbols logs them all; each record meets its own symbol's candles."""
+    fil, near = make_candles(20).assign(symbol="FILUSDT"), make_candles(20).assign(symbol="NEARUSDT")
+    near["close"] = near["close"] * 3.0 + np.linspace(0, 1, 20)  # a different path
+    log = log_frame([record(1), record(2, symbol="NEARUSDT", rid="n2"), record(3)])
+    oc = join_outcomes(log, pd.concat([fil, near]), interval="1m", now=T0 + pd.Timedelta(hours=1))
+    got = oc.resolved.set_index(["request_id", "horizon"])["realised"]
+    c_f, c_n = fil["close"].to_numpy(), near["close"].to_numpy()
+    assert got[("r1", 2)] == pytest.approx(np.log(c_f[3] / c_f[1]), abs=1e-15)
+    assert got[("n2", 1)] == pytest.approx(np.log(c_n[3] / c_n[2]), abs=1e-15)
+    assert got[("r3", 3)] == pytest.approx(np.log(c_f[6] / c_f[3]), abs=1e-15)
+    assert len(oc.resolved) == 9 and oc.counts()["missing"] == 0
+
+
+def test_whale_outcomes_are_the_event_labels():
+    """The whale task realises (t, t+15] from the trade-minute columns, exactly as its training labels."""
+    from pipelines.tasks import get_task
+
+    task = get_task("whale", (15,), {"trade_multiple": 2.0})
+    n = 60
+    frame = make_candles(n).assign(max_order_quote=1.0, order_p999_24h=1.0)
+    frame.loc[[20, 41], "max_order_quote"] = 5.0  # events at minutes 20 and 41
+    frame.loc[50, "order_p999_24h"] = np.nan  # an undefined minute
+    want = task.frame_labels(frame)[:, 0]
+    recs = [dict(record(i), horizons=[15], predictions=[0.1], rid=f"w{i}") for i in range(0, 40)]
+    for r, i in zip(recs, range(0, 40)):
+        r["request_id"] = f"w{i}"
+    oc = join_outcomes(log_frame(recs), frame, interval="1m", now=T0 + pd.Timedelta(hours=2), task=task)
+    got = pd.concat([oc.resolved, oc.missing]).set_index("request_id")["realised"]
+    for i in range(0, 40):
+        w = want[i]
+        assert (np.isnan(w) and np.isnan(got[f"w{i}"])) or got[f"w{i}"] == w, i
+    assert set(oc.missing["request_id"]) == {f"w{i}" for i in range(35, 40)}  # (t, t+15] reads minute 50
+    with pytest.raises(OutcomeError, match="lacks \\['max_order_quote', 'order_p999_24h'\\]"):
+        join_outcomes(log_frame(recs), make_candles(n), interval="1m", task=task)
+
+
 def test_bad_logs_are_refused():
     candles = make_candles(20)
-    with pytest.raises(OutcomeError, match="mixes symbols"):
-        join_outcomes(log_frame([record(1), record(2, symbol="NEARUSDT")]), candles, interval="1m")
+    mixed = record(2)
+    mixed["interval"] = "5m"
+    with pytest.raises(OutcomeError, match="mixes intervals"):
+        join_outcomes(log_frame([record(1), mixed]), candles, interval="1m")
     with pytest.raises(OutcomeError, match="lacks columns"):
         join_outcomes(log_frame([record(1)]).drop(columns=["open_time"]), candles, interval="1m")
     bad = record(1)
