@@ -58,10 +58,9 @@ def test_pooled_whale_model_trains_registers_and_scores(kairos_home, tmp_path, s
     # the latest two windows by start are APPC (2020-11) and RCN (2021-01, one series, two pumps): 3 events
     assert "│ threat>=2    │ 3 " in out, out
 
+    from flows.runtime import Runtime
     from pipelines.contracts.bundle import read_bundle
     from registry.bundles import download_bundle
-
-    from flows.runtime import Runtime
 
     path = download_bundle(Runtime.from_env().mlflow, "whale-TEST-1m", version="1", dst=tmp_path / "b")
     _, manifest = read_bundle(path)
