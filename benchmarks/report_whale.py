@@ -23,14 +23,28 @@ PUMPS = REPO.parent / "shared" / "data" / "pumps"
 
 
 def run(
-    features: str | None, test_windows: int, first: int | None = None, lightgbm: dict | None = None
+    features: str | None,
+    test_windows: int,
+    first: int | None = None,
+    lightgbm: dict | None = None,
+    label: str | None = None,
+    klines: list[str] | None = None,
 ) -> dict:
     from pipelines.config import load_training_config
     from pipelines.tasks import load_task
     from pipelines.training.pooled import segments_from_trade_files, train_pooled
 
     t0 = time.perf_counter()
-    segs = segments_from_trade_files(sorted(PUMPS.glob("*.zip")), PUMPS / "events.csv")
+    if klines:  # kline-only symbols: each file's months cut into 4-day windows, no announced events
+        from pipelines.sources.binance_files import read_klines
+        from pipelines.training.pooled import split_segments
+
+        segs = []
+        for path in klines:
+            symbol = Path(path).name.split("-")[0]
+            segs += split_segments(read_klines(Path(path), symbol, "1m"), symbol, max_len="4D")
+    else:
+        segs = segments_from_trade_files(sorted(PUMPS.glob("*.zip")), PUMPS / "events.csv")
     if first:  # model selection: only the earliest `first` windows (the outer test windows stay unseen)
         segs = sorted(segs, key=lambda s: s.start)[:first]
     t_load = time.perf_counter() - t0
@@ -39,6 +53,8 @@ def run(
         overrides["lightgbm"] = lightgbm
     cfg = load_training_config(REPO / "configs", overrides or None, "whale")
     task = load_task(REPO / "configs", "whale", cfg.labels.horizons)
+    if label:
+        task = type(task)(task.horizons, {**task.options, "label": label})
     t0 = time.perf_counter()
     r = train_pooled(segs, universe="PUMPS", interval="1m", cfg=cfg, task=task, test_segments=test_windows)
     t_train = time.perf_counter() - t0
@@ -48,6 +64,8 @@ def run(
         + (f" --features {features}" if features else "")
         + (f" --first {first}" if first else "")
         + "".join(f" --lightgbm {k}={v}" for k, v in (lightgbm or {}).items())
+        + (f" --label {label}" if label else "")
+        + "".join(f" --klines {Path(k).name}" for k in (klines or []))
         + f" --test-windows {test_windows}",
         "feature_set": cfg.features.feature_set,
         "label": r.manifest.extra["label"],
@@ -73,14 +91,18 @@ def main() -> None:
         "--first", type=int, default=None, help="use only the earliest N windows (inner selection)"
     )
     ap.add_argument("--lightgbm", action="append", default=[], help="classifier override K=V (repeatable)")
+    ap.add_argument("--label", choices=["trade_size", "volume_spike"], default=None)
+    ap.add_argument("--klines", nargs="*", default=None, help="Binance kline files instead of the pump trades")
     a = ap.parse_args()
     lgb = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in a.lightgbm)}
-    out = run(a.features, a.test_windows, a.first, lgb)
+    out = run(a.features, a.test_windows, a.first, lgb, a.label, a.klines)
     name = (
         "whale_report"
         + (f"_{a.features}" if a.features else "")
         + (f"_first{a.first}_test{a.test_windows}" if a.first else "")
         + "".join(f"_{k}{v}" for k, v in lgb.items())
+        + (f"_{a.label}" if a.label else "")
+        + ("_" + "_".join(Path(k).name.split("-")[0] for k in a.klines[:1]) if a.klines else "")
         + ".json"
     )
     path = REPO / "benchmarks" / "results" / name

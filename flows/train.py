@@ -134,9 +134,11 @@ def read_events(path: str | None) -> dict[str, list[pd.Timestamp]]:
 
 
 @task(name="load-segments", **IO)
-def load_segments(symbols: list[str], interval: str, events: dict[str, list[pd.Timestamp]]):
+def load_segments(
+    symbols: list[str], interval: str, events: dict[str, list[pd.Timestamp]], task_name: str = "whale"
+):
     """Each symbol's stored candles joined with its trade minutes (where stored), cut into segments at
-    gaps (one event window each)."""
+    gaps (one event window each) and into pieces of at most the task's `options.max_segment` (default 4 days)."""
     from pipelines.training.pooled import split_segments
 
     store = Runtime.from_env().store()
@@ -150,7 +152,8 @@ def load_segments(symbols: list[str], interval: str, events: dict[str, list[pd.T
         minutes = store.load_trade_minutes(sym, interval)
         if not minutes.empty:
             candles = candles.merge(minutes, on="open_time", how="left", validate="one_to_one")
-        segments += split_segments(candles, sym, events.get(sym, ()))
+        max_len = Runtime.from_env().task(task_name).options.get("max_segment", "4D")
+        segments += split_segments(candles, sym, events.get(sym, ()), max_len=max_len)
     return segments
 
 
@@ -206,7 +209,7 @@ def train_universe(
     if not re.fullmatch(r"[A-Z0-9_]+", universe or ""):
         raise KairosError(f"universe name {universe!r}: use upper-case letters, digits and _ (e.g. PUMPS)")
     events = read_events(events_file)
-    segments = load_segments(symbols, interval, events)
+    segments = load_segments(symbols, interval, events, task)
     result = fit_pooled(segments, universe, interval, task, features, test_segments, model_type, preset)
     registered = register(result)
     return {"result": result, "registered": registered}

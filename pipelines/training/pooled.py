@@ -60,15 +60,30 @@ class Segment:
 
 
 def split_segments(
-    frame: pd.DataFrame, symbol: str, events: Sequence[pd.Timestamp] = (), max_gap: str = "6h"
+    frame: pd.DataFrame,
+    symbol: str,
+    events: Sequence[pd.Timestamp] = (),
+    max_gap: str = "6h",
+    max_len: str | None = None,
 ) -> list[Segment]:
-    """A symbol's stored candles cut at gaps longer than `max_gap` into segments; each gets the `events`
-    that fall inside it."""
+    """A symbol's stored candles cut at gaps longer than `max_gap` into segments, and segments longer
+    than `max_len` (e.g. "4D": a months-long kline series becomes windows the time-ordered evaluation can
+    hold out) into consecutive pieces; each gets the `events` that fall inside it."""
     if frame.empty:
         return []
     t = pd.to_datetime(frame["open_time"], utc=True).reset_index(drop=True)
     cut = np.flatnonzero(t.diff().to_numpy() > pd.Timedelta(max_gap).to_timedelta64()) if len(t) > 1 else []
     bounds = [0, *cut.tolist(), len(t)]
+    if max_len:
+        step, pieces = pd.Timedelta(max_len), [0]
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            start = t[lo]
+            for i in range(lo + 1, hi):
+                if t[i] - start >= step:
+                    pieces.append(i)
+                    start = t[i]
+            pieces.append(hi)
+        bounds = sorted(set(pieces))
     out = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         part = frame.iloc[lo:hi].reset_index(drop=True)

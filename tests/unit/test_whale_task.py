@@ -187,3 +187,24 @@ def test_detector_with_a_sequence_classifier_exports_one_graph():
         )
     lv = run_onnx(onnx, rows, output="threat_level")[:, 0]
     assert np.mean(lv == out["threat_level"][:2000]) >= 0.999
+
+
+def test_split_segments_cuts_at_gaps_and_into_windows():
+    from pipelines.training.pooled import split_segments
+
+    t = pd.date_range("2024-01-01", periods=10 * 1440, freq="1min", tz="UTC")
+    t = t[
+        (t < pd.Timestamp("2024-01-03", tz="UTC")) | (t >= pd.Timestamp("2024-01-04", tz="UTC"))
+    ]  # a day missing
+    frame = pd.DataFrame({"open_time": t, "close": 1.0})
+    ev = [
+        pd.Timestamp("2024-01-02 12:00", tz="UTC"),
+        pd.Timestamp("2024-01-05", tz="UTC"),
+        pd.Timestamp("2024-01-06", tz="UTC"),
+    ]
+    segs = split_segments(frame, "X", ev)
+    assert [len(s.frame) for s in segs] == [2 * 1440, 7 * 1440]
+    assert segs[0].events == (ev[0],) and segs[1].events == tuple(ev[1:])
+    segs = split_segments(frame, "X", ev, max_len="4D")
+    assert [len(s.frame) for s in segs] == [2 * 1440, 4 * 1440, 3 * 1440]
+    assert sum(len(s.events) for s in segs) == 3 and segs[1].events == tuple(ev[1:])
