@@ -68,7 +68,8 @@ def split_segments(
 ) -> list[Segment]:
     """A symbol's stored candles cut at gaps longer than `max_gap` into segments, and segments longer
     than `max_len` (e.g. "4D": a months-long kline series becomes windows the time-ordered evaluation can
-    hold out) into consecutive pieces; each gets the `events` that fall inside it."""
+    hold out) into consecutive pieces (a last piece shorter than half of `max_len` stays with the one
+    before); each gets the `events` that fall inside it."""
     if frame.empty:
         return []
     t = pd.to_datetime(frame["open_time"], utc=True).reset_index(drop=True)
@@ -79,7 +80,7 @@ def split_segments(
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             start = t[lo]
             for i in range(lo + 1, hi):
-                if t[i] - start >= step:
+                if t[i] - start >= step and t[hi - 1] - t[i] >= step / 2:  # no stub shorter than half a piece
                     pieces.append(i)
                     start = t[i]
             pieces.append(hi)
@@ -162,13 +163,21 @@ def _rows(segments: Sequence[Segment], fs: Any, task: Task, seq_len: int | None 
         else:
             X = X[ok]
         parts.append((X, Y[ok], A[ok], ms[ok], np.full(int(ok.sum()), g), normal[ok], ev[ok]))
-        if not ok.any():
-            raise TrainingError(
-                f"segment {seg.name}: no usable rows ({len(f)} candles; warm-up {start}, labels need "
-                f"{task.lookahead} candles after and, for trade_size, 24 h of trades before)"
-            )
     cat = [np.concatenate([p[i] for p in parts]) for i in range(7)]
     return _Rows(*cat)
+
+
+def usable_segments(segments: Sequence[Segment], fs: Any, task: Task) -> tuple[list[Segment], list[str]]:
+    """Segments long enough to hold a usable row (warm-up + label horizon; the trade_size label also needs
+    24 h of trades first), and the names of those dropped with the reason."""
+    need = max(int(fs.warmup), int(task.warmup)) + task.lookahead + 1
+    keep, dropped = [], []
+    for seg in segments:
+        if len(seg.frame) < need:
+            dropped.append(f"{seg.name}: {len(seg.frame)} candles < {need} (warm-up + horizon)")
+        else:
+            keep.append(seg)
+    return keep, dropped
 
 
 def _away(ms: np.ndarray, events: Sequence[pd.Timestamp]) -> np.ndarray:
@@ -253,14 +262,17 @@ def train_pooled(
 
     if len(task.horizons) != 1:
         raise TrainingError(f"pooled whale training takes one horizon; got {list(task.horizons)}")
-    segs = sorted(segments, key=lambda s: s.start)
+    fs = get_feature_set(cfg.features.feature_set)
+    segs, dropped = usable_segments(sorted(segments, key=lambda s: s.start), fs, task)
     if len(segs) < 2:
-        raise TrainingError(f"pooled training needs at least 2 segments (event windows), got {len(segs)}")
+        raise TrainingError(
+            f"pooled training needs at least 2 segments (event windows), got {len(segs)}"
+            + (f" (too short: {'; '.join(dropped)})" if dropped else "")
+        )
     if not 0 < test_segments < len(segs):
         raise TrainingError(
             f"test_segments must be in 1..{len(segs) - 1} for {len(segs)} segments, got {test_segments}"
         )
-    fs = get_feature_set(cfg.features.feature_set)
     if getattr(fs, "fitted", ()):
         raise TrainingError(
             f"feature set {fs.name} has fitted parts {list(fs.fitted)}; pooled training does not refit them"
@@ -371,6 +383,7 @@ def train_pooled(
         "data_hash": data_hash(frames),
         "segments": [s.name for s in segs],
         "test_segments": [s.name for s in test_segs],
+        "dropped_segments": dropped,
         "evaluation_rows": int(test.sum()),
     }
     symbols = sorted({s.symbol for s in segs})

@@ -208,3 +208,5 @@ def test_split_segments_cuts_at_gaps_and_into_windows():
     segs = split_segments(frame, "X", ev, max_len="4D")
     assert [len(s.frame) for s in segs] == [2 * 1440, 4 * 1440, 3 * 1440]
     assert sum(len(s.events) for s in segs) == 3 and segs[1].events == tuple(ev[1:])
+    nine = pd.DataFrame({"open_time": pd.date_range("2024-01-01", periods=9 * 1440, freq="1min", tz="UTC")})
+    assert [len(s.frame) for s in split_segments(nine, "X", max_len="4D")] == [4 * 1440, 5 * 1440]  # no stub
