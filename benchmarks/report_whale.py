@@ -92,7 +92,9 @@ def main() -> None:
     )
     ap.add_argument("--lightgbm", action="append", default=[], help="classifier override K=V (repeatable)")
     ap.add_argument("--label", choices=["trade_size", "volume_spike"], default=None)
-    ap.add_argument("--klines", nargs="*", default=None, help="Binance kline files instead of the pump trades")
+    ap.add_argument(
+        "--klines", nargs="*", default=None, help="Binance kline files instead of the pump trades"
+    )
     a = ap.parse_args()
     lgb = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in a.lightgbm)}
     out = run(a.features, a.test_windows, a.first, lgb, a.label, a.klines)
