@@ -269,9 +269,10 @@ def train_pooled(
             f"pooled training needs at least 2 segments (event windows), got {len(segs)}"
             + (f" (too short: {'; '.join(dropped)})" if dropped else "")
         )
-    if not 0 < test_segments < len(segs):
+    if not 0 < test_segments <= len(segs) - 2:  # calibration needs >= 2 training windows (group folds)
         raise TrainingError(
-            f"test_segments must be in 1..{len(segs) - 1} for {len(segs)} segments, got {test_segments}"
+            f"{len(segs)} segments (event windows) leave no room for {test_segments} test window(s) and at "
+            f"least 2 training windows; set --test-windows in 1..{max(len(segs) - 2, 0)} or add windows"
         )
     if getattr(fs, "fitted", ()):
         raise TrainingError(

@@ -1,6 +1,6 @@
 """`kairos train --task whale --symbols ... --universe NAME` and `kairos predict` as a user runs them, on real
 pump windows stored in an isolated home: a pooled model over 5 coins (RCN's two overlapping windows are
-one stored series holding two announced pumps), evaluated on the latest windows, registered as
+one stored series, cut into 4-day windows), evaluated on the latest windows, registered as
 `whale-TEST-1m` with its universe, and scored back in batch through the registered bundle."""
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def test_pooled_whale_model_trains_registers_and_scores(kairos_home, tmp_path, s
                  "threat levels on the held-out windows' normal minutes", "flagged within 2 min",
                  "registered whale-TEST-1m version 1"):  # fmt: skip
         assert text in out, (text, out)
-    # the latest two windows by start are APPC (2020-11) and RCN (2021-01, one series, two pumps): 3 events
-    assert "│ threat>=2    │ 3 " in out, out
+    # RCN's two overlapping files are one stored series of ~7 days, cut into 4-day windows
+    # (options.max_segment): the latest two windows are RCN's two pieces, one announced pump each
+    assert "│ threat>=2    │ 2 " in out, out
 
     from flows.runtime import Runtime
     from pipelines.contracts.bundle import read_bundle
@@ -67,12 +68,15 @@ def test_pooled_whale_model_trains_registers_and_scores(kairos_home, tmp_path, s
     assert manifest.task == "whale" and manifest.symbol == "TEST"
     assert manifest.extra["universe"] == {"name": "TEST", "symbols": sorted(FILES)}
     assert [o.name for o in manifest.outputs][:3] == ["whale_probability", "anomaly_score", "threat_level"]
-    assert len(manifest.training["segments"]) == 5
+    assert len(manifest.training["segments"]) == 6  # ARN, BNT, GRS, APPC + RCN's two pieces
 
-    # one symbol: its own windows pooled (`whale-RCNBTC-1m`); RCN's store holds one series, so it is refused
-    res = run(["train", "--task", "whale", "--symbol", "RCNBTC"], env)
+    # one symbol: its own windows pooled (`whale-RCNBTC-1m`); RCN's two 4-day windows are too few
+    res = run(["train", "--task", "whale", "--symbol", "RCNBTC", "--test-windows", "1"], env)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
-    assert "error: pooled training needs at least 2 segments" in " ".join((res.stdout + res.stderr).split())
+    assert (
+        "error: 2 segments (event windows) leave no room for 1 test window(s) and at least 2 training"
+        in " ".join((res.stdout + res.stderr).split())
+    )
 
     dst = tmp_path / "brd.parquet"
     res = run(
