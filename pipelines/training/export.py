@@ -306,3 +306,16 @@ def rename_output(onnx_bytes: bytes, old: str, new: str) -> bytes:
             o.name = new
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def optimise_bundle(
+    onnx_bytes: bytes, variant: str, parity_rows: np.ndarray, tolerance: Any = None, **kwargs: Any
+) -> bytes:
+    """A sequence model's export variant ("fp32" | "optimized" | "int8" | "fp16") behind its decision
+    gate; raises `VariantGateError` (a `ParityError`) saying by how much it moved predictions and
+    decisions. See `pipelines.models.sequence.variants.optimise_bundle` (imported on call: importing this
+    module stays torch-free).
+    """
+    from pipelines.models.sequence.variants import optimise_bundle as _optimise_bundle
+
+    return _optimise_bundle(onnx_bytes, variant, parity_rows, tolerance, **kwargs)

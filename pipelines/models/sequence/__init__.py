@@ -6,6 +6,8 @@ architecture module (`lstm_attention`, `transformer`, `tft`, `mamba`) and `ensem
 `pipelines.models.make_model` builds them like any other family.
 `classifier.SequenceClassifier` puts a one-logit head (binary cross-entropy or focal loss) on the
 same encoders and training loop, for event tasks (P(whale event in the next candles)).
+`variants.optimise_bundle` turns an export into a faster variant (optimized / int8 / fp16) behind a
+gate on its predictions and decisions; presets take `device: auto|cpu|cuda` for training.
 """
 
 from __future__ import annotations

@@ -8,7 +8,11 @@
 - AdamW with linear warm-up then cosine decay per step; global-norm gradient clipping;
 - early stopping on the purged validation slice, best weights restored (kept in memory, no files);
 - optional SWA over the later epochs, kept only if it beats the best checkpoint on validation;
-- mixed precision only when CUDA is present; seeded and deterministic on CPU.
+- the device from the preset's `device` (auto | cpu | cuda; `resolve_device`): on CUDA, automatic
+  mixed precision (bf16 autocast where the GPU has it, else fp16 with loss scaling) when
+  `mixed_precision`, and pinned host memory for the batches; asking for cuda without CUDA trains on
+  the CPU after one log line. CPU training is float32, seeded and deterministic;
+- known third-party deprecation warnings silenced around the fit only (`quiet_third_party_warnings`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import copy
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -34,6 +39,21 @@ from pipelines.models.sequence.losses import LossFn, make_loss
 from pipelines.models.sequence.net import SequenceNet
 
 PREDICT_BATCH = 2048  # windows per inference chunk (memory bound: 2048 x 60 x F floats)
+DEVICES = ("auto", "cpu", "cuda")
+log = logging.getLogger("kairos.models.sequence")
+
+# Deprecation warnings raised inside third-party code on every fit, that no caller can act on:
+# (category, message regex, module regex of the code that warns). Filtered around the zoo's fit only,
+# so the same warnings elsewhere (and any new one) still show. Remove an entry once the upstream fix
+# is installed (`tests/unit/test_sequence_device.py` fails if a fit warns again).
+KNOWN_THIRD_PARTY_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
+    # lightning 2.6 with torch 2.13: lightning.pytorch.utilities._pytree builds LeafSpec() per batch
+    (
+        FutureWarning,
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        r"lightning\.pytorch\.utilities\._pytree",
+    ),
+)
 
 
 class SequenceModelError(KairosError):
@@ -58,12 +78,16 @@ class _Windows(Dataset):
         )
 
 
-def _loader(X: np.ndarray, Y: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+def _loader(
+    X: np.ndarray, Y: np.ndarray, batch_size: int, shuffle: bool, seed: int, pin_memory: bool = False
+) -> DataLoader:
     ds = _Windows(X, Y)
     base = (
         RandomSampler(ds, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(ds)
     )
-    return DataLoader(ds, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None)
+    return DataLoader(
+        ds, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None, pin_memory=pin_memory
+    )
 
 
 def warmup_cosine(step: int, total: int, warmup: int, floor: float) -> float:
@@ -157,6 +181,41 @@ def _quiet_lightning() -> Iterator[None]:
             lg.setLevel(lvl)
 
 
+@contextlib.contextmanager
+def quiet_third_party_warnings() -> Iterator[None]:
+    """Ignore exactly the `KNOWN_THIRD_PARTY_WARNINGS` inside the block (nothing else, nowhere else)."""
+    with warnings.catch_warnings():
+        for category, message, module in KNOWN_THIRD_PARTY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
+        yield
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """The device a fit runs on: "cuda" or "cpu".
+
+    "auto" takes CUDA when torch sees a GPU, else the CPU. "cuda" without CUDA falls back to the CPU
+    with one warning line (a preset written for a GPU host still trains on a laptop or in CI).
+    """
+    if requested not in DEVICES:
+        raise SequenceModelError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
+    available = torch.cuda.is_available()
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda" and not available:
+        log.warning(
+            "device=cuda requested but CUDA is not available (torch %s); training on cpu", torch.__version__
+        )
+        return "cpu"
+    return "cuda" if available else "cpu"
+
+
+def amp_precision(device: str, mixed_precision: bool) -> str:
+    """Lightning's `precision` for a device: AMP on CUDA (bf16 where supported, else fp16), fp32 on CPU."""
+    if device != "cuda" or not mixed_precision:
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
 def _check_xy(X: np.ndarray, Y: np.ndarray | None, T: int, F: int, H: int, what: str) -> None:
     if X.ndim != 3 or X.shape[1:] != (T, F):
         raise SequenceModelError(
@@ -218,7 +277,9 @@ def train_network(
     Seeds torch with `cfg.seed` and then calls `build()` (so weight init is seeded), trains with AdamW,
     warm-up + cosine per step and gradient clipping for at most `cfg.max_epochs`, stops early on the
     validation loss (`cfg.patience`), restores the best-validation weights, and keeps the SWA average
-    instead when `cfg.swa` and it beats them on validation. Runs with `cfg.num_threads` torch threads.
+    instead when `cfg.swa` and it beats them on validation. Runs with `cfg.num_threads` torch threads,
+    on `cfg.device` (see `resolve_device`; configs without the field train as "auto"); the returned
+    network is on the CPU either way.
 
     Args:
         build: makes the network (with its fitted normalisation already installed).
@@ -228,20 +289,23 @@ def train_network(
         loss_fn: the training loss; None = the regressors' loss named by `cfg.loss`.
         callbacks: extra Lightning callbacks (e.g. Optuna pruning on "val_loss").
     """
-    with torch_threads(cfg.num_threads), _quiet_lightning():
+    device = resolve_device(getattr(cfg, "device", "auto"))
+    cuda = device == "cuda"
+    with torch_threads(cfg.num_threads), _quiet_lightning(), quiet_third_party_warnings():
         torch.manual_seed(cfg.seed)  # weights init and dropout masks during training
         net = build()
-        train_dl = _loader(X, Y, cfg.batch_size, shuffle=True, seed=cfg.seed)
-        val_dl = _loader(X_val, Y_val, max(cfg.batch_size, 1024), shuffle=False, seed=cfg.seed)
+        train_dl = _loader(X, Y, cfg.batch_size, shuffle=True, seed=cfg.seed, pin_memory=cuda)
+        val_dl = _loader(
+            X_val, Y_val, max(cfg.batch_size, 1024), shuffle=False, seed=cfg.seed, pin_memory=cuda
+        )
         total_steps = cfg.max_epochs * len(train_dl)
         module = SequenceLightningModule(net, cfg, total_steps, loss_fn)
         keeper = BestAndSWA(int(cfg.swa_start_frac * cfg.max_epochs) if cfg.swa else None)
-        cuda = torch.cuda.is_available()
         trainer = L.Trainer(
             max_epochs=cfg.max_epochs,
             accelerator="gpu" if cuda else "cpu",
             devices=1,
-            precision=("bf16-mixed" if cuda and cfg.mixed_precision else "32-true"),
+            precision=amp_precision(device, cfg.mixed_precision),
             gradient_clip_val=cfg.grad_clip,
             gradient_clip_algorithm="norm",
             callbacks=[EarlyStopping("val_loss", patience=cfg.patience, mode="min"), keeper, *callbacks],

@@ -144,21 +144,8 @@ def accelerated_session(onnx_bytes: bytes, *, fp16: bool = True, threads: int = 
         return session(onnx_bytes, threads, providers)
     if "CUDAExecutionProvider" in available:
         if fp16:
-            from onnxruntime.transformers import float16  # ships with onnxruntime
+            from pipelines.models.sequence.variants import convert_fp16
 
-            model = onnx.load_from_string(onnx_bytes)
-            model = float16.convert_float_to_float16(
-                model, keep_io_types=True, node_block_list=_scaling_nodes(model)
-            )
-            onnx_bytes = model.SerializeToString()
+            onnx_bytes = convert_fp16(onnx_bytes)
         return session(onnx_bytes, threads, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     return session(onnx_bytes, threads)
-
-
-def _scaling_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the normalisation nodes ((x - mean) / std on "features"), kept in float32 under FP16:
-    raw feature values and their means can exceed float16's range/precision before they are scaled."""
-    first = [n for n in model.graph.node if INPUT_NAME in n.input]
-    outs = {o for n in first for o in n.output}
-    second = [n for n in model.graph.node if outs & set(n.input)]
-    return [n.name for n in first + second if n.name]

@@ -1,8 +1,9 @@
 """The `ModelSpec` every sequence architecture shares: `SPEC = sequence_spec("<architecture>")` in its module.
 
 The architecture module (e.g. `mamba.py`) holds the encoder (`build_encoder`) and its SPEC; its presets
-live in `configs/models/<architecture>.yaml` (parsed into `SequenceModelConfig`). Training goes through
-`SequenceRegressor` (base.py), the shared loop; torch is imported only when a model is built.
+live in `configs/models/<architecture>.yaml` (parsed into `ZooConfig`: `SequenceModelConfig` plus the
+training `device`). Training goes through `SequenceRegressor` (base.py), the shared loop; torch is
+imported only when a model is built.
 
 Objectives. The task's objective maps onto `SequenceModelConfig.loss`: "huber" → loss "huber";
 "l2" (the default) keeps the preset's loss, which is mse unless the preset refines it (direction,
@@ -13,13 +14,23 @@ so it takes "l2" and "quantile" and no other.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pipelines.config import SequenceModelConfig
 from pipelines.models.spec import ModelContext, ModelSpec, PruningRequest
 
 # Fields that are identity, export or runtime settings rather than hyperparameters.
-UNTUNABLE = frozenset({"seed", "architecture", "opset", "parity_tolerance", "mixed_precision"})
+UNTUNABLE = frozenset({"seed", "architecture", "opset", "parity_tolerance", "mixed_precision", "device"})
+
+
+class ZooConfig(SequenceModelConfig):
+    """A zoo preset: `SequenceModelConfig` plus where it trains (the presets in configs/models/*.yaml).
+
+    device: "auto" (CUDA when torch sees a GPU, else CPU), "cpu", or "cuda" (falls back to the CPU
+    with one log line when there is no CUDA); see `pipelines.models.sequence.base.resolve_device`.
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 def with_objective(cfg: SequenceModelConfig, objective: str) -> SequenceModelConfig:
@@ -54,7 +65,7 @@ def sequence_spec(architecture: str, objectives: tuple[str, ...] = ("l2", "huber
     return ModelSpec(
         name=architecture,
         factory=_build,
-        config_class=SequenceModelConfig,
+        config_class=ZooConfig,
         input_kind="sequence",
         tasks=("returns", "volatility"),
         objectives=objectives,
