@@ -40,14 +40,17 @@ class Ewm:
         self.P = a[None, :] ** i  # (L+1, K): a^i
         self.Q = alpha[None, :] * a[None, :] ** -i[:-1]  # (L, K): (1-a) a^-i
         self.K = alpha.size
+        self._Pl = self.P.tolist()  # the same numbers as Python floats, for `step`
+        self._Ql = self.Q.tolist()
         self.reset()
 
     def reset(self) -> None:
         """Forget everything: the next row starts a new recursion (it needs a seed)."""
         self.phase = 0  # rows consumed in the current block, 0..L-1
-        self.c = np.zeros(self.K)  # (K,) running sum of the current block
+        self.c: np.ndarray | list[float] = np.zeros(self.K)  # (K,) running sum of the current block
         self.Y: np.ndarray | None = None  # (K,) y before the current block; None = not seeded
         self.PY: np.ndarray | None = None  # (L+1, K) a^i * Y: the block's constant term, cached
+        self._Yl: list[float] = []  # Y as Python floats, for `step`
 
     @property
     def seeded(self) -> bool:
@@ -61,6 +64,7 @@ class Ewm:
     def _set_Y(self, Y: np.ndarray) -> None:
         self.Y = Y
         self.PY = self.P * Y  # the same products every path would form: caching keeps bits
+        self._Yl = Y.tolist()
 
     def copy(self) -> Ewm:
         new = object.__new__(Ewm)
@@ -68,17 +72,41 @@ class Ewm:
         new.c = self.c.copy()
         return new  # Y and PY are replaced, never written in place
 
+    def step(self, x: list[float]) -> list[float]:
+        """Advance one row of K inputs given as Python floats; returns y as K Python floats.
+
+        The streaming case of `__call__` without arrays: c + (1-a) a^-i x, then a^i c + a^(i+1) Y, the
+        same IEEE products and adds on the same numbers (a^(i+1) Y is the product PY caches), so the
+        same bits, ~10x cheaper than 1-element array operations. The row that ends a block starts the
+        next one as `__call__` does (Y = that row's y, c = 0). The state is shared: either may follow
+        the other.
+        """
+        if self.Y is None:
+            raise ValueError("Ewm used before seed(); seed it with the value before the first row")
+        ph = self.phase
+        c = self.c
+        if type(c) is not list:
+            c = c.tolist()
+        cs = [ci + qi * xi for ci, qi, xi in zip(c, self._Ql[ph], x)]
+        y = [pi * ci + pj * yi for pi, ci, pj, yi in zip(self._Pl[ph], cs, self._Pl[ph + 1], self._Yl)]
+        if ph == self.L - 1:  # the block ends: y is the next block's Y
+            self._set_Y(np.array(y))
+            self.c, self.phase = [0.0] * self.K, 0
+        else:
+            self.c, self.phase = cs, ph + 1
+        return y
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Advance over rows `x` (K, M) (channels x rows); returns y (K, M), keeps the state."""
         if self.Y is None:
             raise ValueError("Ewm used before seed(); seed it with the value before the first row")
         K, M = x.shape
+        if M == 1:  # the streaming case: one add per lane, as accumulate would do, on Python floats
+            return np.array(self.step(x[:, 0].tolist()))[:, None]
         L, P, Q = self.L, self.P, self.Q
         ph = self.phase
-        if M == 1 and ph < L - 1:  # the streaming case: one add per lane, as accumulate would do
-            self.c = cs = self.c + Q[ph] * x[:, 0]  # (K,)
-            self.phase = ph + 1
-            return (P[ph] * cs + self.PY[ph + 1])[:, None]
+        if type(self.c) is list:  # left by `step`
+            self.c = np.array(self.c)
         x = x.T  # (M, K) view: rows first for the cumulative sums
         y = np.empty((M, K))
         h = min(M, L - ph)  # head: rows that finish the current block

@@ -176,9 +176,16 @@ def _composite(name: str) -> _Impl:
     def new_state(params: Mapping[str, Any] | None = None) -> tuple[Any, ...]:
         return tuple(p.new_state(params) for p in parts)
 
+    # (kernel, its X rows, its feature rows, its index) per part; Python slices and ints (per candle,
+    # slicing with numpy integers costs ~3x as much)
+    calls = [
+        (p.kernel, slice(int(rows[i]), int(rows[i + 1])), slice(int(feats[i]), int(feats[i + 1])), i)
+        for i, p in enumerate(parts)
+    ]
+
     def kernel(X: np.ndarray, lo: int, hi: int, t0: int, state: tuple[Any, ...], out: np.ndarray) -> None:
-        for i, p in enumerate(parts):  # X[a:b] of a C-contiguous matrix is C-contiguous
-            p.kernel(X[rows[i] : rows[i + 1]], lo, hi, t0, state[i], out[feats[i] : feats[i + 1]])
+        for k, r, f, i in calls:  # X[a:b] of a C-contiguous matrix is C-contiguous
+            k(X[r], lo, hi, t0, state[i], out[f])
 
     fv = np.concatenate([p.first_valid for p in parts])
     spec = FeatureSet(

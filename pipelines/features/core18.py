@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.features import core27
+from pipelines.features._ewm import Ewm
 
 NAME = "core18"
 VERSION = 1
@@ -23,6 +24,7 @@ LEVELS = (
 )  # fmt: skip
 NAMES: tuple[str, ...] = tuple(n for n in core27.NAMES if n not in LEVELS)
 _KEEP = np.array([core27.NAMES.index(n) for n in NAMES])
+_KEEP_LIST = _KEEP.tolist()
 INPUTS = core27.INPUTS
 PAD_VALUES = core27.PAD_VALUES
 LAGS = core27.LAGS
@@ -33,8 +35,11 @@ def first_valid() -> np.ndarray:
     return core27.first_valid()[_KEEP]
 
 
-def kernel(X: np.ndarray, lo: int, hi: int, t0: int, state: object, out: np.ndarray) -> None:
-    """core27's kernel into a scratch (27, hi-lo) block, then its scale-free rows into `out` (18, hi-lo)."""
+def kernel(X: np.ndarray, lo: int, hi: int, t0: int, state: Ewm, out: np.ndarray) -> None:
+    """core27's kernel into a scratch (27, hi-lo) block, then its scale-free rows into `out` (18, hi-lo);
+    one streamed candle goes through core27's one-candle path, which writes the 18 rows directly."""
+    if hi - lo == 1 and t0 > 0 and state.Y is not None and core27.ONE_CANDLE:
+        return core27._kernel_one(X, lo, state, out, _KEEP_LIST)
     full = np.empty((len(core27.NAMES), hi - lo))
     core27.kernel(X, lo, hi, t0, state, full)
     out[...] = full[_KEEP]

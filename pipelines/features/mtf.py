@@ -36,9 +36,14 @@ column e = t - d. Every window is a strided gather of X (stride k columns) summe
 np.add.accumulate along the window (one sequential add per term, whatever the number of columns),
 so batch (chunks) and streaming (one column) give the same bits. Batch evaluates all bar ends of a
 chunk, of all three timeframes, in one set of array operations: no Python loop over candles or bars.
+Streaming (one column) takes `_kernel_one` / `_close_bars_one`: the same operations in the same order
+on Python floats (sums added in the same order, log numpy's), so the same bits, at ~7 us per candle and
+~14 / 19 / 24 us when 1 / 2 / 3 timeframes end a bar (the array version: ~9 and ~33-37 us).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -80,9 +85,9 @@ _SCR_OFF = np.arange(1, 5)[:, None]  # (4, 1) scratch rows of the four closed-ba
 _SIGN = np.array([1.0, -1.0])[:, None, None]  # gains, losses
 # Streaming: which timeframes end at a candle with minute u+1 ≡ 0 mod k. 60 is a multiple of 15 and of 5,
 # 15 of 5: the set that ends is always a prefix of TIMEFRAMES (0, 1, 2 or 3 of them).
-_PREFIX_K = [_K[:n] for n in range(len(TIMEFRAMES) + 1)]
-_PREFIX_B = [_BASE[:n] for n in range(len(TIMEFRAMES) + 1)]
 assert all(b % a == 0 for a, b in zip(_K, _K[1:]))  # each length divides the next: prefixes
+_KL = [int(k) for k in _K]  # bar lengths and first scratch rows as Python ints (streaming)
+_BL = [int(b) for b in _BASE]
 
 
 def first_valid() -> np.ndarray:
@@ -143,20 +148,74 @@ def kernel(X: np.ndarray, lo: int, hi: int, t0: int, state: None, out: np.ndarra
         out: (15, hi-lo) float64, fully overwritten.
     """
     M = hi - lo
-    if M == 1:  # streaming: Python integers, and the ending timeframes are a prefix of TIMEFRAMES
-        u = int(X[X_TIME, lo]) // MINUTE_MS + 1  # minutes since the epoch at the candle's end
-        d = u % _K  # (3,) candles since each timeframe's last bar end
-        n = int((d == 0).sum())
-        if n:
-            _close_bars(X, np.full(n, lo), _PREFIX_K[n], _PREFIX_B[n])
-        cols = (lo - d)[_G_TF, None]  # (15, 1)
-    else:
-        u = X[X_TIME, lo:hi].astype(np.int64) // MINUTE_MS + 1  # (M,)
-        D = u % _K[:, None]  # (3, M)
-        tf, m = np.nonzero(D == 0)  # every bar end in the chunk, all timeframes
-        if tf.size:
-            _close_bars(X, lo + m, _K[tf], _BASE[tf])
-        cols = np.arange(lo, hi) - D[_G_TF]  # (15, M)
+    if M == 1:  # streaming
+        _kernel_one(X, lo, out)
+        return
+    u = X[X_TIME, lo:hi].astype(np.int64) // MINUTE_MS + 1  # (M,)
+    D = u % _K[:, None]  # (3, M)
+    tf, m = np.nonzero(D == 0)  # every bar end in the chunk, all timeframes
+    if tf.size:
+        _close_bars(X, lo + m, _K[tf], _BASE[tf])
+    cols = np.arange(lo, hi) - D[_G_TF]  # (15, M)
     out[:] = X[_G_ROWS[:, None], cols]
     c = X[X_CLOSE, lo:hi]
     out[_PARTIAL] = np.log(c / out[_PARTIAL])
+
+
+def _close_bars_one(X: np.ndarray, e: int, n: int) -> None:
+    """`_close_bars` for the one column e where the first n timeframes end a bar (streaming): the same
+    IEEE operations in the same order (sums sequential, newest first; log numpy's) on Python floats
+    and one gathered row per series, so the same bits (tests/unit/test_features_mtf.py, every step)."""
+    acc = np.add.accumulate(X[X_VOLUME, e - _KMAX + 1 : e + 1][::-1]).tolist()  # as (60,) in `_close_bars`
+    cols = []
+    for i in range(n):
+        k, b = _KL[i], _BL[i]
+        X[b, e] = acc[k - 1]
+        cols.append(X[X_CLOSE, e - RSI_BARS * k : e + 1 : k].tolist()[::-1])  # 15 closes, newest first
+    ratios = [c[j] / c[j + 1] for c in cols for j in range(RSI_BARS)]
+    logs = np.log(np.array(ratios)).tolist()  # (n * 14) bar log returns
+    for i in range(n):
+        k, b, C = _KL[i], _BL[i], cols[i]
+        lr = logs[i * RSI_BARS : (i + 1) * RSI_BARS]
+        s = lr[0]
+        for x in lr[1:VOL_BARS]:
+            s += x
+        mean = s / VOL_BARS
+        s = (lr[0] - mean) * (lr[0] - mean)
+        for x in lr[1:VOL_BARS]:
+            s += (x - mean) * (x - mean)
+        vol = math.sqrt(s / VOL_BARS)
+        gain = loss = 0.0
+        for j in range(RSI_BARS):
+            d = C[j] - C[j + 1]
+            g, l_ = (d if d > 0.0 else 0.0), (-d if -d > 0.0 else 0.0)  # np.maximum(+-d, 0.0)
+            if j:
+                gain += g
+                loss += l_
+            else:
+                gain, loss = g, l_
+        vb = X[b, e - (VOLUME_BARS - 1) * k : e + 1 : k].tolist()  # bar volumes, oldest first
+        s = vb[-1]
+        for x in vb[-2::-1]:
+            s += x
+        den = gain + loss
+        mv = s / VOLUME_BARS
+        X[b + 1 : b + 5, e] = [
+            lr[0], vol, gain / den if den != 0.0 else 0.5, vb[-1] / mv if mv != 0.0 else 1.0,
+        ]  # fmt: skip
+
+
+def _kernel_one(X: np.ndarray, p: int, out: np.ndarray) -> None:
+    """`kernel` for the one column p (streaming): Python integers for the clock, and the ending
+    timeframes are a prefix of TIMEFRAMES (60 is a multiple of 15, 15 of 5)."""
+    u = int(X[X_TIME, p]) // MINUTE_MS + 1  # minutes since the epoch at the candle's end
+    ds = [u % k for k in _KL]  # candles since each timeframe's last bar end
+    n = 0
+    while n < len(ds) and ds[n] == 0:
+        n += 1
+    if n:
+        _close_bars_one(X, p, n)
+    c = X[X_CLOSE, p].item()
+    vals = [X[b + 1 : b + 5, p - d].tolist() + [X[X_CLOSE, p - d].item()] for b, d in zip(_BL, ds)]
+    part = np.log(np.array([c / v[4] for v in vals])).tolist()
+    out[:, 0] = [*vals[0][:4], part[0], *vals[1][:4], part[1], *vals[2][:4], part[2]]

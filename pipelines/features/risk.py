@@ -126,14 +126,21 @@ relative <= 2e-10 only where a value crosses 0, e.g. excess kurtosis). Sequentia
 recursions (EWMA, standardised losses, the HMM filter) are one scalar Python loop (`_scan`) shared
 by both paths (~2 us per candle); scalar tails (M == 1, streaming) evaluate the same formulas
 (`_finish`, `_terms`) on Python floats instead of 1-element arrays: the same IEEE operations in the
-same order, transcendental functions (log, exp, expm1) always numpy, so the bits agree.
+same order, transcendental functions (log, exp, expm1) always numpy, so the bits agree. Streaming also
+refits the GPD on Python floats (`_gpd_one`: numpy's partition, sort and sums on the one window, the
+closed-form tail in floats) and carries the Hill order statistics and the 240-close maximum from one
+candle to the next (`_order_stats_one`: a sorted window and a max deque; order statistics and maxima
+are values, not sums, so any method gives the kernel's bits).
 
-Cost (2-core machine, FILUSDT): streaming ~30 us p50 / ~49 us p99 per candle, ~63 us at the hourly
-refit candles (p99 of 10,000 updates, refits included: ~63 us); batch ~6 s per 1M candles.
+Cost (2-core machine, FILUSDT, load ~1): streaming ~25 us p50 / ~39 us p99 per candle, ~36 us at the
+hourly refit candles (before the scalar refit and the carried order statistics: 29 / 60 us, 60 us at
+refits); batch ~6 s per 1M candles.
 """
 
 from __future__ import annotations
 
+import bisect
+import collections
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -200,6 +207,9 @@ _SUMS = (
 )  # fmt: skip
 _SUM_ROW = np.array([q for q, _ in _SUMS])
 _SUM_LAG = np.array([j for _, j in _SUMS])
+_S60 = (_SUM_ROW[:_N_SHORT], _SUM_LAG[:_N_SHORT])  # streaming: the sums of the 60-window rows
+_L240 = (_SUM_ROW[_N_SHORT:] - _N_SHORT, _SUM_LAG[_N_SHORT:])  # and of the rows that go on to 240
+assert (_SUM_ROW[:_N_SHORT] < _N_SHORT).all() and (_SUM_ROW[_N_SHORT:] >= _N_SHORT).all()
 _PM = np.array([[1.0], [-1.0]])  # r → (r, -r): gains, losses
 _HILL_KTH = (HILL_K, HILL_WINDOW - HILL_K - 1)  # sorted positions of the (k+1)-th smallest / largest
 _N60 = float(MOM_WINDOW)
@@ -244,7 +254,7 @@ def first_valid() -> np.ndarray:
 class State:
     """Carried state: the EWMA variance, the last GPD fit, the HMM (parameters and prior)."""
 
-    __slots__ = ("y", "gpd", "pred", "A", "mu", "inv", "cst")
+    __slots__ = ("y", "gpd", "pred", "A", "mu", "inv", "cst", "win")
 
     def __init__(self, params: Mapping[str, Any]):
         mu, var, A, pi = _check_params(params)
@@ -255,6 +265,7 @@ class State:
         self.mu = mu.tolist()
         self.inv = (-0.5 / var).tolist()  # log-density (r - mu)^2 * inv + cst, up to a constant
         self.cst = (-0.5 * np.log(var)).tolist()
+        self.win: list[Any] | None = None  # streaming only, see `_order_stats_one`; None = rebuild from X
 
 
 def _check_params(p: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -419,6 +430,30 @@ def gpd_tail(Z: np.ndarray) -> np.ndarray:
     return np.stack([u, xi, beta, zq, es], axis=1)
 
 
+def _gpd_one(z: np.ndarray) -> list[float]:
+    """`gpd_tail` of the one window z (EVT_WINDOW,) (the streaming refit) as 5 Python floats: the same
+    numpy partition, sort and (pairwise) sums on the one row, then the closed-form tail on Python floats
+    (expm1 numpy's), the same IEEE operations in the same order, so the same bits as gpd_tail's row
+    (tests/unit/test_features_risk.py) at about a third of the cost of 1-row array operations."""
+    w, k = z.size, EVT_EXCEED
+    P = np.partition(z, w - k - 1)[w - k - 1 :]  # [u, the k largest (unordered)], a copy
+    u = P[0].item()
+    Y = np.sort(P[1:])
+    Y -= u  # exceedances, ascending
+    a0 = Y.sum().item() / k
+    a1 = (Y * _PWM_W).sum().item() / k
+    den = a0 - 2.0 * a1
+    xi, beta = 0.0, a0
+    if den > 0.0:
+        xi = 2.0 - a0 / den
+        beta = 2.0 * a0 * a1 / den
+    if xi >= XI_MAX:  # np.minimum (NaN stays NaN)
+        xi = XI_MAX
+    g = np.expm1(np.array([-_EVT_LOGR * xi])).item() / xi if xi != 0.0 else -_EVT_LOGR
+    zq = u + beta * g
+    return [u, xi, beta, zq, (zq + beta - xi * u) / (1.0 - xi)]
+
+
 def _windows(row: np.ndarray, lo: int, hi: int, n: int) -> np.ndarray:
     """(hi-lo, n) view: [m, i] = row[lo + m - n + 1 + i], the n values ending at column lo + m."""
     return np.ndarray(
@@ -477,6 +512,7 @@ def kernel(X: np.ndarray, lo: int, hi: int, t0: int, st: State, out: np.ndarray)
     if hi - lo == 1:
         _kernel_one(X, lo, t0, st, out)
         return
+    st.win = None  # the streaming order statistics no longer follow X
     M = hi - lo
     c = X[X_CLOSE, lo:hi]
     r = np.log(c / X[X_CLOSE, lo - 1 : hi - 1])  # (M,)
@@ -529,6 +565,44 @@ def kernel(X: np.ndarray, lo: int, hi: int, t0: int, st: State, out: np.ndarray)
     out[12:16] = np.array(ps).T
 
 
+def _order_stats_one(
+    X: np.ndarray, p: int, t0: int, st: State, r: float, c: float
+) -> tuple[float, float, float]:
+    """The Hill order statistics (the returns at sorted positions _HILL_KTH of the LONG_WINDOW ending at
+    column p) and the largest of its closes, for candle t0 at column p (streaming).
+
+    Order statistics and a maximum are values, not sums: any method gives the same bits as `kernel`'s
+    np.partition / max. Carried between consecutive candles in `st.win` = [next candle index, the
+    window's returns sorted, a deque of (candle index, close) with decreasing closes, the window's
+    maximum first]: one bisect/insort and an amortised O(1) deque step per candle instead of a
+    partition and a max over the window (~5 us). Rebuilt from X when the candle is not the next one
+    (after a batch chunk, at a history's start)."""
+    n = LONG_WINDOW
+    win = st.win
+    if win is not None and win[0] == t0:
+        rs, dq = win[1], win[2]
+        old = X[X_R, p - n].item()  # the return leaving the window
+        i = bisect.bisect_left(rs, old)
+        if i < n and rs[i] == old:
+            del rs[i]
+            bisect.insort(rs, r)
+            while dq and dq[-1][1] <= c:
+                dq.pop()
+            dq.append((t0, c))
+            if dq[0][0] <= t0 - n:
+                dq.popleft()
+            win[0] = t0 + 1
+            return rs[_HILL_KTH[0]], rs[_HILL_KTH[1]], dq[0][1]
+    rs = sorted(X[X_R, p - n + 1 : p + 1].tolist())
+    dq: collections.deque[tuple[int, float]] = collections.deque()
+    for j, v in enumerate(X[X_CLOSE, p - n + 1 : p + 1].tolist(), start=t0 - n + 1):
+        while dq and dq[-1][1] <= v:
+            dq.pop()
+        dq.append((j, v))
+    st.win = [t0 + 1, rs, dq]
+    return rs[_HILL_KTH[0]], rs[_HILL_KTH[1]], dq[0][1]
+
+
 def _kernel_one(X: np.ndarray, p: int, t0: int, st: State, out: np.ndarray) -> None:
     """`kernel` for the one column p (streaming): the same operations on Python floats and on
     contiguous slices, in the same order, so the same bits (tests/unit/test_features_risk.py)."""
@@ -537,9 +611,7 @@ def _kernel_one(X: np.ndarray, p: int, t0: int, st: State, out: np.ndarray) -> N
     r = np.log(np.array([c / cp])).tolist()[0]
     rl = X[X_R, p - 4 : p].tolist()  # r_{t-4..t-1}
     X[X_R, p] = r
-    w = X[X_R, p - n + 1 : p + 1].copy()  # the Hill window, oldest first
-    w.partition(_HILL_KTH)
-    lo_k, hi_k = w[list(_HILL_KTH)].tolist()
+    lo_k, hi_k, cmax = _order_stats_one(X, p, t0, st, r, c)
     th = [hi_k, -lo_k]  # X_(k+1) of gains, of losses
     # one log call: |r| (the tail rows) and the two thresholds (1.0 stands in where not positive)
     logs = np.log(np.array([abs(r) if r != 0.0 else 1.0] + [v if v > 0.0 else 1.0 for v in th])).tolist()
@@ -553,7 +625,7 @@ def _kernel_one(X: np.ndarray, p: int, t0: int, st: State, out: np.ndarray) -> N
     X[X_Z, p] = zs[0]
 
     if int(X[X_TIME, p]) % REFIT_MS == 0:
-        st.gpd = gpd_tail(X[X_Z, p - EVT_WINDOW + 1 : p + 1][None])[0].tolist()
+        st.gpd = _gpd_one(X[X_Z, p - EVT_WINDOW + 1 : p + 1])
     sd = sds[0]
 
     live = [v > 0.0 for v in th]
@@ -563,8 +635,10 @@ def _kernel_one(X: np.ndarray, p: int, t0: int, st: State, out: np.ndarray) -> N
     hs = np.add.accumulate(H, axis=1)[:, -1].tolist()
     hill = [hs[0] / HILL_K * live[0], hs[1] / HILL_K * live[1]]
 
-    S = np.add.accumulate(X[_Q0 : _Q0 + _NQ, p - n + 1 : p + 1][:, ::-1], axis=1)[_SUM_ROW, _SUM_LAG].tolist()
-    cmax = X[X_CLOSE, p - n + 1 : p + 1].max().item()
+    # the 12 window sums: the 60-window rows over 60 lags only (accumulate costs ~3 ns per term)
+    S = np.add.accumulate(X[_Q0 : _Q0 + _N_SHORT, p - MOM_WINDOW + 1 : p + 1][:, ::-1], axis=1)
+    L = np.add.accumulate(X[_Q0 + _N_SHORT : _Q0 + _NQ, p - n + 1 : p + 1][:, ::-1], axis=1)
+    S = S[_S60].tolist() + L[_L240].tolist()
     f = _finish(S, r, X[X_R, p - n + 1].item(), c, cmax)
     out[:, 0] = [hill[1], hill[0], sd * st.gpd[3], sd * st.gpd[4], *f, *ps[0]]
 

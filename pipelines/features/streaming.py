@@ -190,6 +190,11 @@ class StreamingFeatures:
             StreamError: duplicate, out-of-order or gapped candle, or a missing/non-finite field;
                 the state is unchanged.
         """
+        return self.update_view(candle).copy()
+
+    def update_view(self, candle: Mapping[str, Any]) -> np.ndarray:
+        """`update` without the copy: the row is a view of a buffer the next call overwrites (for a
+        caller that copies it at once, e.g. into a model's input row)."""
         try:
             t = to_epoch_ms(candle["open_time"])
         except KeyError:
@@ -225,7 +230,7 @@ class StreamingFeatures:
         self._p = p + 1
         self._count += 1
         self.last_open_time = t
-        return out[:, 0].copy()
+        return out[:, 0]
 
     def _sequence_error(self, t: int, last: int) -> StreamError:
         iv = self.interval_ms
