@@ -2,8 +2,8 @@
 
 Each part is handed only to the component that needs it: `RuntimeConfig` to the onnxruntime session
 factory, `RoutingConfig` to the router, `WatcherConfig` to the MLflow watcher, `PredLogConfig` to the
-prediction-log writer, `ApiConfig` to the FastAPI app, `AlertsConfig` to the alert hub, `universes` to the
-predictors of universe models.
+prediction-log writer, `ApiConfig` to the FastAPI app (its `auth` part to `serving.auth`), `AlertsConfig`
+to the alert hub, `universes` to the predictors of universe models.
 """
 
 from __future__ import annotations
@@ -70,12 +70,40 @@ class PredLogConfig(_Frozen):
     queue_size: int = Field(100_000, ge=1)  # when full, records are dropped and counted, never blocking
 
 
+class AuthConfig(_Frozen):
+    """Bearer API keys with scopes (`serving/auth.py`). Auth is on as soon as one key is configured, in
+    the environment variable `keys_env` (`name:key:scope,scope` entries, raw keys hashed at start-up)
+    or in `keys_file` (YAML of names, sha256 digests and scopes: no raw key on disk); off otherwise."""
+
+    keys_env: str = Field("KAIROS_API_KEYS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    keys_file: Path | None = None  # YAML: keys: [{name, sha256, scopes: [...]}]
+    required: bool = False  # true: refuse to start without a key (fail closed instead of serving openly)
+    # served without a key even when auth is on (exact paths; the probes and the Prometheus scrape)
+    open_paths: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
+
+    @field_validator("open_paths")
+    @classmethod
+    def _absolute(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in v if not p.startswith("/")]
+        if bad:
+            raise ValueError(f"open_paths must be absolute URL paths such as /healthz, got {bad}")
+        return v
+
+
 class ApiConfig(_Frozen):
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_window: int = Field(5000, ge=1)  # candles per /v1/predict request
     max_batch: int = Field(1000, ge=1)  # candles per /v1/candles request
     ws_queue: int = Field(64, ge=1)  # WebSocket: pending candles per connection before back-pressure
     history_candles: int = Field(2000, ge=1)  # raw candles kept per symbol to build a new feature state
+    # HTTP requests admitted at once (queued on the event loop or running); beyond: 429 + Retry-After at
+    # once, never a queue. null = no bound. The probes and /metrics are not counted.
+    max_in_flight: int | None = Field(64, ge=1)
+    retry_after_s: int = Field(1, ge=1)  # Retry-After of an overload 429 (whole seconds, RFC 9110)
+    # SIGTERM: stop accepting, wait this long at most for in-flight requests and open connections, then
+    # the lifespan shutdown writes and fsyncs the prediction log; exit status 0
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    auth: AuthConfig = AuthConfig()
 
 
 Symbol = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._:/-]+$")]

@@ -14,10 +14,13 @@
 | kairos_alert_webhook_delivered_total     | counter   | -                         |
 | kairos_alert_webhook_failures_total      | counter   | - (alerts undelivered after every retry) |
 | kairos_alert_subscribers                 | gauge     | - (open /v1/alerts connections) |
+| kairos_requests_rejected_total           | counter   | reason: overload (429), unauthenticated (401), forbidden (403) |
+| kairos_requests_in_flight                | gauge     | - (HTTP requests admitted, not yet answered; probes excluded) |
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -81,6 +84,17 @@ class ServingMetrics:
         )
         for sink in ("websocket", "webhook"):  # exported at 0 from the start
             self.alerts_dropped.labels(sink)
+        self.rejected = Counter(
+            "kairos_requests_rejected",
+            "Requests refused before any handler: overload (429), unauthenticated (401), forbidden (403)",
+            ["reason"],
+            registry=r,
+        )
+        # children resolved once: a refusal must stay cheaper than the work it saves
+        self._rejected = {k: self.rejected.labels(k) for k in ("overload", "unauthenticated", "forbidden")}
+        self._in_flight = Gauge(
+            "kairos_requests_in_flight", "HTTP requests admitted and not yet answered", registry=r
+        )
 
     def watch_log(self, log: PredictionLog) -> None:
         self._log_written.set_function(lambda: log.written)
@@ -96,6 +110,12 @@ class ServingMetrics:
             )
         children[0].observe(p.latency_us / 1e6)
         children[1].inc()
+
+    def reject(self, reason: str) -> None:
+        self._rejected[reason].inc()
+
+    def watch_in_flight(self, count: Callable[[], float]) -> None:
+        self._in_flight.set_function(count)
 
     def alert(self, model: str, level: int) -> None:
         self.alerts.labels(model, str(level)).inc()

@@ -1,4 +1,8 @@
-"""A small MLflow tracking-server REST client on httpx (the serving process never imports mlflow).
+"""A small MLflow tracking-server REST client on the standard library (the serving process never imports mlflow).
+
+`urllib.request` rather than httpx: importing httpx brings httpcore, h11 and, through its command-line
+module, rich, click and pygments, and a client loads certifi's CA bundle even for http:// URLs: ~6.7 MB
+resident in the serving process for a few GETs every `poll_interval_s` (benchmarks/bench_serving.py).
 
 Resolves `registered model alias → model version → artifact URI` and downloads the two bundle files
 through the server's artifact proxy (`mlflow server` serves artifacts by default):
@@ -14,11 +18,15 @@ through the server's artifact proxy (`mlflow server` serves artifacts by default
 
 from __future__ import annotations
 
+import json
 import shutil
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
-
-import httpx
+from typing import Any
+from urllib.parse import quote, unquote, urlencode, urlparse
 
 from pipelines.contracts.bundle import MANIFEST_FILE, MODEL_FILE
 from pipelines.contracts.errors import KairosError
@@ -32,6 +40,20 @@ class RegistryUnavailable(KairosError):
     """The MLflow tracking server could not be reached or answered an error; the watcher retries."""
 
 
+@dataclass
+class _Response:
+    status_code: int
+    content: bytes
+    content_type: str
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
 class RegistryRest:
     """REST access to one `mlflow server` (http/https tracking URI)."""
 
@@ -42,18 +64,35 @@ class RegistryRest:
                 "start `mlflow server` and pass its URL (or serve a bundle directory with --bundle)"
             )
         self.base = tracking_uri.rstrip("/")
-        self._http = httpx.Client(base_url=self.base, timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self._tls: ssl.SSLContext | None = None  # built on the first https request only
 
     def close(self) -> None:
-        self._http.close()
+        pass  # no pooled connections: one per request (a few GETs every poll interval)
 
-    def _get(self, path: str, params: dict | None = None) -> httpx.Response:
+    def _open(self, path: str, params: dict | None = None) -> Any:
+        """The response of GET `path` (status >= 400 included: urllib raises those, they are returned);
+        RegistryUnavailable when the server cannot be reached."""
+        url = f"{self.base}{path}" + (f"?{urlencode(params)}" if params else "")
+        if url.startswith("https://") and self._tls is None:
+            self._tls = ssl.create_default_context()
         try:
-            return self._http.get(path, params=params)
-        except httpx.HTTPError as e:
+            return urllib.request.urlopen(url, timeout=self.timeout_s, context=self._tls)
+        except urllib.error.HTTPError as e:
+            return e  # a file-like response with .status and .headers
+        except (OSError, ValueError) as e:  # URLError, timeouts, refused/reset connections, bad URLs
             raise RegistryUnavailable(
                 f"MLflow server {self.base} unreachable ({type(e).__name__}: {e})"
             ) from None
+
+    def _get(self, path: str, params: dict | None = None) -> _Response:
+        r = self._open(path, params)
+        try:
+            with r:
+                body = r.read()
+        except OSError as e:
+            raise RegistryUnavailable(f"GET {path} failed while reading ({type(e).__name__}: {e})") from None
+        return _Response(r.status, body, r.headers.get("content-type", ""))
 
     def _json(self, path: str, params: dict | None = None) -> dict:
         r = self._get(path, params)
@@ -65,7 +104,7 @@ class RegistryRest:
         """The model version dict holding `alias`, or None when the alias (or model) does not exist."""
         r = self._get(f"{API}/registered-models/alias", {"name": name, "alias": alias})
         if r.status_code in (400, 404):
-            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            body = r.json() if r.content_type.startswith("application/json") else {}
             if body.get("error_code") in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
                 return None
         if r.status_code != 200:
@@ -129,18 +168,19 @@ class RegistryRest:
         return {Path(f["path"]).name: bool(f.get("is_dir")) for f in body.get("files", [])}
 
     def _download(self, path: str, out: Path) -> None:
+        r = self._open(f"{ARTIFACTS}/{quote(path)}")  # percent-encoded, as httpx did
         try:
-            with self._http.stream("GET", f"{ARTIFACTS}/{path}") as r:
-                if r.status_code != 200:
-                    raise RegistryUnavailable(f"download {path} → HTTP {r.status_code}")
+            with r:
+                if r.status != 200:
+                    raise RegistryUnavailable(f"download {path} → HTTP {r.status}")
                 size = 0
                 with open(out, "wb") as fh:
-                    for chunk in r.iter_bytes(1 << 20):
+                    while chunk := r.read(1 << 20):
                         size += len(chunk)
                         if size > MAX_FILE_BYTES:
                             raise KairosError(
                                 f"artifact {path} is larger than {MAX_FILE_BYTES} bytes; refusing it"
                             )
                         fh.write(chunk)
-        except httpx.HTTPError as e:
+        except OSError as e:  # reset or timed out mid-download
             raise RegistryUnavailable(f"download {path} failed ({type(e).__name__}: {e})") from None

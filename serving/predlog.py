@@ -65,6 +65,20 @@ YIELD_EVERY, YIELD_S = 8, 200e-6  # the writer sleeps 200 µs after every 8 reco
 Record = dict[str, Any] | Callable[[], dict[str, Any]]  # a record, or a builder run on the writer
 
 
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory (its entries: files created in it); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class PredictionLog:
     """Batched, fsynced JSONL writer on a daemon thread. `start()` it, `append()` records, `close()` it."""
 
@@ -108,13 +122,38 @@ class PredictionLog:
             self._wake.set()
         return True
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Flush everything queued so far and stop the writer."""
-        if self._thread is not None and self._thread.is_alive():
+    def close(self, timeout: float = 60.0) -> None:
+        """Write and fsync every record queued so far, then stop the writer (graceful shutdown).
+
+        The writer drains the queue without yielding (~15 µs a record: 100,000 queued records take
+        ~2 s); records appended while it exits are written here, on the caller's thread. Then the log's
+        directories are fsynced, so that files created since start-up survive a power loss too. Only a
+        writer still busy after `timeout` seconds (a hung disk) leaves records unwritten: logged."""
+        t = self._thread
+        if t is not None and t.is_alive():
             self._stop = True
             self._wake.set()
-            self._thread.join(timeout)
+            t.join(timeout)
+            if t.is_alive():
+                logging.getLogger("kairos.serving").error(
+                    "prediction log: the writer is still busy after %.0f s; %d records not written",
+                    timeout,
+                    len(self._q),
+                )
+                return
         self._thread = None
+        if self._q:  # appended after the writer's last look at the queue
+            try:
+                self._write(self._take(len(self._q)))
+            except (OSError, ValueError, TypeError) as e:
+                self.errors += 1
+                logging.getLogger("kairos.serving").error("prediction log write failed: %s", e)
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
+        if self.directory.is_dir():
+            for d in [self.directory, *(p for p in self.directory.iterdir() if p.is_dir())]:
+                _fsync_dir(d)
 
     @property
     def pending(self) -> int:

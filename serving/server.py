@@ -5,13 +5,21 @@
 
 `flows/cli/serve.py` mounts it as `kairos serve`; also runnable as `python -m serving.server ...`.
 This module imports neither mlflow, torch nor great_expectations.
+
+API keys: `KAIROS_API_KEYS` / `api.auth` of the config (`serving/auth.py`). SIGTERM or Ctrl-C stops
+gracefully: uvicorn closes the listening socket, lets the requests in flight finish (at most
+`api.shutdown_timeout_s`), then the lifespan shutdown writes and fsyncs every queued prediction record;
+the process then exits with status 0.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -75,22 +83,52 @@ def serve(
     import uvicorn
 
     from serving.app import create_app
+    from serving.auth import load_keyring, redact_secrets_in_logs
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_serving_config(config)
+        keys = load_keyring(cfg.api.auth, os.environ)  # before loading models: a bad key fails fast
         state = build_state(cfg, model or [], bundle or [], challenger_bundle, tracking_uri)
     except KairosError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    uvicorn.run(
-        create_app(state),
+    config_ = uvicorn.Config(
+        create_app(state, keys),
         host=host,
         port=port,
         log_level=log_level,
         access_log=False,
+        timeout_graceful_shutdown=cfg.api.shutdown_timeout_s,
         **uvicorn_impl(),
     )
+    redact_secrets_in_logs()  # after uvicorn.Config: it installs its log handlers
+    run_until_signal(uvicorn.Server(config_))
+
+
+def run_until_signal(server: Any) -> None:
+    """Run a `uvicorn.Server` until SIGTERM/SIGINT, then return (exit status 0) after its graceful shutdown.
+
+    uvicorn handles the signal (stop accepting, finish in-flight requests, lifespan shutdown: the
+    prediction log is written and fsynced), then raises it again with the handler that was installed
+    before it ran, so that the default action still happens: for SIGTERM that kills the process (status
+    -15, or 143 from a shell) after a clean stop, for SIGINT a KeyboardInterrupt. The handler installed
+    here turns that second delivery into a plain return; a signal that arrives before uvicorn took over
+    still stops the process (status 128 + signal number).
+    """
+
+    def after_uvicorn(sig: int, frame: Any) -> None:
+        if not server.should_exit:  # uvicorn is not running yet: nothing to drain
+            raise SystemExit(128 + sig)
+
+    previous = {sig: signal.signal(sig, after_uvicorn) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:  # start-up failed (port in use, lifespan error): uvicorn logged why
+        sys.exit(3)
 
 
 def uvicorn_impl() -> dict[str, str]:

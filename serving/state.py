@@ -71,11 +71,19 @@ class ServingState:
         return self
 
     def close(self) -> None:
+        """Stop the watchers and the alert hub, then write and fsync every queued prediction record (the
+        lifespan shutdown: after uvicorn has let the requests in flight finish)."""
         for w in self.watchers:
             w.stop()
         self.alerts.close()
         if self.log is not None:
             self.log.close()
+            log.info(
+                "prediction log closed: %d records written, %d dropped (queue full), %d write errors",
+                self.log.written,
+                self.log.dropped,
+                self.log.errors,
+            )
 
     # ---- slots ---------------------------------------------------------------------------------
     def slot(self, name: str) -> ModelSlot:

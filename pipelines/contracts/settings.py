@@ -1,31 +1,50 @@
-"""Process settings from the environment (pydantic-settings), behind a cached getter.
+"""Process settings from the environment, behind a cached getter.
 
 `KAIROS_HOME` is the state directory (store, quarantine, data docs, MLflow, Optuna). MLflow's own
-`MLFLOW_TRACKING_URI` is honoured; by default it is a SQLite file inside `KAIROS_HOME`.
+`MLFLOW_TRACKING_URI` is honoured; by default it is a SQLite file inside `KAIROS_HOME`. `KAIROS_CONFIGS_DIR`
+is the directory of YAML configs. Variable names are matched case-insensitively.
+
+A pydantic model read from `os.environ` by `Settings.from_env` (what pydantic-settings did for these three
+variables): the serving process reads its settings too, and pydantic-settings' import (its sources for
+CLI, dotenv, cloud secret stores, ...) costs it ~1.3 MB resident (benchmarks/bench_serving.py).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+# field → environment variable (lower case; matched case-insensitively)
+ENV = {
+    "home": "kairos_home",
+    "mlflow_tracking_uri": "mlflow_tracking_uri",
+    "configs_dir": "kairos_configs_dir",
+}
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KAIROS_", extra="ignore")
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
     home: Path = Field(default=Path(".kairos"), description="State directory (KAIROS_HOME).")
+    # MLFLOW_TRACKING_URI (MLflow's own variable, no KAIROS_ prefix)
     mlflow_tracking_uri: str | None = Field(
         default=None,
-        validation_alias="MLFLOW_TRACKING_URI",
         description="MLflow tracking URI; default sqlite:///$KAIROS_HOME/mlflow.db.",
     )
     configs_dir: Path = Field(
         default=Path(__file__).resolve().parents[2] / "configs",
         description="Directory of YAML configs (KAIROS_CONFIGS_DIR).",
     )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings given by `env` (default `os.environ`); unset variables keep the defaults."""
+        lower = {k.lower(): v for k, v in (os.environ if env is None else env).items()}
+        return cls(**{f: lower[v] for f, v in ENV.items() if v in lower})
 
     @property
     def home_abs(self) -> Path:
@@ -61,4 +80,4 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Settings read once per process; tests call `get_settings.cache_clear()` after monkeypatching env."""
-    return Settings()
+    return Settings.from_env()
