@@ -74,6 +74,9 @@ class Manifest:
     created_at: str
     synthetic: bool = False  # trained on synthetic data (labelled everywhere it appears)
     extra: dict[str, Any] = field(default_factory=dict)
+    # pipelines.contracts.profile.ReferenceProfile.to_dict(): the training distribution of every input
+    # feature and output with the calibrated drift alarm; None in bundles written before it existed
+    reference_profile: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -89,6 +92,12 @@ class Manifest:
     @property
     def sequence_length(self) -> int | None:
         return self.input.shape[1] if len(self.input.shape) == 3 else None
+
+    def profile(self):
+        """The reference profile (`pipelines.contracts.profile.ReferenceProfile`), or None if not recorded."""
+        from pipelines.contracts.profile import ReferenceProfile
+
+        return None if self.reference_profile is None else ReferenceProfile.from_dict(self.reference_profile)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
