@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.servers"]  # the `mlflow_server` fixture
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.postgres"]  # `mlflow_server`, `postgres_server`
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -1,114 +1,17 @@
 """Two tuning worker processes share one study on a real PostgreSQL server (Debian packages).
 
-The test starts its own throw-away cluster: initdb/pg_ctl run as the `postgres` user (PostgreSQL
-refuses root) on a data directory in /tmp owned by that user, listening on a free 127.0.0.1 port
-with trust auth. Skipped only when `initdb` is not installed (`.ci/run` installs it).
+The server is the session's throw-away cluster (tests/fixtures/postgres.py).
 """
 
 from __future__ import annotations
 
-import getpass
-import glob
 import json
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import optuna
-import pytest
 
 from tests.flows.test_tune import FINISHED, SPACE, synthetic_candles, tuning_configs, worker_env
-
-INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; as any other user it runs as that user.
-    if getpass.getuser() != "root":
-        return cmd
-    # runuser lives in /usr/sbin, which a minimal PATH (cron, CI) may lack
-    runuser = shutil.which("runuser") or next(
-        (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if os.path.exists(p)), "runuser"
-    )
-    return [runuser, "-u", "postgres", "--", *cmd]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    if not INITDB:
-        pytest.skip(
-            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); "
-            "apt-get install postgresql, as .ci/run does"
-        )
-    bin_dir = Path(INITDB[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="kairos-pg-", dir="/tmp"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    if getpass.getuser() == "root":
-        shutil.chown(root, "postgres", "postgres")
-        shutil.chown(sock, "postgres", "postgres")
-    port = _free_port()
-    run = dict(check=True, capture_output=True, text=True, timeout=120)
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ]
-        ),
-        **run,
-    )
-    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                opts,
-                "-l",
-                str(root / "log"),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        ),
-        **run,
-    )
-    try:
-        import psycopg2
-
-        con = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        con.autocommit = True
-        con.cursor().execute("CREATE DATABASE optuna_test")
-        con.close()
-        yield f"postgresql://postgres@127.0.0.1:{port}/optuna_test"
-    finally:
-        subprocess.run(
-            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-            capture_output=True,
-            timeout=60,
-        )
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_workers_share_one_study_on_postgres(postgres_url, tmp_path):
