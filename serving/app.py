@@ -497,8 +497,10 @@ def create_app(state: ServingState, keys: KeyRing | None = None) -> FastAPI:
         return {"models": state.describe(), "ready": state.ready}
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, Any]:
+        """Alive; per served model and arm: version, last prediction (UTC ISO), drift status ("ok" |
+        "drift" | "warming up (n/window rows)" | "no reference profile" | ...)."""
+        return {"status": "ok", "models": state.health()}
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:

@@ -3,7 +3,8 @@
 Each part is handed only to the component that needs it: `RuntimeConfig` to the onnxruntime session
 factory, `RoutingConfig` to the router, `WatcherConfig` to the MLflow watcher, `PredLogConfig` to the
 prediction-log writer, `ApiConfig` to the FastAPI app (its `auth` part to `serving.auth`), `AlertsConfig`
-to the alert hub, `universes` to the predictors of universe models.
+to the alert hub, `universes` to the predictors of universe models, `MonitoringConfig` to the predictors
+(drift, live accuracy) and the metrics (latency budget).
 """
 
 from __future__ import annotations
@@ -139,6 +140,16 @@ class AlertsConfig(_Frozen):
         return v
 
 
+class MonitoringConfig(_Frozen):
+    """What serving watches of each loaded version (serving/drift.py, serving/live.py; /metrics, /healthz)."""
+
+    # a served prediction slower than this (features + model, µs) counts in
+    # kairos_latency_budget_violations_total{model}; sequence models take ~3 ms a candle
+    latency_budget_us: float = Field(1000.0, ge=0)
+    drift: bool = True  # online drift against the bundle's reference profile (bundles without one: none)
+    live_accuracy: bool = True  # rolling 24 h direction accuracy of signed (returns-like) predictions
+
+
 class ServingConfig(_Frozen):
     runtime: RuntimeConfig = RuntimeConfig()
     routing: RoutingConfig = RoutingConfig()
@@ -147,6 +158,7 @@ class ServingConfig(_Frozen):
     api: ApiConfig = ApiConfig()
     alerts: AlertsConfig = AlertsConfig()
     universes: dict[str, UniverseConfig] = Field(default_factory=dict)  # universe name → additions
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")
     def _cpu_last(self) -> ServingConfig:

@@ -16,16 +16,19 @@
 | kairos_alert_subscribers                 | gauge     | - (open /v1/alerts connections) |
 | kairos_requests_rejected_total           | counter   | reason: overload (429), unauthenticated (401), forbidden (403) |
 | kairos_requests_in_flight                | gauge     | - (HTTP requests admitted, not yet answered; probes excluded) |
+| kairos_latency_budget_violations_total   | counter   | model (served predictions slower than monitoring.latency_budget_us) |
+| kairos_drift_*, kairos_live_*, kairos_last_prediction_timestamp_seconds | gauge | model, version, ... (serving/live.py) |
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
+    from serving.live import ModelWatch
     from serving.predictor import Prediction
     from serving.predlog import PredictionLog
 
@@ -34,8 +37,17 @@ LATENCY_BUCKETS = (2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0
 
 
 class ServingMetrics:
-    def __init__(self) -> None:
+    """`latency_budget_us`: served predictions slower than this count as budget violations (None: none)."""
+
+    def __init__(self, latency_budget_us: float | None = None) -> None:
         self.registry = r = CollectorRegistry()
+        self.latency_budget_us = float("inf") if latency_budget_us is None else float(latency_budget_us)
+        self.budget_violations = Counter(
+            "kairos_latency_budget_violations",
+            "Served predictions slower than monitoring.latency_budget_us (features + model)",
+            ["model"],
+            registry=r,
+        )
         self.latency = Histogram(
             "kairos_prediction_latency_seconds",
             "Features + model time per prediction",
@@ -65,7 +77,8 @@ class ServingMetrics:
         self._log_dropped = Gauge(
             "kairos_prediction_log_dropped", "Prediction records dropped (queue full)", registry=r
         )
-        self._children: dict[tuple, tuple] = {}  # (model, version, arm, served) → (latency, counter) children
+        # (model, version, arm, served) → (latency, counter, budget violations) children
+        self._children: dict[tuple, tuple] = {}
         self.alerts = Counter("kairos_alerts", "Alerts raised", ["model", "level"], registry=r)
         self.alerts_dropped = Counter(
             "kairos_alerts_dropped",
@@ -107,9 +120,12 @@ class ServingMetrics:
             children = self._children[key] = (
                 self.latency.labels(p.model, p.version, p.arm),
                 self.predictions.labels(p.model, p.version, p.arm, "true" if served else "false"),
+                self.budget_violations.labels(p.model),
             )
         children[0].observe(p.latency_us / 1e6)
         children[1].inc()
+        if served and p.latency_us > self.latency_budget_us:
+            children[2].inc()
 
     def reject(self, reason: str) -> None:
         self._rejected[reason].inc()
@@ -120,10 +136,17 @@ class ServingMetrics:
     def alert(self, model: str, level: int) -> None:
         self.alerts.labels(model, str(level)).inc()
 
+    def watch_models(self, watches: Callable[[], Iterable[ModelWatch]]) -> None:
+        """Export the loaded versions' drift, live accuracy and last prediction (read at scrape time)."""
+        from serving.live import MonitoringCollector
+
+        self.registry.register(MonitoringCollector(watches))
+
     def loaded(self, model: str, alias: str, version: str, ok: bool) -> None:
         self.reloads.labels(model, alias, "ok" if ok else "failed").inc()
         if ok:
             self.version.labels(model, alias).set(float(version) if version.isdigit() else 0.0)
+            self.budget_violations.labels(model)  # exported at 0 from the load
         self.failed.labels(model, alias).set(0.0 if ok else 1.0)
 
     def unloaded(self, model: str, alias: str) -> None:

@@ -23,6 +23,11 @@ Batches: `update_many([(symbol, candles), ...])` pushes several symbols' candles
 stacked rows (a universe model's symbols share its models); each item's answer and log records are those
 `update` gives.
 
+Monitoring: every prediction an arm makes on a candle (served or shadow; streamed, batched or a
+/v1/predict window) goes to its version's `ModelWatch` (serving/live.py), built with the version and
+dropped with it: last prediction time, online drift against the bundle's reference profile
+(serving/drift.py, ~1-2 µs a candle), live accuracy bookkeeping (one append).
+
 Re-sync: an out-of-order, duplicate or gapped candle raises `pipelines.contracts.errors.StreamError` and leaves
 the state unchanged; the client either sends the missing candles or calls `reset()` and pushes a
 fresh history (the feature set's warm-up length) before predictions resume.
@@ -48,7 +53,8 @@ import numpy as np
 
 from pipelines.contracts.errors import KairosError, StreamError
 from pipelines.contracts.schema import interval_ms
-from serving.config import RoutingConfig, UniverseConfig
+from serving.config import MonitoringConfig, RoutingConfig, UniverseConfig
+from serving.live import ModelWatch
 from serving.predlog import SCHEMA_VERSION, PredictionLog, iso_from_epoch
 from serving.router import Route, Router
 from serving.runtime import LoadedModel
@@ -212,6 +218,7 @@ class Predictor:
         universes: `configs/serving.yaml` universes (symbols added to a universe model).
         alert_sink: called with each alert event (a dict, see `alert_event`); must not block.
         alert_min_level: the threat level from which a champion prediction raises an alert.
+        monitoring: per-version drift and live accuracy (`ModelWatch`, built with each version).
     """
 
     def __init__(
@@ -225,6 +232,7 @@ class Predictor:
         universes: Mapping[str, UniverseConfig] | None = None,
         alert_sink: Callable[[dict[str, Any]], None] | None = None,
         alert_min_level: int = 2,
+        monitoring: MonitoringConfig | None = None,
     ):
         m = champion.manifest
         self.name, self.symbol, self.interval = m.model_name, m.symbol, m.interval
@@ -243,6 +251,9 @@ class Predictor:
         self._last_alert: dict[str, int] = {}  # symbol → open_time of the newest candle that alerted
         self._streams: dict[str, _Stream] = {}
         self._arms: dict[str, LoadedModel] = {}
+        self.monitoring = monitoring or MonitoringConfig()
+        # id(loaded model) → its watch: a request holding the arms of before a swap still finds its own
+        self._watches: dict[int, ModelWatch] = {}
         self.set_model("champion", champion)
         if challenger is not None:
             self.set_model("challenger", challenger)
@@ -277,6 +288,7 @@ class Predictor:
                 raise ValueError("the champion cannot be removed")
             with self._swap_lock:
                 self._arms = {k: v for k, v in self._arms.items() if k != arm}
+                self._drop_watches()
             return
         m = model.manifest
         if (m.symbol, m.interval) != (self.symbol, self.interval):
@@ -304,7 +316,39 @@ class Predictor:
                     for mdl in models:
                         self._ensure_state(st, mdl)
             self._streams = streams
+            if id(model) not in self._watches:  # a new version starts fresh drift and live buffers
+                watch = ModelWatch(
+                    model,
+                    self._history_of,
+                    self.interval_ms,
+                    drift=self.monitoring.drift,
+                    live_accuracy=self.monitoring.live_accuracy,
+                )
+                self._watches = {**self._watches, id(model): watch}
             self._arms = arms  # the atomic swap
+            self._drop_watches()
+
+    def _drop_watches(self) -> None:
+        """Forget the watches of versions no longer loaded (caller holds the swap lock)."""
+        live = {id(m) for m in self._arms.values()}
+        if set(self._watches) - live:
+            self._watches = {k: w for k, w in self._watches.items() if k in live}
+
+    def watches(self) -> list[tuple[str, ModelWatch]]:
+        """(arm, watch) of each loaded version, champion first."""
+        watches = self._watches
+        return [(arm, watches[id(m)]) for arm, m in self._arms.items() if id(m) in watches]
+
+    def _history_of(self, symbol: str) -> list[Mapping[str, Any]]:
+        """The stream's consecutive candles, oldest first ([] when the symbol is not served): one copy of
+        the deque, atomic under the GIL, so no stream lock is taken (a caller may hold one)."""
+        stream = self._streams.get(symbol)
+        return [] if stream is None else list(stream.history)
+
+    def _watch(self, model: LoadedModel, x: np.ndarray, p: Prediction) -> None:
+        w = self._watches.get(id(model))
+        if w is not None:
+            w.observe(x, p)
 
     def _ensure_state(self, stream: _Stream, model: LoadedModel) -> FeatureState:
         fs = model.manifest.feature_set
@@ -385,6 +429,7 @@ class Predictor:
             x = st.row if served.rank == 2 else st.model_input(served.rank)
             t_feat = time.perf_counter_ns()
             pred = self._score(served, route.served, x, candle["open_time"], t0, request_id, symbol)
+            self._watch(served, x, pred)  # under the lock: x is a view of the stream's feature row
             shadow = None
             if route.shadow is not None:
                 other = arms[route.shadow]
@@ -401,6 +446,7 @@ class Predictor:
                         pred.request_id,
                         symbol,
                     )
+                    self._watch(other, x2, shadow)
             champ = arms["champion"]
             if champ.raises_alerts:
                 source = pred
@@ -528,6 +574,10 @@ class Predictor:
             except InputError as e:
                 answers[i] = (None, accepted, e)
                 continue
+            for purpose, p_ in (("served", pred), ("shadow", shadow)):
+                if p_ is not None:
+                    arm, j = at[(i, purpose)]
+                    self._watch(arms[arm], rows[arm][j], p_)  # the row copied under the stream's lock
             alert = None
             if champ.raises_alerts:
                 source: Prediction | None = pred
@@ -620,12 +670,14 @@ class Predictor:
                 alert = self._alert(source)
                 if alert is not None:
                     pred = replace(pred, alert=alert[0])
+        self._watch(served, st.model_input(served.rank), pred)  # a candle counted once per version
         self._log(pred, True, key)
         if route.shadow is not None:
             other = arms[route.shadow]
             x2 = states[other.state_key].model_input(other.rank)
             t1 = time.perf_counter_ns()
             shadow = self._score(other, route.shadow, x2, last, t1 - (t_feat - t0), pred.request_id, symbol)
+            self._watch(other, x2, shadow)
             self._log(shadow, False, key)
         if alert is not None:
             self._emit(alert[1])

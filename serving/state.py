@@ -44,7 +44,8 @@ class ServingState:
     def __init__(self, cfg: ServingConfig, predlog_dir: Path | None = None):
         self.cfg = cfg
         self.slots: dict[str, ModelSlot] = {}
-        self.metrics = ServingMetrics()
+        self.metrics = ServingMetrics(cfg.monitoring.latency_budget_us)
+        self.metrics.watch_models(lambda: (w for _, _, w in self.watches()))
         self.log: PredictionLog | None = None
         if cfg.prediction_log.enabled:
             d = predlog_dir or cfg.prediction_log.directory
@@ -123,6 +124,7 @@ class ServingState:
                     universes=self.cfg.universes,
                     alert_sink=self.alerts.emit,
                     alert_min_level=self.cfg.alerts.min_level,
+                    monitoring=self.cfg.monitoring,
                 )
             else:
                 slot.predictor.set_model(alias, model)
@@ -148,6 +150,22 @@ class ServingState:
         model = load_model(bundle_dir, self.cfg.runtime, version=version)
         self.install(model.name, alias, model)
         return model
+
+    def watches(self) -> list[tuple[str, str, Any]]:
+        """(model, arm, ModelWatch) of every loaded version (serving/live.py)."""
+        return [
+            (s.name, arm, w)
+            for s in list(self.slots.values())
+            if s.predictor is not None
+            for arm, w in s.predictor.watches()
+        ]
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """/healthz per model: per loaded arm its version, last prediction time (UTC ISO) and drift status."""
+        out: dict[str, dict[str, Any]] = {s.name: {} for s in list(self.slots.values())}
+        for name, arm, w in self.watches():
+            out[name][arm] = w.health()
+        return out
 
     def describe(self) -> list[dict[str, Any]]:
         """/v1/models: per model, the loaded arms, what the registry says, and load errors."""

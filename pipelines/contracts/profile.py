@@ -145,3 +145,30 @@ def ks_binned(ref_shares: np.ndarray | list[float], live_counts: np.ndarray) -> 
 
 
 STATISTICS = {"psi": psi, "ks": ks_binned}
+
+
+# Row-wise forms of the statistics for many windows at once (replays, calibration): counts (E, B) →
+# (E,), the same formulas as `psi` / `ks_binned` (rows with no live values give NaN).
+def psi_rows(ref_shares: np.ndarray | list[float], counts: np.ndarray) -> np.ndarray:
+    """PSI of each row of `counts` (E, B) against the reference shares (B,)."""
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.maximum(c / total, PSI_FLOOR)
+    q = np.maximum(np.asarray(ref_shares, dtype=np.float64), PSI_FLOOR)
+    out = np.sum((p - q) * np.log(p / q), axis=1)
+    return np.where(total[:, 0] > 0, out, np.nan)
+
+
+def ks_rows(ref_shares: np.ndarray | list[float], counts: np.ndarray) -> np.ndarray:
+    """Binned KS statistic of each row of `counts` (E, B) against the reference shares (B,)."""
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.max(
+            np.abs(np.cumsum(c / total, axis=1) - np.cumsum(np.asarray(ref_shares, np.float64))), axis=1
+        )
+    return np.where(total[:, 0] > 0, out, np.nan)
+
+
+STATISTICS_ROWS = {"psi": psi_rows, "ks": ks_rows}
