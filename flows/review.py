@@ -38,9 +38,20 @@ def default_predlog_dir(rt: Runtime) -> Path:
 
 @task(name="read-prediction-log", **IO)
 def read_log(predlog_dir: str, name: str) -> pd.DataFrame:
-    from pipelines.contracts.predlog import read_prediction_log
+    """The model's whole log; only records appended since the last review are parsed (the rest come from
+    the columnar copies next to the log: `pipelines.review.watermark`)."""
+    from prefect import get_run_logger
 
-    return read_prediction_log(Path(predlog_dir), name)
+    from pipelines.review.watermark import read_log_incremental
+
+    read = read_log_incremental(Path(predlog_dir), name)
+    get_run_logger().info(
+        "prediction log of %s: %d new records parsed, %d from the cache",
+        name,
+        read.records_parsed,
+        read.records_cached,
+    )
+    return read.log
 
 
 @task(name="registry-state", **IO)
@@ -70,6 +81,19 @@ def candles_with_minutes(store, symbols, interval: str, start: pd.Timestamp, end
         frames.append(c.merge(m, on="open_time", how="left") if len(m) else c)
         last[sym] = store.last_open_time(sym, interval)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), last
+
+
+def log_outcomes(log: pd.DataFrame, store, task_, now: pd.Timestamp | None = None):
+    """Records of the prediction log joined with their realised outcomes from the candle store: the one
+    join `kairos history` and the monitor's live performance share (the review runs the same steps as
+    Prefect tasks). `log` holds one model's records (non-empty); returns `pipelines.review.outcomes.Outcomes`."""
+    from pipelines.review.outcomes import join_outcomes, log_time_range
+
+    interval = str(log["interval"].iloc[0])
+    start, end = log_time_range(log, interval, task_.outcome_lookback)
+    symbols = sorted(set(log["symbol"].astype(str)))
+    candles, last = candles_with_minutes(store, symbols, interval, start, end)
+    return join_outcomes(log, candles, interval=interval, now=now, store_last=last, task=task_)
 
 
 @task(name="load-outcome-candles", **IO)
@@ -129,6 +153,43 @@ def statistics(
             out.skipped[h] = str(e)
     out.arms = {h: a for h, a in out.arms.items() if h in out.results}  # plot only what was tested
     return out
+
+
+@task(name="baseline-gate", **PURE)
+def baseline_gate(
+    resolved: pd.DataFrame,
+    log: pd.DataFrame,
+    candles: pd.DataFrame,
+    challenger: str,
+    horizon: int,
+    alpha: float,
+    task_name: str = "returns",
+):
+    """The best naive baseline against the challenger on its reviewed rows (gate b): ((name, PairedTest) or
+    None, why None)."""
+    from pipelines.review.gates import best_baseline_test, review_baseline_losses
+    from pipelines.tasks import TaskError
+
+    task_ = Runtime.from_env().task(task_name)
+    try:
+        loss, base = review_baseline_losses(
+            resolved, log, candles, task=task_, challenger_version=challenger, horizon=horizon
+        )
+    except TaskError as e:
+        return None, str(e)
+    best = best_baseline_test(task_, loss, base, horizon=horizon, alpha=alpha)
+    return best, "" if best else f"no resolved challenger rows with a baseline forecast at h{horizon}"
+
+
+@task(name="record-review-decision", **IO)
+def record_decision(name: str, champion: str, challenger: str, decision, run_id: str, actor: str) -> str:
+    """Record the review's decision, promoted or not, on the challenger version and in the decision history."""
+    from registry.decisions import record
+
+    facts = {**decision.record(), "review_run": run_id}
+    client = Runtime.from_env().mlflow
+    rec = record(client, name, challenger, facts, source="review", champion_version=champion, actor=actor)
+    return rec.record_id
 
 
 @task(name="write-review-report", **PURE)
@@ -270,7 +331,8 @@ def ab_review(
         if len(log)
         else log
     )
-    lookback = rt.task(task_name).outcome_lookback
+    # the outcomes read `outcome_lookback` candles before a request; the naive baselines `warmup`
+    lookback = max(rt.task(task_name).outcome_lookback, rt.task(task_name).warmup)
     span = log_time_range(pair, str(pair["interval"].iloc[0]), lookback) if len(pair) else None
     if span is None:
         decision = decide_review(policy, None, loss=loss)
@@ -284,7 +346,14 @@ def ab_review(
     stats = statistics(
         oc.resolved, champ, chall, horizons, looks, fee_bps, policy.alpha, policy.min_samples, task_name
     )
-    decision = decide_review(policy, stats.results.get(policy.horizon), loss=loss)
+    vs_base, base_note = (None, "")
+    if policy.require_beats_baselines and policy.horizon in stats.results:
+        vs_base, base_note = baseline_gate(
+            oc.resolved, pair, candles, chall, policy.horizon, policy.alpha, task_name
+        )
+    decision = decide_review(
+        policy, stats.results.get(policy.horizon), loss=loss, baseline=vs_base, baseline_note=base_note
+    )
     out_dir = rt.settings.home_abs / "reviews" / model / clock.strftime("%Y%m%dT%H%M%SZ")
     rep = report(
         str(out_dir),
@@ -299,6 +368,8 @@ def ab_review(
         task_name,
     )
     run_id = log_to_mlflow(model, champ, chall, review_ms, str(out_dir), stats, decision, oc.counts())
+    if decision.verdict != "no experiment":  # every decision on a real comparison is recorded
+        record_decision(model, champ, chall, decision, run_id, actor)
     moves = apply(model, chall, decision, run_id, actor) if (decision.promote and apply_decision) else []
     return {
         **base,
@@ -342,7 +413,6 @@ def served_history(
         One row per champion interval (columns `pipelines.review.served.COLUMNS`).
     """
     from pipelines.contracts.predlog import read_prediction_log
-    from pipelines.review.outcomes import join_outcomes, log_time_range
     from pipelines.review.served import served_table
     from pipelines.tasks import task_of_model
     from registry.history import served_intervals
@@ -356,10 +426,6 @@ def served_history(
     log = log[log["arm"] == CHAMPION] if len(log) else log
     resolved = None
     if len(log):
-        interval = str(log["interval"].iloc[0])
-        store = store if store is not None else rt.store()
-        start, end = log_time_range(log, interval, task_.outcome_lookback)
-        symbols = sorted(set(log["symbol"].astype(str)))
-        candles, _ = candles_with_minutes(store, symbols, interval, start, end)
-        resolved = join_outcomes(log, candles, interval=interval, now=now, task=task_).resolved
+        oc = log_outcomes(log, store if store is not None else rt.store(), task_, now)
+        resolved = oc.resolved
     return served_table(intervals, log, resolved, horizon=horizon, fee_bps=fee_bps, task=task_)

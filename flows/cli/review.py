@@ -73,12 +73,80 @@ def rollback(
     console.print(f"rolled back: {move.describe()}", highlight=False, soft_wrap=True)
 
 
+DECISIONS_SHOWN = 20  # newest decisions `kairos history` prints (hourly reviews add one each)
+
+
+def _decision_row(rec) -> list[str]:
+    """One decision as table cells: the gate (a) test, the lift, the baseline comparison, what failed."""
+    m, p = rec.metrics, rec.params
+    pp = p.get("metric") == "accuracy" or p.get("loss") == "direction"
+
+    def num(x: float | None, signed: bool = True) -> str:
+        if x is None:
+            return "—"
+        return f"{100 * x:{'+' if signed else ''}.2f} pp" if pp else f"{x:{'+' if signed else ''}.4g}"
+
+    lift = m.get("lift", m.get("test.diff"))
+    ci = (
+        f" [{num(m['test.ci_low'])}, {num(m['test.ci_high'])}]"
+        if "test.ci_low" in m and "test.ci_high" in m
+        else ""
+    )
+    base = p.get("baseline", "none")
+    vs = "—"
+    if base != "none":
+        vs = base
+        if "baseline_test.diff" in m:
+            vs += f" {num(m['baseline_test.diff'])}"
+        if "baseline_test.p_value" in m:
+            vs += f" (p={m['baseline_test.p_value']:.2g})"
+    return [
+        f"{rec.time:%Y-%m-%d %H:%M:%S}",
+        f"v{rec.version}",
+        f"v{rec.champion_version}" if rec.champion_version else "—",
+        rec.source,
+        "[green]promote[/]" if rec.decision == "promote" else "[yellow]keep[/]",
+        f"{m['test.p_value']:.2g}" if "test.p_value" in m else "—",
+        f"{num(lift)}{ci}" if lift is not None else "—",
+        f"{int(m['rows']):,}" if "rows" in m else "—",
+        vs,
+        rec.failed_gates,
+    ]
+
+
+def _print_decisions(client, name: str) -> None:
+    """Every promotion decision about `name`, promoted or not, newest `DECISIONS_SHOWN`: a table of the
+    numbers, then each decision's reason on one unwrapped line (it is long, and grep-able)."""
+    from registry.decisions import decisions
+
+    recs = decisions(client, name)
+    older = max(0, len(recs) - DECISIONS_SHOWN)
+    title = f"promotion decisions — {name}" + (f" (newest {DECISIONS_SHOWN}; {older} older)" if older else "")
+    t = Table(title=title)
+    cols = ["time (UTC)", "version", "vs", "source", "decision", "p", "lift [CI]", "rows", "vs baseline"]
+    for col in [*cols, "failed"]:
+        t.add_column(col)
+    for rec in recs[older:]:
+        t.add_row(*_decision_row(rec))
+    if not recs:
+        t.add_row(*["—"] * 9, "no decision recorded yet")
+    console.print(t)
+    for rec in recs[older:]:
+        console.print(
+            f"  v{rec.version} [{rec.source}] {rec.decision}: {rec.reason}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+
+
 def history(
     symbol: str = typer.Option(None, "--symbol", "-s"),
     interval: str = IntervalOpt,
     model: str | None = typer.Option(None, "--model", help="Registered model name (instead of --symbol)."),
 ) -> None:
-    """Every alias move (from, to, reason, time) and which version served as champion when."""
+    """Every alias move (from, to, reason, time), every promotion decision (promoted or not, with its
+    test, lift and baseline comparison) and which version served as champion when."""
     prepare()
     with errors():
         from flows.runtime import Runtime
@@ -109,6 +177,7 @@ def history(
                 m.reason,
             )
         console.print(t)
+        _print_decisions(client, name)
         from flows.review import default_predlog_dir, served_history
         from pipelines.tasks import task_class, task_of_model
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli._common import IntervalOpt, SymbolOpt, TaskOpt, console, errors, prepare, progress
+from flows.cli._common import IntervalOpt, SymbolOpt, TaskOpt, console, errors, fail, prepare, progress
 from flows.cli.data import _print_ingest
 
 
@@ -42,13 +42,56 @@ def _print_training(out: dict) -> None:
     )
 
 
+def _print_gates(d) -> None:
+    """The promotion gates of a newest-window decision, each with its numbers (all on the same rows)."""
+    failed = set(d.failed_gates)
+    m = d.metric
+
+    def score(x: float | None) -> str:
+        return "—" if x is None else (f"{100 * x:.2f}%" if m == "accuracy" else f"{x:.5g}")
+
+    def verdict(names: set[str], reached: bool = True) -> str:
+        if not reached:
+            return "not reached"
+        return "[red]fail[/]" if failed & names else "[green]pass[/]"
+
+    t = Table(title=f"promotion gates — {d.n_rows:,} out-of-sample rows of the newest window")
+    for col in ("gate", "result", "numbers"):
+        t.add_column(col)
+    checks = {"gates", "parity", "validation", "rows"}
+    t.add_row("(c) parity + data validation", verdict(checks), ", ".join(sorted(failed & checks)) or "passed")
+    base = {"beats_baselines"}
+    if d.baseline_name or failed & base:
+        vs = f"{score(d.challenger_score)} vs {d.baseline_name or 'baseline'} {score(d.baseline_score)}"
+        if d.baseline_test is not None:
+            vs += f"; {d.baseline_test.describe()}"
+        t.add_row("(b) beats the best naive baseline", verdict(base, not failed & checks), vs)
+    if d.champion_score is None:
+        t.add_row("(a) beats the champion", "—", "first version: no champion yet")
+    else:
+        reached = not failed & (checks | base)
+        text = f"{score(d.challenger_score)} vs champion {score(d.champion_score)}"
+        if d.test is not None:
+            text += f"; {d.test.describe()}; alpha {d.alpha}"
+        t.add_row(
+            "(a) beats the champion", verdict({"significance", "min_lift", "min_samples"}, reached), text
+        )
+    console.print(t)
+
+
 def _print_decision(out: dict) -> None:
     d = out.get("decision")
     if d is None:
         console.print(f"promotion: {out.get('reason', 'nothing to decide')}")
+        first = out.get("first_version")
+        if first is not None:
+            _print_gates(first)
+            verdict = "[bold green]CHAMPION[/]" if first.promote else "[bold yellow]REFUSED[/]"
+            console.print(f"first version (recorded): {verdict} — {first.reason}", soft_wrap=True)
         return
+    _print_gates(d)
     verdict = "[bold green]PROMOTE[/]" if d.promote else "[bold yellow]KEEP CHAMPION[/]"
-    console.print(f"promotion decision: {verdict} — {d.reason}")
+    console.print(f"promotion decision: {verdict} — {d.reason}", soft_wrap=True)
 
 
 def train(
@@ -186,10 +229,23 @@ def retrain(
     path: list[Path] = typer.Option([], help="binance-files: files to ingest"),
     model: str = typer.Option("lightgbm", "--model", "-m"),
     task: str = TaskOpt,
+    symbols: str | None = typer.Option(
+        None,
+        "--symbols",
+        help="A universe (comma-separated): one run of the daily-retrain deployment per symbol on the Prefect "
+        "server's workers, then a summary (docs/scale-out.md). binance-files: each --path goes to the "
+        "symbol its file name starts with.",
+    ),
+    deployment: str = typer.Option(
+        "daily_retrain/daily-retrain", "--deployment", help="With --symbols: the deployment run per symbol."
+    ),
 ) -> None:
     """The daily loop once: ingest → validate → train → register → promote."""
     prepare()
     opts = {"days": days, "exchange": exchange, "market": market, "paths": [str(p.resolve()) for p in path]}
+    if symbols:
+        _retrain_universe(symbols, interval, source, opts, model, task, deployment)
+        return
     with errors(), progress():
         from flows.retrain import daily_retrain
 
@@ -199,26 +255,92 @@ def retrain(
     _print_decision(out["promote"])
 
 
+def _retrain_universe(
+    symbols: str, interval: str, source: str, opts: dict, model: str, task: str, deployment: str
+) -> None:
+    """`retrain --symbols`: fan out to the deployment, print one row per symbol, exit 1 if any failed."""
+    syms = [s.strip() for s in symbols.split(",") if s.strip()]
+    per_symbol = {}
+    with errors():
+        for sym in syms if opts["paths"] else ():
+            mine = [p for p in opts["paths"] if Path(p).name.startswith(f"{sym}-")]
+            if not mine:
+                raise ValueError(
+                    f"no --path file for {sym}: Binance dump names start with the symbol, e.g. {sym}-1m-2023-08.zip"
+                )
+            per_symbol[sym] = {"options": {**opts, "paths": mine}}
+        from flows.fanout import retrain_universe
+
+        out = retrain_universe(syms, interval, source, opts, model, task, per_symbol, deployment)
+    t = Table(title=f"retrain-universe: {len(syms)} symbols via {deployment}")
+    for col in ("symbol", "run", "version", "champion", "why"):
+        t.add_column(col)
+    for r in out["symbols"]:
+        champion = "yes" if r["promoted"] else "no"
+        t.add_row(r["symbol"], r["state_name"], r["version"] or "-", champion, r["why"])
+    console.print(t)
+    if out["failed"]:
+        fail(
+            f"{len(out['failed'])} of {len(syms)} symbols failed: {', '.join(out['failed'])} "
+            "(each flow run's logs in the Prefect UI say why)"
+        )
+
+
 def demo(
     days: float = typer.Option(30.0, help="Days of synthetic 1m candles for the first run."),
     symbol: str = typer.Option("SYNTHUSDT", "--symbol", "-s"),
 ) -> None:
-    """The whole loop twice on synthetic data: champion, then a challenger judged by the promotion policy."""
+    """The loop three times on synthetic data with a planted, learnable signal, judged by the promotion gates.
+
+    Run 1 trains a champion that learns the order-flow signal (`taker_buy_ratio`). Then the market changes
+    (from the next UTC day a planted rejection-wick signal: a long upper wick predicts a down move): run 2
+    ingests enough days for its newest walk-forward fold to train after the change, so its challenger has
+    a real edge and passes the gates. Run 3 adds one quiet day: its challenger differs from the champion by
+    noise only, and the gates refuse it (`pipelines.sources.synthetic.DEMO_SIGNAL`).
+    """
     prepare()
+    import math
+
+    import pandas as pd
+
     from flows.runtime import Runtime
 
     with errors():
+        from flows.cli.review import _print_decisions
         from flows.retrain import daily_retrain
+        from pipelines.sources.synthetic import DEMO_SIGNAL, SyntheticConfig
 
+        rt = Runtime.from_env()
+        wf = rt.training_config().walk_forward
+        last = rt.store().last_open_time(symbol, "1m")
+        first = (
+            pd.Timestamp(SyntheticConfig().start, tz="UTC")
+            if last is None
+            else last + pd.Timedelta(minutes=1)
+        )
+        change = (first + pd.Timedelta(days=days)).ceil("D")
+        # run 2 reaches the change day, then covers the newest fold's training and test windows after it
+        to_change = (change - first) / pd.Timedelta(days=1) - days
+        after = to_change + math.ceil((wf.train_size + wf.purge + wf.test_size) / 1440)
+        params = {**DEMO_SIGNAL, "change_from": f"{change:%Y-%m-%d}"}
+        runs = (
+            (days, "a market with a learnable order-flow signal → a champion that learns it"),
+            (after, f"the market changes on {change:%Y-%m-%d} (a planted rejection-wick signal) → "
+             "a challenger trained after it has a real edge"),
+            (1.0, "one more day, nothing changed → a challenger different by noise only"),
+        )  # fmt: skip
         console.rule("[bold]Kairos demo — SYNTHETIC data (seeded, not a real market)")
-        for run, d in ((1, days), (2, 2.0)):
+        for run, (d, story) in enumerate(runs, 1):
             console.rule(f"run {run}: ingest {d:g} day(s) → validate → train → register → promote")
+            console.print(f"[bold]{story}[/]")
             with progress():
-                out = daily_retrain(symbol, "1m", "synthetic", {"days": d}, "lightgbm")
+                out = daily_retrain(symbol, "1m", "synthetic", {"days": d, "params": params}, "lightgbm")
             _print_ingest(out["ingest"])
             _print_training(out)
             _print_decision(out["promote"])
-        s = Runtime.from_env().settings
+        console.rule("every promotion decision, promoted or not")
+        _print_decisions(rt.mlflow, out["registered"].name)
+        s = rt.settings
         console.rule("look at it")
         console.print(f"mlflow ui --backend-store-uri {s.tracking_uri} --port 5000")
         console.print(f"kairos history --symbol {symbol}")

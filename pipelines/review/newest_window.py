@@ -2,7 +2,9 @@
 
 The challenger's predictions on its newest test window are out-of-sample (walk-forward). The champion
 was trained earlier; its predictions are out-of-sample only on rows after its training window ended, so
-both are compared on exactly those rows, with the task's promotion metric.
+both are compared on exactly those rows, with the task's promotion metric (the point estimates) and a
+paired one-sided test on the task's per-row loss (`pipelines.review.gates`): challenger against champion
+(gate a) and against the best naive baseline (gate b), all on the same rows.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.review.gates import PairedTest, best_baseline_test, paired_test, row_losses
 from pipelines.tasks import Task
 from pipelines.training.walk_forward import NewestWindow
 
@@ -29,6 +32,10 @@ class WindowComparison:
     end: pd.Timestamp | None
     baseline_score: float | None = None  # the best of the task's naive baselines on the same rows
     baseline_name: str | None = None
+    # paired one-sided tests on the task's per-row loss over the same rows (None where there is no
+    # champion / no baseline): champion loss - challenger loss, and best baseline loss - challenger loss
+    test: PairedTest | None = None
+    baseline_test: PairedTest | None = None
 
 
 def compare_on_newest_window(
@@ -41,6 +48,7 @@ def compare_on_newest_window(
     task: Task,
     interval: str = "1m",
     cfg: Any = None,
+    alpha: float = 0.05,
 ) -> WindowComparison:
     """The task's promotion metric for challenger and champion at `horizon`, on the newest-window rows
     both saw out-of-sample.
@@ -54,6 +62,7 @@ def compare_on_newest_window(
         champion_train_end: last open_time of the champion's training window (rows after it are fresh).
         task: the registered model's task (its `promotion_metric` and `score`).
         interval, cfg: candle interval and `EvaluationConfig`, for metrics that need them.
+        alpha: the policy's level (`PromotionPolicy.alpha`) for the paired tests' intervals.
     """
     if horizon not in horizons:
         raise ValueError(f"policy horizon {horizon} is not among the model's horizons {horizons}")
@@ -72,7 +81,7 @@ def compare_on_newest_window(
             else float("nan")
         )
 
-    champ_score = None
+    champ_score, pred_champ = None, None
     if champion_predictions is not None:
         champ = champion_predictions.set_index("open_time")[f"h{horizon}"]
         pred_champ = champ.reindex(sel).to_numpy(dtype=float)
@@ -84,10 +93,27 @@ def compare_on_newest_window(
     keep = np.flatnonzero(mask)
     if champion_predictions is not None:
         keep = keep[both]
+    base_losses = {}
     for who, fc in newest.baselines.items():
         value = score(task.baseline_column(np.asarray(fc)[keep], j, task.promotion_metric))
         if np.isfinite(value) and (best is None or (value > best) == task.higher_is_better):
             best_name, best = who, value
+        base_losses[who] = row_losses(
+            task, task.baseline_column(np.asarray(fc)[keep], j, task.review_loss), actual
+        )
+    loss_c = row_losses(task, pred_c, actual)
+    test = (
+        paired_test(
+            row_losses(task, pred_champ, actual), loss_c, horizon=horizon, alpha=alpha, loss=task.review_loss
+        )
+        if pred_champ is not None
+        else None
+    )
+    vs_base = (
+        best_baseline_test(task, loss_c, base_losses, horizon=horizon, alpha=alpha, best=best_name)
+        if best_name is not None
+        else None
+    )
     return WindowComparison(
         horizon=horizon,
         metric=task.promotion_metric,
@@ -97,6 +123,8 @@ def compare_on_newest_window(
         champion_score=champ_score,
         baseline_score=best,
         baseline_name=best_name,
+        test=test,
+        baseline_test=vs_base[1] if vs_base else None,
         start=sel.min() if len(sel) else None,
         end=sel.max() if len(sel) else None,
     )

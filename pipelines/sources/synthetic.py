@@ -26,6 +26,15 @@ in `taker_buy_ratio`.
 Optionally (`SynthParams.reversal`, default 0.0: off, bit-identical to the series without it) a
 planted reversal effect: the mid returns follow an AR(1) with that coefficient (e.g. -0.1), the
 filter's memory truncated at one day (it reads day b-1's raw returns, hence day b-2's last flow).
+Likewise optional (`SynthParams.wick`, default 0.0: off) a planted rejection-wick signal: the next mid
+return loads on this candle's lower wick minus its upper wick (the high/low draws, in units of the
+candle's vol), which the candle's high and low show (e.g. `price_position`). The wicks are drawn
+independently of the returns, so no rule on past returns sees it; a model reading the candle's range does.
+
+A changed market (`SynthParams.change_from`, a UTC day; default None: no change): the planted reversal and
+wick signal apply only from that day (without `change_from` they apply throughout), so a model retrained
+after the change has a real edge over one trained before it (`kairos demo`). Days before it are
+bit-identical to the series without the planted effects.
 """
 
 from __future__ import annotations
@@ -73,12 +82,47 @@ class SynthParams:
     # AR(1) coefficient of consecutive mid-price returns (negative = a planted reversal effect); 0.0
     # (the default) leaves the series bit-identical to the generator without it.
     reversal: float = 0.0
+    # Loading of the next mid return on this candle's (lower wick - upper wick) / sqrt(2), wicks in units of
+    # the candle's vol (a rejection-wick signal); 0.0 (the default) leaves the series as it was.
+    wick: float = 0.0
+    # A changed market from this UTC day on (ISO date, e.g. "2024-02-01"): the reversal and wick signal
+    # apply only from it. None: they apply throughout.
+    change_from: str | None = None
 
     def __post_init__(self) -> None:
         if not -1.0 < self.reversal < 1.0:
             raise SourceError(
                 f"synthetic reversal={self.reversal!r} must lie in (-1, 1) (an AR(1) coefficient)"
             )
+        if self.change_from is not None:
+            try:
+                pd.Timestamp(self.change_from)
+            except (ValueError, TypeError):
+                raise SourceError(
+                    f"synthetic change_from={self.change_from!r} is not a date; use ISO, e.g. '2024-02-01'"
+                ) from None
+
+    def changed(self, block: int) -> bool:
+        """Whether day `block` (days since the epoch) lies in the changed market (from `change_from`)."""
+        if self.change_from is None:
+            return False
+        t = pd.Timestamp(self.change_from)
+        t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+        return block >= (t - EPOCH) // pd.Timedelta(days=1)
+
+    def reversal_on(self, block: int) -> bool:
+        """Whether the planted reversal applies on day `block`."""
+        return bool(self.reversal) and (self.change_from is None or self.changed(block))
+
+    def wick_on(self, block: int) -> float:
+        """The wick loading of day `block` (0.0 before `change_from`)."""
+        return self.wick if self.change_from is None or self.changed(block) else 0.0
+
+
+# `kairos demo`'s market: a learnable order-flow signal (the next return loads 0.2 on this candle's flow,
+# which `taker_buy_ratio` shows), and from the demo's change day a planted rejection-wick signal that a
+# model trained before the change cannot know. Pass with `change_from` (SyntheticConfig.params).
+DEMO_SIGNAL: dict[str, float] = {"flow_kappa": 0.2, "wick": 0.4}
 
 
 def is_synthetic_symbol(symbol: str) -> bool:
@@ -155,17 +199,22 @@ def _calm_vol(b: int, prev: dict, cur: dict, lvl: dict, p: SynthParams, iv_min: 
     return p.vol_1m * np.sqrt(iv_min) * np.exp(g + h - p.sv_sd**2 / 2 + p.vol_season_amp * season)
 
 
-def _raw_returns(flow_before: np.ndarray, cur: dict, calm: np.ndarray, p: SynthParams) -> np.ndarray:
-    """Mid log returns of one day before the bridge (and before any planted reversal), shape (m,).
+def _raw_returns(prev: dict, cur: dict, calm: np.ndarray, p: SynthParams, b: int) -> np.ndarray:
+    """Mid log returns of day b before the bridge (and before any planted reversal), shape (m,).
 
-    `flow_before` is the previous day's last order flow, shape (1,): the next return loads on it.
+    `prev` holds the previous day's draws: its last order flow (and, with a wick signal, its last wicks)
+    load on this day's first return.
     """
     sigma = calm * np.where(cur["burst_u"] < p.burst_prob, 2.0, 1.0)
     flow = cur["flow"]
-    flow_prev = np.concatenate([flow_before, flow[:-1]])
-    return (
-        sigma * (p.flow_rho * flow + np.sqrt(1 - p.flow_rho**2) * cur["z"]) + p.flow_kappa * sigma * flow_prev
-    )
+    flow_prev = np.concatenate([prev["flow"][-1:], flow[:-1]])
+    r = sigma * (p.flow_rho * flow + np.sqrt(1 - p.flow_rho**2) * cur["z"]) + p.flow_kappa * sigma * flow_prev
+    wick = p.wick_on(b)
+    if wick:  # lower minus upper wick of the candle before, unit variance: a long upper wick predicts down
+        lower = np.concatenate([prev["lo"][-1:], cur["lo"][:-1]])
+        upper = np.concatenate([prev["hi"][-1:], cur["hi"][:-1]])
+        r = r + wick * sigma * (lower - upper) / np.sqrt(2.0)
+    return r
 
 
 def _block_candles(
@@ -182,8 +231,8 @@ def _block_candles(
 ) -> dict[str, np.ndarray]:
     """All fields of the m candles of day b, from its draws, the previous day's and their vols.
 
-    `prev_raw` (needed only when `p.reversal` is non-zero): day b-1's `_raw_returns`, the memory of
-    the AR(1) reversal filter (truncated at one day: |reversal|^m is nil).
+    `prev_raw` (needed only when a planted reversal applies on day b): day b-1's `_raw_returns`, the
+    memory of the AR(1) reversal filter (truncated at one day: |reversal|^m is nil).
     """
     m = len(calm)
     hour = (np.arange(m) * iv_min / 60.0) % 24
@@ -193,8 +242,8 @@ def _block_candles(
     h = np.log(calm)  # log-vol incl. daily level and season: drives volume too
 
     flow = cur["flow"]
-    r = _raw_returns(prev["flow"][-1:], cur, calm, p)
-    if p.reversal:  # r_t <- r_t + reversal * r_{t-1}, the filter started a day back
+    r = _raw_returns(prev, cur, calm, p, b)
+    if p.reversal_on(b):  # r_t <- r_t + reversal * r_{t-1}, the filter started a day back
         assert prev_raw is not None, "a planted reversal needs the previous day's raw returns"
         r = lfilter([1.0], [1.0, -p.reversal], np.concatenate([prev_raw, r]))[m:]
     # Bridge: spread the gap to the day's total in proportion to variance, so day b ends at C[b+1].
@@ -290,8 +339,8 @@ def generate(
         for b in range(b_first - 1, b_last + 1)
     }
     prev_raw = {  # day b-1's raw returns, the memory of a planted reversal (unused when it is 0)
-        b: _raw_returns(draws[b - 2]["flow"][-1:], draws[b - 1], calm[b - 1], params)
-        if params.reversal
+        b: _raw_returns(draws[b - 2], draws[b - 1], calm[b - 1], params, b - 1)
+        if params.reversal_on(b)
         else None
         for b in range(b_first, b_last + 1)
     }
@@ -352,6 +401,19 @@ class SyntheticConfig(SourceConfig):
     start: datetime = Field(
         datetime(2024, 1, 1), description="first open time when nothing is stored (UTC if naive)"
     )
+    params: dict[str, float | str | None] = Field(
+        default_factory=dict,
+        description="SynthParams overrides, e.g. {flow_kappa: 0.2} (the demo plants a learnable signal); "
+        "pass the same ones on every fetch, or the series changes where they differ",
+    )
+
+    def synth_params(self) -> SynthParams:
+        """The generator knobs: the defaults with `params` applied (an unknown knob is named)."""
+        known = set(SynthParams.__dataclass_fields__)
+        unknown = sorted(set(self.params) - known)
+        if unknown:
+            raise SourceError(f"synthetic params {unknown} are not SynthParams knobs; known: {sorted(known)}")
+        return SynthParams(**self.params)
 
 
 class SyntheticSource:
@@ -373,7 +435,14 @@ class SyntheticSource:
                 f"days={self.config.days} is less than one {interval} candle; ask for more days"
             )
         start = pd.Timestamp(last_open_time) + step if last_open_time is not None else self.config.start
-        return generate(symbol, interval=interval, start=start, n=n, seed=self.config.seed)
+        return generate(
+            symbol,
+            interval=interval,
+            start=start,
+            n=n,
+            seed=self.config.seed,
+            params=self.config.synth_params(),
+        )
 
 
 SOURCE = SyntheticSource

@@ -98,13 +98,17 @@ def test_real_files_ingest_status_and_reingest(cli_env):
 
 
 @pytest.mark.slow
-def test_demo_runs_the_loop_twice(cli_env):
+def test_demo_runs_the_loop_three_times(cli_env):
+    """Run 1 a champion that learns the planted signal, run 2 a challenger with a real edge (promoted),
+    run 3 one different by noise only (refused, with its p-value); every decision in `kairos history`."""
     proc = run(["demo", "--days", "5"], cli_env, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Traceback" not in out
-    assert out.count("registered returns-SYNTHUSDT-1m version") == 2, out
-    assert "promotion decision:" in out
+    assert out.count("registered returns-SYNTHUSDT-1m version") == 3, out
+    flat = " ".join(out.split())
+    assert "promotion decision: PROMOTE" in flat and "promotion decision: KEEP CHAMPION" in flat, out
+    assert "not significant at alpha 0.05 (p=" in flat and "promotion gates" in flat
     assert "mlflow ui --backend-store-uri sqlite:///" in out
     assert "SYNTHETIC" in out
 
@@ -114,3 +118,4 @@ def test_demo_runs_the_loop_twice(cli_env):
     assert any("champion" in r and "first version" in r for r in rows), hist.stdout  # v1 → champion
     assert any("challenger" in r for r in rows), hist.stdout  # v2 → challenger
     assert "which version served as champion when" in hist.stdout
+    assert "promotion decisions" in hist.stdout and "v3 [daily] keep:" in hist.stdout  # the refused one

@@ -14,9 +14,11 @@ import pytest
 from pipelines.config import PromotionPolicy
 from pipelines.contracts.bundle import FeatureSetSpec, Manifest, OutputSpec, TensorSpec
 from pipelines.review.decision import decide
+from pipelines.review.gates import PairedTest
 from pipelines.training.metrics import direction_accuracy as _direction_accuracy
 from pipelines.training.walk_forward import NewestWindow, TrainResult
 from registry.client import CHALLENGER, CHAMPION, RegistryError
+from registry.decisions import decisions
 from registry.history import EXTERNAL_REASON, history, served_intervals, sync_external_moves
 from registry.promotion import (
     apply_decision,
@@ -28,6 +30,14 @@ from registry.promotion import (
 from registry.runs import log_training
 
 POLICY = PromotionPolicy(min_lift_pp=0.5, min_samples=500, require_beats_baselines=False)
+
+
+def paired(diff: float, p: float, n: int = 2880) -> PairedTest:
+    """A gate (a) test result as `pipelines.review.gates.paired_test` returns it (direction loss)."""
+    return PairedTest("direction", n, diff, diff - 0.01, diff + 0.01, 0.9, 2.0, p, 7, 300)
+
+
+SIGNIFICANT, NOISE = paired(0.0061, 0.01), paired(0.0061, 0.21)
 
 
 # ---------------------------------------------------------------- pure policy
@@ -43,14 +53,25 @@ def test_direction_accuracy_excludes_flat_and_unrealised_rows():
     assert flat["n"] == 0 and np.isnan(flat["accuracy"])
 
 
-def test_decide_promotes_on_enough_lift_and_says_the_numbers():
-    d = decide(POLICY, challenger_score=0.5231, champion_score=0.5170, n_rows=2880, gates={"parity": True})
-    assert d.promote and d.lift_pp == pytest.approx(0.61)
-    assert d.reason == (
-        "challenger 52.31% vs champion 51.70% on 2,880 rows of the newest window: +0.61 pp ≥ 0.50 pp"
+def test_decide_promotes_on_a_significant_lift_and_says_the_numbers():
+    args = dict(challenger_score=0.5231, champion_score=0.5170, n_rows=2880, gates={"parity": True})
+    d = decide(POLICY, test=SIGNIFICANT, **args)
+    assert d.promote and d.lift_pp == pytest.approx(0.61) and d.p_value == 0.01
+    assert d.reason.startswith(
+        "challenger 52.31% vs champion 51.70% on 2,880 rows of the newest window: +0.61 pp [90% CI -0.39, +1.61], "
+        "one-sided DM p=0.01 (n=2,880, HAC lag 7), min lift 0.50 pp: significant at alpha 0.05"
     )
+    # The issue's example: +0.62 pp on 2,880 rows is noise (p=0.21): refused, with the p-value
+    noise = decide(POLICY, test=NOISE, **args)
+    assert not noise.promote and noise.failed_gates == ("significance",)
+    assert "not significant at alpha 0.05 (p=0.21)" in noise.reason and "champion kept" in noise.reason
     exact = decide(
-        POLICY, challenger_score=0.5150, champion_score=0.5100, n_rows=2880, gates={"parity": True}
+        POLICY,
+        challenger_score=0.5150,
+        champion_score=0.5100,
+        n_rows=2880,
+        gates={"parity": True},
+        test=SIGNIFICANT,
     )
     assert exact.promote  # a lift equal to the threshold passes despite float rounding
 
@@ -58,7 +79,12 @@ def test_decide_promotes_on_enough_lift_and_says_the_numbers():
 @pytest.mark.parametrize(
     ("kwargs", "promote", "fragment"),
     [
-        (dict(challenger_score=0.5190, champion_score=0.5170), False, "+0.20 pp < 0.50 pp"),
+        (dict(challenger_score=0.5190, champion_score=0.5170), False, "lift below the minimum 0.50 pp"),
+        (
+            dict(challenger_score=0.60, champion_score=0.50, test=None),
+            False,
+            "not promoting on a point estimate",
+        ),
         (
             dict(challenger_score=0.60, champion_score=0.50, gates={"parity": False, "validation": True}),
             False,
@@ -72,18 +98,22 @@ def test_decide_promotes_on_enough_lift_and_says_the_numbers():
     ],
 )
 def test_decide_cases(kwargs, promote, fragment):
-    args = dict(n_rows=2880, gates={"parity": True}) | kwargs
+    args = dict(n_rows=2880, gates={"parity": True}, test=SIGNIFICANT) | kwargs
     d = decide(POLICY, **args)
     assert d.promote is promote and fragment in d.reason
 
 
 def test_decide_baseline_requirement():
     strict = PromotionPolicy(require_beats_baselines=True)
-    common = dict(champion_score=0.50, n_rows=2880, gates={"parity": True}, below_baselines={})
+    common = dict(
+        champion_score=0.50, n_rows=2880, gates={"parity": True}, below_baselines={}, test=SIGNIFICANT
+    )
     assert not decide(strict, challenger_score=0.52, baseline_score=0.525, **common).promote
     assert "no baseline score" in decide(strict, challenger_score=0.52, **common).reason
     ok = decide(strict, challenger_score=0.53, baseline_score=0.52, **common)
     assert ok.promote and ok.reason.endswith("; beats best baseline 52.00%")
+    named = decide(strict, challenger_score=0.53, baseline_score=0.52, baseline_name="reversal", **common)
+    assert named.reason.endswith("; beats best baseline reversal 52.00%")
     assert decide(
         POLICY, challenger_score=0.52, baseline_score=0.60, **common
     ).promote  # not required by this policy
@@ -91,7 +121,9 @@ def test_decide_baseline_requirement():
 
 def test_decide_refuses_below_the_best_rule_at_the_policy_horizon_and_names_withheld_ones():
     strict = PromotionPolicy(require_beats_baselines=True)  # policy horizon 1
-    common = dict(challenger_score=0.53, champion_score=0.50, baseline_score=0.52, n_rows=2880)
+    common = dict(
+        challenger_score=0.53, champion_score=0.50, baseline_score=0.52, n_rows=2880, test=SIGNIFICANT
+    )
     at_h1 = {1: "h1: model accuracy 0.5010 vs reversal 0.5093"}
     d = decide(strict, gates={"parity": True}, below_baselines=at_h1, **common)
     assert not d.promote and d.failed_gates == ("beats_baselines",)
@@ -202,13 +234,25 @@ def test_champion_challenger_promote_history_rollback(client):
     assert current_aliases(client, name) == {CHAMPION: "1", CHALLENGER: "2"}
 
     decision = decide(
-        POLICY, challenger_score=0.5231, champion_score=0.5170, n_rows=2880, gates={"parity": True}
+        POLICY,
+        challenger_score=0.5231,
+        champion_score=0.5170,
+        n_rows=2880,
+        gates={"parity": True},
+        test=SIGNIFICANT,
     )
     moves = apply_decision(client, second, decision, actor="retrain-flow")
     made = [(m.alias, m.from_version, m.to_version) for m in moves]
     assert made == [(CHAMPION, "1", "2"), (CHALLENGER, "2", None)]
     assert current_aliases(client, name) == {CHAMPION: "2"}  # challenger slot cleared after promotion
     assert client.get_model_version(name, "2").tags["promotion.decision"] == "promote"
+    (rec,) = decisions(client, name)  # recorded beside, not inside, the alias history
+    assert (rec.version, rec.champion_version, rec.decision, rec.reason) == (
+        "2",
+        "1",
+        "promote",
+        decision.reason,
+    )
 
     hist = history(client, name)
     assert _moves(client, name) == [
@@ -237,11 +281,27 @@ def test_keep_decision_leaves_version_as_challenger(client):
     assign_new_version(client, first, actor="flow")
     second = log_training(client, _result(2.0))
     assign_new_version(client, second, actor="flow")
-    keep = decide(POLICY, challenger_score=0.5190, champion_score=0.5170, n_rows=2880, gates={"parity": True})
-    assert apply_decision(client, second, keep, actor="flow") == []  # already challenger: nothing to record
+    keep = decide(
+        POLICY,
+        challenger_score=0.5231,
+        champion_score=0.5170,
+        n_rows=2880,
+        gates={"parity": True},
+        test=NOISE,
+    )
+    moves_before = history(client, first.name)
+    assert apply_decision(client, second, keep, actor="flow") == []  # already challenger: no alias move
     assert current_aliases(client, first.name) == {CHAMPION: "1", CHALLENGER: "2"}
+    assert history(client, first.name) == moves_before  # the alias history holds moves only
     tags = client.get_model_version(first.name, "2").tags
-    assert tags["promotion.decision"] == "keep" and "+0.20 pp < 0.50 pp" in tags["promotion.reason"]
+    assert tags["promotion.decision"] == "keep" and "p=0.21" in tags["promotion.reason"]
+    assert tags["promotion.test.p_value"] == "0.21" and tags["promotion.failed_gates"] == "significance"
+    # ... and the refused decision is in the decision history, with its numbers
+    (rec,) = decisions(client, first.name)
+    assert (rec.version, rec.champion_version, rec.source, rec.decision) == ("2", "1", "daily", "keep")
+    assert rec.metrics["test.p_value"] == 0.21 and rec.metrics["lift"] == pytest.approx(0.0061)
+    assert rec.metrics["rows"] == 2880 and rec.failed_gates == "significance" and rec.actor == "flow"
+    assert tags["promotion.record"] == rec.record_id
     with pytest.raises(RegistryError, match="no previous champion"):
         rollback(client, first.name, actor="bob")
 
