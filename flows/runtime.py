@@ -53,9 +53,10 @@ class Runtime:
         return load_promotion_policy(self.settings.configs_dir)
 
     def store(self):
-        from pipelines.store import CandleStore
+        """The configured candle store: DuckDB by default, PostgreSQL when KAIROS_STORE_URL is set."""
+        from pipelines.store import open_store
 
-        return CandleStore(self.settings.store_path)
+        return open_store(self.settings.store_location)
 
     @cached_property
     def mlflow(self):

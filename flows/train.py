@@ -9,6 +9,7 @@ from prefect import flow, task
 
 from flows.runtime import IO, PURE, Runtime, reporter
 from pipelines.contracts.errors import KairosError
+from pipelines.contracts.faults import checkpoint
 
 
 @task(name="load-candles", **IO)
@@ -84,6 +85,7 @@ def register(result):
         )
     client = rt.mlflow
     registered = log_training(client, result, tags=result.run_tags, figures=figures)
+    checkpoint("after-register")  # a version without alias is inert: nothing serves or compares it
     # A first version becomes champion only if its gates passed and, when the policy requires it, it
     # beats the task's best naive rule at the policy horizon in walk-forward (else it waits as challenger;
     # its other losing horizons are withheld by serving).
@@ -107,6 +109,7 @@ def train(
     """Walk-forward train + evaluate `task` vs its baselines, export ONNX (parity-gated), register in MLflow."""
     candles = load_candles(symbol, interval)
     result = fit(candles, symbol, interval, model_type, preset, task, features)
+    checkpoint("after-training")  # crash tests only (pipelines.contracts.faults); a no-op otherwise
     registered = register(result)
     return {"result": result, "registered": registered}
 

@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.data is not None:
             data = TuningData.load(args.data)
         else:
-            from pipelines.store import CandleStore
+            from pipelines.store import open_store
 
-            candles = CandleStore(s.store_path).load(args.symbol, args.interval)
+            store = open_store(s.store_location)
+            candles = store.load(args.symbol, args.interval)
             if candles.empty:
-                raise TuningError(f"no candles stored for {args.symbol} {args.interval} in {s.store_path}")
+                raise TuningError(f"no candles stored for {args.symbol} {args.interval} in {store!r}")
             data = prepare_tuning_data(candles, cfg, task)
         study = open_study(
             make_storage(args.storage, tuning),

@@ -414,3 +414,21 @@ class CandleStore:
     ) -> str:
         """`candles_hash` of `load(symbol, interval, start, end)`: identifies a training window's data."""
         return candles_hash(self.load(symbol, interval, start, end))
+
+
+def open_store(location: str | Path):
+    """The candle store at `location`: a `postgresql://` URL → `pipelines.store_postgres.PostgresCandleStore`
+    (many writers), anything else → a DuckDB file (`CandleStore`, the embedded default). Both have the same
+    methods and semantics; `Settings.store_location` gives the configured one (`KAIROS_STORE_URL`)."""
+    text = str(location)
+    if text.startswith(("postgresql://", "postgres://")):
+        from pipelines.store_postgres import PostgresCandleStore
+
+        return PostgresCandleStore(text)
+    if "://" in text:
+        from pipelines.store_postgres import redact
+
+        raise StoreError(
+            f"unknown store URL {redact(text)!r}; use postgresql://user@host:port/database or a DuckDB file path"
+        )
+    return CandleStore(text)

@@ -14,10 +14,17 @@ A missing version is stored as the string "none" (params cannot be empty).
 
 Moves made outside Kairos (a person moving `champion` in the MLflow UI) leave no record; they are
 detected by `sync_external_moves`, which compares the live aliases with the last recorded moves.
+
+Crash safety: an alias move and its record are two writes. Kairos writes the move's intent first (a
+registered-model tag `kairos.pending_move.<alias>`, `begin_move`), then moves the alias, records the move
+and drops the tag (`end_move`). A process killed between the move and the record leaves the tag, so the
+next `sync_external_moves` records that move with its own reason, actor and time instead of calling it a
+move "outside Kairos"; a tag whose move never happened is dropped.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +37,7 @@ from registry.client import CHAMPION, RegistryError, ensure_experiment, is_not_f
 
 HISTORY_EXPERIMENT = "kairos-alias-history"
 EXTERNAL_REASON = "moved outside Kairos"
+PENDING_TAG = "kairos.pending_move."  # + alias: the move being made (registered-model tag, JSON)
 _NONE = "none"
 _MAX_REASON = 1000  # chars; params hold up to 6000, keep the run page readable
 
@@ -145,11 +153,13 @@ def record_move(
     *,
     reason: str,
     actor: str,
+    at_ms: int | None = None,
 ) -> AliasMove:
-    """Append one move to the history (the alias itself must already have been moved)."""
+    """Append one move to the history (the alias itself must already have been moved); `at_ms`: when it
+    moved (epoch ms), default now."""
     require_actor(actor)
     exp_id = _history_experiment_id(client)
-    now_ms = int(time.time() * 1000)
+    now_ms = int(time.time() * 1000) if at_ms is None else int(at_ms)
     last = _search(client, name, newest_first=True, limit=1)
     if last:
         # Strictly increasing per model so that "oldest first" is a total order even for moves
@@ -192,19 +202,68 @@ def last_recorded(moves: list[AliasMove]) -> dict[str, str | None]:
     return state
 
 
+def begin_move(
+    client: MlflowClient,
+    name: str,
+    alias: str,
+    from_version: str | None,
+    to_version: str | None,
+    *,
+    reason: str,
+    actor: str,
+) -> None:
+    """Write the intent of a move before making it (see the module docstring: crash safety)."""
+    intent = {"from": from_version, "to": to_version, "reason": reason[:_MAX_REASON], "actor": actor}
+    intent["ms"] = int(time.time() * 1000)
+    client.set_registered_model_tag(name, PENDING_TAG + alias, json.dumps(intent))
+
+
+def end_move(client: MlflowClient, name: str, alias: str) -> None:
+    """Drop the intent written by `begin_move` once the move is recorded."""
+    try:
+        client.delete_registered_model_tag(name, PENDING_TAG + alias)
+    except MlflowException as e:
+        if not is_not_found(e) and e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
+def _pending(client: MlflowClient, name: str) -> dict[str, dict]:
+    tags = client.get_registered_model(name).tags or {}
+    out = {}
+    for key, value in tags.items():
+        if key.startswith(PENDING_TAG):
+            try:
+                out[key.removeprefix(PENDING_TAG)] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key.removeprefix(PENDING_TAG)] = {}
+    return out
+
+
 def sync_external_moves(client: MlflowClient, name: str, actor: str = "mlflow-ui") -> list[AliasMove]:
-    """Record alias moves made outside Kairos (e.g. in the MLflow UI) since the last recorded move.
+    """Record alias moves made outside Kairos (e.g. in the MLflow UI) since the last recorded move, and
+    moves of a Kairos process killed before it recorded them (their pending intent, `begin_move`).
 
     Returns:
         The moves recorded now (empty when the live aliases match the history).
     """
     live = current_aliases(client, name)
     recorded = last_recorded(history(client, name))
+    pending = _pending(client, name)
     new: list[AliasMove] = []
     for alias in sorted(set(live) | set(recorded)):
         was, now = recorded.get(alias), live.get(alias)
         if was != now:
-            new.append(record_move(client, name, alias, was, now, reason=EXTERNAL_REASON, actor=actor))
+            intent = pending.get(alias, {})
+            if intent.get("from") == was and intent.get("to") == now and intent.get("actor"):
+                why = f"{intent.get('reason', '')} (recorded after the mover was interrupted)"
+                move = record_move(
+                    client, name, alias, was, now, reason=why, actor=intent["actor"], at_ms=intent.get("ms")
+                )
+            else:
+                move = record_move(client, name, alias, was, now, reason=EXTERNAL_REASON, actor=actor)
+            new.append(move)
+    for alias in pending:  # recorded now, or a move that never happened: either way no longer pending
+        end_move(client, name, alias)
     return new
 
 

@@ -29,7 +29,8 @@ from mlflow.exceptions import MlflowException
 from onnx.external_data_helper import uses_external_data
 from pydantic import BaseModel
 
-from pipelines.contracts.bundle import BundleError, write_bundle
+from pipelines.contracts.bundle import MANIFEST_FILE, MODEL_FILE, BundleError, write_bundle
+from pipelines.contracts.faults import checkpoint
 from pipelines.contracts.newest_window import NewestWindow
 from registry.client import RegisteredVersion, RegistryError, ensure_experiment, model_name
 
@@ -193,7 +194,11 @@ def log_training(
         _log_batches(client, run_id, params, metrics)
         with tempfile.TemporaryDirectory(prefix="kairos-run-") as tmp:
             bundle_dir = write_bundle(Path(tmp) / BUNDLE_PATH, result.onnx_bytes, result.manifest)
-            client.log_artifacts(run_id, str(bundle_dir), BUNDLE_PATH)
+            # One file at a time, the manifest last; a crash in between leaves a run whose bundle lacks
+            # its manifest, and no version: the version is created only after the whole bundle is stored.
+            client.log_artifact(run_id, str(bundle_dir / MODEL_FILE), BUNDLE_PATH)
+            checkpoint("during-export")  # crash tests only (pipelines.contracts.faults); a no-op otherwise
+            client.log_artifact(run_id, str(bundle_dir / MANIFEST_FILE), BUNDLE_PATH)
             extras = Path(tmp) / "extras"
             extras.mkdir()
             _write_extras(extras, result, metric, newest)

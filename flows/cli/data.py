@@ -12,7 +12,7 @@ from flows.cli._common import IntervalOpt, SymbolOpt, console, errors, prepare
 ingest_app = typer.Typer(
     help="Ingest candles from a source into the store (validated first).", no_args_is_help=True
 )
-data_app = typer.Typer(help="Inspect the candle store.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect the candle store; prune old logs and runs.", no_args_is_help=True)
 
 
 def _print_ingest(summary: dict) -> None:
@@ -131,11 +131,12 @@ def data_status() -> None:
     with errors():
         from flows.runtime import Runtime
 
-        st = Runtime.from_env().store().status()
+        store = Runtime.from_env().store()
+        st = store.status()
         if st.empty:
             console.print("the store is empty; ingest candles first (kairos ingest --help)")
             return
-        t = Table(title=f"candle store {Runtime.from_env().settings.store_path}")
+        t = Table(title=f"candle store {store!r}")  # the DuckDB file or the PostgreSQL URL (no password)
         for col in ["symbol", "interval", "first", "last", "candles", "gaps", "missing", "longest gap"]:
             t.add_column(col, justify="right" if col in ("candles", "gaps", "missing") else "left")
         for r in st.itertuples(index=False):
@@ -150,3 +151,22 @@ def data_status() -> None:
                 str(r.longest_gap),
             )
         console.print(t)
+
+
+@data_app.command("prune")
+def data_prune(
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted; delete nothing."),
+) -> None:
+    """Delete prediction logs and training runs older than configs/retention.yaml allows (aliased
+    versions, each model's newest versions and the alias history are kept)."""
+    prepare()
+    with errors():
+        from flows.retention import prune
+
+        out = prune(dry_run=dry_run)
+        verb = "would delete" if dry_run else "deleted"
+        console.print(f"{verb} {len(out['logs'])} prediction-log file(s), {len(out['runs'])} training run(s)")
+        for line in out["runs"]:
+            console.print(f"  {line}")
+        if out["purged"]:
+            console.print("their artifacts were freed (mlflow gc)")

@@ -2,7 +2,8 @@
 
 `KAIROS_HOME` is the state directory (store, quarantine, data docs, MLflow, Optuna). MLflow's own
 `MLFLOW_TRACKING_URI` is honoured; by default it is a SQLite file inside `KAIROS_HOME`. `KAIROS_CONFIGS_DIR`
-is the directory of YAML configs. Variable names are matched case-insensitively.
+is the directory of YAML configs. `KAIROS_STORE_URL` (postgresql://...) puts the candle store on PostgreSQL
+(default: DuckDB file in `KAIROS_HOME`). Variable names are matched case-insensitively.
 
 A pydantic model read from `os.environ` by `Settings.from_env` (what pydantic-settings did for these three
 variables): the serving process reads its settings too, and pydantic-settings' import (its sources for
@@ -23,6 +24,7 @@ ENV = {
     "home": "kairos_home",
     "mlflow_tracking_uri": "mlflow_tracking_uri",
     "configs_dir": "kairos_configs_dir",
+    "store_url": "kairos_store_url",
 }
 
 
@@ -39,6 +41,11 @@ class Settings(BaseModel):
         default=Path(__file__).resolve().parents[2] / "configs",
         description="Directory of YAML configs (KAIROS_CONFIGS_DIR).",
     )
+    store_url: str | None = Field(
+        default=None,
+        description="Candle store (KAIROS_STORE_URL): postgresql://user@host:port/db for many writers; "
+        "default the DuckDB file $KAIROS_HOME/candles.duckdb.",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -53,6 +60,11 @@ class Settings(BaseModel):
     @property
     def store_path(self) -> Path:
         return self.home_abs / "candles.duckdb"
+
+    @property
+    def store_location(self) -> str | Path:
+        """What `pipelines.store.open_store` opens: KAIROS_STORE_URL when set, else the DuckDB file."""
+        return self.store_url or self.store_path
 
     @property
     def quarantine_dir(self) -> Path:
