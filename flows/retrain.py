@@ -13,6 +13,7 @@ from prefect import flow
 from flows.ingest import ingest
 from flows.promote import promote
 from flows.train import train
+from pipelines.contracts.faults import checkpoint
 
 
 @flow(name="daily_retrain")
@@ -26,6 +27,7 @@ def daily_retrain(
 ) -> dict[str, Any]:
     """ingest → validate → train → register → promote, for one symbol and task (the 03:00 UTC deployment)."""
     ingested = ingest(source, symbol, interval, options or {"days": 1})
+    checkpoint("after-ingest")  # crash tests only (pipelines.contracts.faults); a no-op otherwise
     trained = train(symbol, interval, model_type, None, task)
     promoted = promote(symbol, interval, task)
     return {"ingest": ingested, **trained, "promote": promoted}
