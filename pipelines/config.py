@@ -5,10 +5,11 @@ Each step receives only its own part (e.g. `WalkForwardConfig`), never the whole
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from pipelines.contracts.yamlio import parse_config, read_yaml
 
@@ -89,6 +90,15 @@ class ExportConfig(_Frozen):
     parity_tolerance: float = Field(1e-5, gt=0)
     parity_rtol: float = Field(1e-6, ge=0, description="plus this share of |native output|: float32 rounding")
     parity_rows: int = Field(5000, ge=1)
+    # Sequence models only (pipelines.models.sequence.variants): the bundle ships this graph when it passes
+    # its gates (predictions and signs on the parity rows; direction accuracy of the newest fold's model on
+    # that fold's out-of-sample rows), else the fp32 export stays and the run records why.
+    variant: Literal["fp32", "optimized", "int8", "fp16"] = "fp32"
+    variant_max_accuracy_drop_pp: float | None = Field(
+        None,
+        ge=0,
+        description="walk-forward accuracy drop allowed, pp, worst horizon; None: the variant's default",
+    )
 
 
 class TrainingConfig(_Frozen):
@@ -355,3 +365,146 @@ class TuningConfig(_Frozen):
                 "or live trials would be failed as stale"
             )
         return self
+
+
+# --- Monitoring (issue 14): configs/monitoring.yaml ----------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration_seconds(value: Any) -> float:
+    """A duration as seconds: "90s", "10m", "24h", "2d", or a number of seconds.
+
+    Raises:
+        ValueError: anything else (the message shows the accepted forms).
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(
+            f"duration {value!r} is not a positive number with a unit s, m, h or d (e.g. 24h, 10m)"
+        )
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+Seconds = Annotated[float, BeforeValidator(duration_seconds)]
+Severity = Literal["info", "warning", "critical"]
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")  # increasing
+
+
+class _Rule(_Frozen):
+    enabled: bool = True
+    severity: Severity = "warning"
+
+
+class DriftRule(_Rule):
+    """Drift of features and outputs: statistic, thresholds, window and consecutive windows are the
+    calibrated alarm stored in the serving model's reference profile (nothing to set here)."""
+
+    severity: Severity = "critical"
+
+
+class LiveRule(_Rule):
+    """A live-performance check over `MonitoringConfig.live_window`; silent below `min_rows` outcomes."""
+
+    min_rows: int = Field(300, ge=2, description="resolved live rows (per horizon) before the check may fire")
+    alpha: float = Field(0.05, gt=0, lt=1, description="live_below_baseline: one-sided level of the DM test")
+
+
+class LatencyRule(_Rule):
+    budget_us: float | None = Field(
+        None, gt=0, description="a prediction slower than this is a violation; None: serving.yaml's budget"
+    )
+    threshold: float = Field(60.0, ge=0, description="violations per hour above which an hour counts")
+    for_: Seconds = Field(3600.0, alias="for", description="every hour of this span must count")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class StalenessRule(_Rule):
+    severity: Severity = "critical"
+    threshold: Seconds = Field(600.0, description="silence longer than this fires")
+
+
+class MonitoringRules(_Frozen):
+    drift: DriftRule = DriftRule()
+    live_below_backtest: LiveRule = LiveRule()
+    live_below_baseline: LiveRule = LiveRule()
+    latency_budget: LatencyRule = LatencyRule()
+    prediction_staleness: StalenessRule = StalenessRule()
+    data_staleness: StalenessRule = StalenessRule()
+    data_validation: _Rule = _Rule(severity="critical")
+
+
+class WebhookSink(_Frozen):
+    url: str | None = Field(None, description="Slack-compatible incoming webhook; None: the env variable")
+    url_env: str = "KAIROS_ALERT_WEBHOOK"
+    timeout_s: float = Field(5.0, gt=0)
+    min_severity: Severity = "warning"
+
+
+class AlertSinks(_Frozen):
+    log: bool = True
+    webhook: WebhookSink = WebhookSink()
+
+
+class RetrainOnDrift(_Frozen):
+    """What the monitor starts when drift fires on valid data: flows/retrain.py daily_retrain."""
+
+    enabled: bool = True
+    source: str = "synthetic"
+    options: dict[str, Any] = Field(default_factory=lambda: {"days": 1})
+    model_type: str | None = Field(None, description="None: the serving model's family")
+    cooldown: Seconds = Field(86400.0, description="no second drift retrain of a model within this span")
+
+
+class MonitoringConfig(_Frozen):
+    live_window: Seconds = Field(86400.0, description="span of the live metrics (accuracy_24h)")
+    rules: MonitoringRules = MonitoringRules()
+    sinks: AlertSinks = AlertSinks()
+    retrain: RetrainOnDrift = RetrainOnDrift()
+
+
+DEFAULT_LATENCY_BUDGET_US = 1000.0
+
+
+def load_monitoring_config(configs_dir: Path) -> MonitoringConfig:
+    """`monitoring.yaml` (every field has a default: a missing file means the defaults). A latency rule
+    without `budget_us` takes serving's (`monitoring.latency_budget_us` of serving.yaml), so the monitor
+    and `kairos_latency_budget_violations_total` count against one budget."""
+    path = configs_dir / "monitoring.yaml"
+    cfg = _parse(MonitoringConfig, _read_yaml(path) if path.exists() else {}, path)
+    if cfg.rules.latency_budget.budget_us is None:
+        serving = configs_dir / "serving.yaml"
+        section = _read_yaml(serving).get("monitoring") if serving.exists() else None
+        budget = (section or {}).get("latency_budget_us") if isinstance(section, dict) else None
+        rule = cfg.rules.latency_budget.model_copy(
+            update={"budget_us": float(budget) if budget else DEFAULT_LATENCY_BUDGET_US}
+        )
+        cfg = cfg.model_copy(update={"rules": cfg.rules.model_copy(update={"latency_budget": rule})})
+    return cfg
+
+
+class LogRetention(_Frozen):
+    max_age_days: int = Field(90, ge=1, description="prediction-log day files older than this are deleted")
+
+
+class RunRetention(_Frozen):
+    max_age_days: float = Field(30.0, gt=0, description="training runs started longer ago may be deleted ...")
+    keep_last: int = Field(5, ge=0, description="... except each model's newest versions (and aliased ones)")
+    purge: bool = Field(True, description="also `mlflow gc` them (embedded SQLite store only)")
+
+
+class RetentionConfig(_Frozen):
+    """`retention.yaml`: what `kairos data prune` (and the `retention` deployment) deletes."""
+
+    prediction_logs: LogRetention = LogRetention()
+    training_runs: RunRetention = RunRetention()
+
+
+def load_retention_config(configs_dir: Path) -> RetentionConfig:
+    """`retention.yaml` (every field has a default: a missing file means the defaults)."""
+    path = configs_dir / "retention.yaml"
+    return _parse(RetentionConfig, _read_yaml(path) if path.exists() else {}, path)

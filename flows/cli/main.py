@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from flows.cli import data, predict, review, serve, train, tune
+from flows.cli import data, feed, monitor, predict, review, serve, train, tune
 
 app = typer.Typer(
     help="Kairos: ingest → validate → train walk-forward → ONNX → MLflow registry → serve.",
@@ -29,6 +29,8 @@ app.command()(review.review)
 app.command()(review.rollback)
 app.command()(review.history)
 app.command()(predict.predict)
+app.command()(monitor.monitor)
+app.command()(feed.feed)
 app.command(help="Serve the champion (and challenger) over REST + WebSocket with hot reload.")(serve.serve)
 
 

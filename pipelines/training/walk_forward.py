@@ -17,7 +17,7 @@ import hashlib
 import math
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -364,6 +364,8 @@ def train_walk_forward(
         actuals=ds.Y[newest_fold.test_start : newest_fold.test_end].copy(),
         baselines={who: np.asarray(b).copy() for who, b in base.items()},  # the newest fold's
     )
+    # export.variant's walk-forward gate: the newest fold's model on its out-of-sample windows
+    newest_model, newest_X = model, ds.X[newest_fold.test_start : newest_fold.test_end]
 
     # Final model: the newest train_size labelled rows (its labels reach max(h) candles past `end`).
     report_progress("final", 0, 1)
@@ -379,6 +381,8 @@ def train_walk_forward(
     # The config sets a floor; a model family may declare a looser bound (deep models: float32 kernels).
     tolerance = max(cfg.export.parity_tolerance, float(getattr(final, "parity_tolerance", 0.0)))
     parity = check_parity(onnx_bytes, final.predict, parity_X, tolerance, rtol=cfg.export.parity_rtol)
+    variant = _export_variant(cfg, task, final, onnx_bytes, parity_X, newest_model, newest_X, newest.actuals)
+    onnx_bytes = variant.onnx_bytes if variant else onnx_bytes
     report_progress("export", 2, 2)
 
     used = candles.iloc[ds.lo - ds.start : len(candles)]  # every candle the features/labels read
@@ -412,7 +416,12 @@ def train_walk_forward(
             "below_baselines": {str(h): why for h, why in below.items()},
             "n_folds": len(folds),
             "fold_test_starts": [ds.open_time[f.test_start].isoformat() for f in folds],
+            **({"export_variant": variant.record} if variant else {}),
         },
+    )
+    manifest = replace(
+        manifest,
+        reference_profile=_reference_profile(onnx_bytes, manifest, ds, final_start, seq_len, interval),
     )
     return TrainResult(
         task=task.name,
@@ -452,6 +461,7 @@ def train_walk_forward(
         manifest=manifest,
         parity_max_abs=parity,
         gates={"parity": True},
+        run_tags={"kairos.export_variant": variant.variant} if variant else {},
         below_baselines=below,
         folds=folds,
         model=final,
@@ -461,6 +471,55 @@ def train_walk_forward(
             actuals=ds.Y[rows],
             baselines=base_rows,
         ),
+    )
+
+
+def _reference_profile(
+    onnx_bytes: bytes, manifest: Manifest, ds: _Dataset, final_start: int, seq_len: int | None, interval: str
+) -> dict[str, Any]:
+    """What the final model saw (`pipelines.monitoring.drift.profile_at_training`): quantile bins of every
+    input feature and output over the final training window, and the drift alarm calibrated on the
+    whole walk-forward window. Sequence models are profiled on each row's own features (a window's last)."""
+    from pipelines.contracts.schema import interval_ms
+    from pipelines.monitoring.drift import profile_at_training
+
+    X = np.asarray(ds.X)
+    return profile_at_training(
+        onnx_bytes,
+        manifest,
+        X,
+        feature_rows=X[:, -1, :] if seq_len else X,
+        profile_rows=len(X) - final_start,
+        times=ds.open_time,
+        interval_minutes=max(1, interval_ms(interval) // 60_000),
+    ).to_dict()
+
+
+def _export_variant(
+    cfg: TrainingConfig,
+    task: Task,
+    final: Any,
+    onnx_bytes: bytes,
+    parity_X: np.ndarray,
+    fold_model: Any,
+    fold_X: np.ndarray,
+    fold_Y: np.ndarray,
+) -> Any:
+    """`export.variant` of a sequence model's bundle (`variants.choose_export_variant`: gated on the parity
+    rows and on the newest fold's out-of-sample direction accuracy; rejected → the fp32 export stays).
+    None when fp32 is asked for or the model is not a sequence model (no variants of tabular graphs)."""
+    if cfg.export.variant == "fp32" or getattr(final, "input_kind", "tabular") != "sequence":
+        return None
+    from pipelines.models.sequence.variants import choose_export_variant
+
+    return choose_export_variant(
+        onnx_bytes,
+        cfg.export.variant,
+        parity_X,
+        walk_forward=(rename_output(fold_model.to_onnx(), OUTPUT_NAME, task.output_name), fold_X, fold_Y),
+        output=task.output_name,
+        signed=task.directional,
+        max_accuracy_drop_pp=cfg.export.variant_max_accuracy_drop_pp,
     )
 
 

@@ -78,6 +78,11 @@ def test_shadow_review_promotes_then_rollback_restores(kairos_home, harness, can
     from flows.cli import app
     from flows.review import served_history
     from flows.runtime import Runtime
+
+    # This test is about the review's mechanics. v2 (-log_return_1m, zero calls on flat candles count as
+    # misses) is far better than v1 but 10 pp below the naive reversal rule (which carries the last
+    # non-zero move), so the shipped policy (require_beats_baselines: true) rightly refuses it: off here.
+    from pipelines.contracts.settings import get_settings
     from registry.bundles import download_bundle
     from registry.history import history
     from registry.promotion import current_aliases, set_alias
@@ -87,11 +92,6 @@ def test_shadow_review_promotes_then_rollback_restores(kairos_home, harness, can
     from serving.predlog import PredictionLog
     from serving.runtime import load_model
     from tests.fixtures.bundles import candle_records
-
-    # This test is about the review's mechanics. v2 (-log_return_1m, zero calls on flat candles count as
-    # misses) is far better than v1 but 10 pp below the naive reversal rule (which carries the last
-    # non-zero move), so the shipped policy (require_beats_baselines: true) rightly refuses it: off here.
-    from pipelines.contracts.settings import get_settings
     from tests.fixtures.flow_helpers import write_small_configs
 
     configs = write_small_configs(tmp_path / "configs")

@@ -42,6 +42,11 @@ def test_two_whale_versions_are_reviewed_by_brier(kairos_home, harness, shared_d
     from pipelines.config import load_training_config
     from pipelines.contracts.bundle import write_bundle
     from pipelines.contracts.schema import CANDLE_COLUMNS
+
+    # The review's mechanics across a universe log. On these two served pump windows the detector's Brier
+    # is 0.0105 above the naive return-spike rule's (measured), so the shipped policy
+    # (require_beats_baselines: true) rightly keeps the champion: off here.
+    from pipelines.contracts.settings import get_settings
     from pipelines.sources.trades import MINUTE_COLUMNS
     from pipelines.tasks import load_task
     from pipelines.training.pooled import segments_from_trade_files, train_pooled
@@ -54,11 +59,6 @@ def test_two_whale_versions_are_reviewed_by_brier(kairos_home, harness, shared_d
     from serving.runtime import load_model
     from tests.e2e.test_review_e2e import register_version
     from tests.fixtures.bundles import candle_records
-
-    # The review's mechanics across a universe log. On these two served pump windows the detector's Brier
-    # is 0.0105 above the naive return-spike rule's (measured), so the shipped policy
-    # (require_beats_baselines: true) rightly keeps the champion: off here.
-    from pipelines.contracts.settings import get_settings
     from tests.fixtures.flow_helpers import write_small_configs
 
     configs = write_small_configs(tmp_path / "configs")

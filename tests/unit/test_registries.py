@@ -83,7 +83,7 @@ def test_lightgbm_without_flags_is_the_defaults_block_and_presets_go_on_top():
 def test_sequence_presets_and_the_task_objective():
     spec = get_spec("mamba", CONFIGS)
     ctx = ModelContext(TrainingConfig(), CONFIGS)
-    assert set(spec.presets(CONFIGS)) == {"small", "tiny"}
+    assert set(spec.presets(CONFIGS)) == {"small", "small_prev", "tiny"}
     tiny = spec.config(ctx, "tiny", {"max_epochs": 1})
     assert isinstance(tiny, SequenceModelConfig) and (tiny.d_model, tiny.max_epochs) == (16, 1)
     assert (
@@ -160,7 +160,8 @@ def test_unknown_source_and_bad_options_are_named():
     ):
         get_source("kraken-ws", {})
     with pytest.raises(
-        SourceError, match=r"source 'synthetic' has no option 'dayz'; it takes \['days', 'seed', 'start'\]"
+        SourceError,
+        match=r"source 'synthetic' has no option 'dayz'; it takes \['days', 'params', 'seed', 'start'\]",
     ):
         get_source("synthetic", {"dayz": 3})
     with pytest.raises(SourceError, match=r"source 'synthetic': option days: .*greater than 0"):

@@ -12,13 +12,22 @@ gate on its predictions and decisions; presets take `device: auto|cpu|cuda` for 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+import os
 
-from pipelines.config import SEQUENCE_ARCHITECTURES, TrainingConfig
-from pipelines.models.sequence.base import SequenceModelError, SequenceRegressor
-from pipelines.models.sequence.classifier import SequenceClassifier
+# Idle OpenMP threads sleep instead of spin-waiting (libgomp's default). On a machine whose cores are
+# busy with other work, a spinning thread waits for a descheduled peer: 2-thread training ran 5-16x
+# slower than 1 thread and burnt ~20x the CPU; with PASSIVE, 2 threads beat 1 again
+# (benchmarks/bench_train_throughput.py, "OMP passive"). libgomp reads this once when it loads, so it is
+# set here, before torch is first imported; an explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from pipelines.config import SEQUENCE_ARCHITECTURES, TrainingConfig  # noqa: E402
+from pipelines.models.sequence.base import SequenceModelError, SequenceRegressor  # noqa: E402
+from pipelines.models.sequence.classifier import SequenceClassifier  # noqa: E402
 
 __all__ = [
     "SEQUENCE_ARCHITECTURES",

@@ -6,12 +6,14 @@
 (in `train_network`, shared with `classifier.SequenceClassifier`):
 - normalisation fitted on the training fold only (installed inside the graph, see net.py);
 - AdamW with linear warm-up then cosine decay per step; global-norm gradient clipping;
-- early stopping on the purged validation slice, best weights restored (kept in memory, no files);
+- early stopping on the purged validation slice (an epoch counts as better only by more than
+  `min_delta`, where the preset sets one), best weights restored (kept in memory, no files);
 - optional SWA over the later epochs, kept only if it beats the best checkpoint on validation;
 - the device from the preset's `device` (auto | cpu | cuda; `resolve_device`): on CUDA, automatic
   mixed precision (bf16 autocast where the GPU has it, else fp16 with loss scaling) when
   `mixed_precision`, and pinned host memory for the batches; asking for cuda without CUDA trains on
-  the CPU after one log line. CPU training is float32, seeded and deterministic;
+  the CPU after one log line. CPU training is float32 (bf16 autocast with `cpu_bf16` on CPUs that
+  have native bf16), seeded and deterministic;
 - known third-party deprecation warnings silenced around the fit only (`quiet_third_party_warnings`).
 """
 
@@ -209,11 +211,24 @@ def resolve_device(requested: str = "auto") -> str:
     return "cuda" if available else "cpu"
 
 
-def amp_precision(device: str, mixed_precision: bool) -> str:
-    """Lightning's `precision` for a device: AMP on CUDA (bf16 where supported, else fp16), fp32 on CPU."""
-    if device != "cuda" or not mixed_precision:
-        return "32-true"
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+def cpu_bf16_supported() -> bool:
+    """True when oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 / AMX); elsewhere it is emulated
+    and slower than float32."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def amp_precision(device: str, mixed_precision: bool, cpu_bf16: bool = False) -> str:
+    """Lightning's `precision` for a device: AMP on CUDA (bf16 where supported, else fp16); on the CPU
+    bf16 autocast when `cpu_bf16` and the CPU has native bf16 (one log line when it has not), else fp32."""
+    if device == "cuda":
+        if not mixed_precision:
+            return "32-true"
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if cpu_bf16:
+        if cpu_bf16_supported():
+            return "bf16-mixed"
+        log.warning("cpu_bf16 requested but this CPU has no native bfloat16; training in float32")
+    return "32-true"
 
 
 def _check_xy(X: np.ndarray, Y: np.ndarray | None, T: int, F: int, H: int, what: str) -> None:
@@ -305,10 +320,16 @@ def train_network(
             max_epochs=cfg.max_epochs,
             accelerator="gpu" if cuda else "cpu",
             devices=1,
-            precision=amp_precision(device, cfg.mixed_precision),
+            precision=amp_precision(device, cfg.mixed_precision, getattr(cfg, "cpu_bf16", False)),
             gradient_clip_val=cfg.grad_clip,
             gradient_clip_algorithm="norm",
-            callbacks=[EarlyStopping("val_loss", patience=cfg.patience, mode="min"), keeper, *callbacks],
+            callbacks=[
+                EarlyStopping(
+                    "val_loss", patience=cfg.patience, mode="min", min_delta=getattr(cfg, "min_delta", 0.0)
+                ),
+                keeper,
+                *callbacks,
+            ],
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,

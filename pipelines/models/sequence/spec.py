@@ -16,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from pydantic import Field
+
 from pipelines.config import SequenceModelConfig
 from pipelines.models.spec import ModelContext, ModelSpec, PruningRequest
 
 # Fields that are identity, export or runtime settings rather than hyperparameters.
-UNTUNABLE = frozenset({"seed", "architecture", "opset", "parity_tolerance", "mixed_precision", "device"})
+UNTUNABLE = frozenset(
+    {"seed", "architecture", "opset", "parity_tolerance", "mixed_precision", "device", "cpu_bf16"}
+)
 
 
 class ZooConfig(SequenceModelConfig):
@@ -28,9 +32,20 @@ class ZooConfig(SequenceModelConfig):
 
     device: "auto" (CUDA when torch sees a GPU, else CPU), "cpu", or "cuda" (falls back to the CPU
     with one log line when there is no CUDA); see `pipelines.models.sequence.base.resolve_device`.
+    cpu_bf16: train under bfloat16 autocast when the fit runs on a CPU with native bf16 arithmetic
+    (AVX512-BF16 / AMX; float32 elsewhere, after one log line). The weights, the export and inference
+    stay float32; benchmarks/bench_train_throughput.py measured where it pays (lstm_attention,
+    transformer) and where it does not (tft, mamba).
     """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_bf16: bool = False
+    min_delta: float = Field(
+        0.0,
+        ge=0,
+        description="early stopping: an epoch improves only if its validation loss beats the best by more "
+        "than this (losses are O(1): labels are RMS-scaled); stops fits whose loss creeps down by noise",
+    )
 
 
 def with_objective(cfg: SequenceModelConfig, objective: str) -> SequenceModelConfig:

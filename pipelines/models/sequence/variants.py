@@ -24,11 +24,17 @@ abs diff against the spread of the fp32 predictions, accuracy change in percenta
 that passes carries its gate report in the graph's metadata (`kairos.variant`, `kairos.variant_gate`),
 and `optimise_bundle_dir` records it in the manifest's `extra.export_variant` too. Inputs and outputs
 keep the bundle contract (names, float32, shapes), so serving loads a variant like any bundle.
+
+Training (`export.variant` in configs/defaults.yaml) calls `choose_export_variant`: the variant ships only
+if, besides the gate on the final model's parity rows, the newest walk-forward fold's model turned into
+the same variant keeps its direction accuracy on that fold's out-of-sample rows (within
+`export.variant_max_accuracy_drop_pp`); otherwise the fp32 export ships and the manifest says why.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 from collections import defaultdict
@@ -51,6 +57,7 @@ MS_DOMAIN = "com.microsoft"
 INPUT_NAME = "features"
 META_VARIANT = "kairos.variant"
 META_GATE = "kairos.variant_gate"
+log = logging.getLogger("kairos.models.sequence")
 
 
 class VariantGateError(ParityError):
@@ -674,3 +681,108 @@ def optimise_bundle_dir(
 def variant_sizes(onnx_bytes: bytes, variants: Sequence[str] = VARIANTS) -> dict[str, int]:
     """Serialised size in bytes of each (ungated) variant: a quick look at what int8 / fp16 save."""
     return {v: len(build_variant(onnx_bytes, v)) for v in variants}
+
+
+@dataclass
+class ExportChoice:
+    """What `choose_export_variant` decided: the graph the bundle ships and why (JSON-able `record`)."""
+
+    onnx_bytes: bytes
+    variant: str  # what ships: the requested variant, or "fp32" when it was rejected
+    requested: str
+    message: str  # one line with the numbers
+    record: dict[str, Any]  # manifest extra["export_variant"]
+
+    @property
+    def rejected(self) -> bool:
+        return self.variant != self.requested
+
+
+def choose_export_variant(
+    fp32: bytes,
+    variant: str,
+    parity_rows: np.ndarray,
+    *,
+    walk_forward: tuple[bytes, np.ndarray, np.ndarray],
+    output: str,
+    signed: bool = True,
+    max_accuracy_drop_pp: float | None = None,
+) -> ExportChoice:
+    """The bundle's graph for the training config's `export.variant`: the variant if it passes both gates,
+    else the fp32 export (never raises for a gate failure).
+
+    1. Walk-forward gate: the newest fold's model (its fp32 graph, `walk_forward[0]`) turned into the same
+       variant, on that fold's out-of-sample test windows with their labels (`walk_forward[1:]`): direction
+       accuracy per horizon may not drop more than `max_accuracy_drop_pp` (None: the variant's default)
+       below its fp32 graph's, and the variant's prediction and sign tolerances hold there too.
+    2. Export gate: the final model's variant against its fp32 export on the parity rows.
+    An unsigned output (e.g. a log variance) has no direction: signs and accuracy are then not gated.
+
+    Args:
+        fp32: the final model's fp32 export (parity-checked).
+        variant: "fp32" | "optimized" | "int8" | "fp16".
+        parity_rows: the export's parity windows [N, T, F].
+        walk_forward: (newest fold model's fp32 graph, its test windows [M, T, F], their labels [M, H]).
+        output: the gated output (the task's prediction).
+        signed: the output is a direction call.
+        max_accuracy_drop_pp: the walk-forward tolerance, pp, worst horizon.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown export variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if variant == "fp32":
+        return ExportChoice(fp32, "fp32", "fp32", "fp32 export (no variant requested)", {"variant": "fp32"})
+    tol = DEFAULT_TOLERANCES[variant]
+    if max_accuracy_drop_pp is not None:
+        tol = replace(tol, max_accuracy_drop_pp=float(max_accuracy_drop_pp))
+    if not signed:
+        tol = replace(tol, min_sign_agreement=None)
+    fold_fp32, fold_rows, fold_labels = walk_forward
+
+    def rejected(why: str, gates: dict[str, Any] | None = None) -> ExportChoice:
+        message = f"{why}; the fp32 export stays the bundle's model"
+        log.warning("%s", message)
+        record = {
+            "variant": "fp32",
+            "requested": variant,
+            "rejected": message,
+            **({"gates": gates} if gates else {}),
+        }
+        return ExportChoice(fp32, "fp32", variant, message, record)
+
+    try:
+        fold_candidate, candidate = build_variant(fold_fp32, variant), build_variant(fp32, variant)
+    except Exception as e:  # a graph the converter cannot handle is a rejection, not a crash
+        return rejected(f"{variant} variant could not be built ({type(e).__name__}: {e})")
+    try:
+        reports = {
+            "walk_forward": gate_variant(
+                fold_fp32,
+                fold_candidate,
+                np.asarray(fold_rows, dtype=np.float32),
+                tol,
+                labels=fold_labels if signed else None,
+                output=output,
+                variant=variant,
+            ),
+            "export": gate_variant(
+                fp32,
+                candidate,
+                np.asarray(parity_rows, dtype=np.float32),
+                tol,
+                output=output,
+                variant=variant,
+            ),
+        }
+    except VariantGateError as e:  # e.g. the variant's outputs differ from fp32's
+        return rejected(f"{variant} variant rejected: {e}")
+    failed = [(where, r) for where, r in reports.items() if not r.passed]
+    gates = {where: r.to_dict() for where, r in reports.items()}
+    wf = reports["walk_forward"]
+    if failed:
+        where, r = failed[0]
+        label = "walk-forward gate (newest fold, out-of-sample)" if where == "walk_forward" else "export gate"
+        return rejected(f"{label}: {r.message()}", gates)
+    message = f"{variant} variant shipped; walk-forward gate: {wf.summary()}"
+    log.info("%s", message)
+    out = _with_metadata(candidate, variant, reports["export"])
+    return ExportChoice(out, variant, variant, message, {"variant": variant, "gates": gates})
