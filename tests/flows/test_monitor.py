@@ -200,12 +200,11 @@ def test_planted_shift_alerts_the_webhook_retrains_and_the_gates_decide(world):
     lines = _alerts(res.output)
     drifted = [line for line in lines if line.startswith(f"ALERT drift critical {NAME} v1 ")]
     assert any(" feature volatility_" in line for line in drifted), res.output
-    for (
-        line
-    ) in drifted:  # ALERT drift critical <model> v1 <kind> <column>: psi <value> > <threshold> (<rows> rows)
+    # ALERT drift critical <model> v1 <kind> <column>: <statistic> <value> > <threshold> (<rows> rows)
+    for line in drifted:
         head, numbers = line.split(": ", 1)
         stat, value, op, threshold = numbers.split(" (")[0].split()
-        assert head.split()[5] in ("feature", "output") and stat == "psi" and op == ">"
+        assert head.split()[5] in ("feature", "output") and stat in ("psi", "ks") and op == ">"
         assert float(value) > float(threshold) > 0
 
     # the webhook on loopback got the Slack-compatible alert
