@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train_throughput.py [--families lstm_attention,transformer,tft,mamba]
         [--windows 2048] [--epochs 1] [--repeats 2] [--seed000-windows 256] [--modes a,b] [--no-compile]
+        [--busy 6]   # the same, while 6 busy-loop processes load the 2 cores (a shared machine)
 
 Per family (default preset, and transformer seed000 on a few windows), on real FILUSDT core27 windows
 (T = 60, 5 horizons, the strided view training gets; a validation slice of 10 %, as in a fold):
@@ -9,9 +10,10 @@ Per family (default preset, and transformer seed000 on a few windows), on real F
   batches and one validation pass per epoch, in a bare loop (no Trainer, no callbacks, no logging);
 - `lightning`: `SequenceRegressor.fit`, i.e. `base.train_network`, the path `kairos train` runs;
 - `before`: the previous default preset (`<default>_prev` where it changed) as it ran before: 2 torch
-  threads, float32, libgomp's default ACTIVE wait policy (idle OpenMP threads spin);
-- `passive`: `before` with OMP_WAIT_POLICY=PASSIVE (what importing pipelines.models.sequence now sets);
-- `passive + <change>`: ONE change on top of `passive`, so each change's effect is its own: windows as a
+  threads, float32, libgomp's default wait (idle OpenMP threads spin 300,000 rounds before sleeping);
+- `spin`: `before` with GOMP_SPINCOUNT=1000 (what importing pipelines.models.sequence now sets);
+  `passive`: `before` with OMP_WAIT_POLICY=PASSIVE (no spin), the alternative that was not kept;
+- `spin + <change>`: ONE change on top of `spin`, so each change's effect is its own: windows as a
   contiguous copy instead of the strided view, a per-window DataLoader with default collation (what the
   index-list batches replaced), pinned memory on the CPU, 1 thread, bf16 autocast on the CPU,
   `torch.compile` of the network (compile time included), no per-step loss logging, a one-batch
@@ -62,6 +64,7 @@ FAMILIES = ("lstm_attention", "transformer", "tft", "mamba")
 HORIZONS = (1, 2, 3, 4, 5)
 # The default presets before the throughput work (what `before` runs): 2 torch threads, float32.
 BEFORE = {"num_threads": 2, "cpu_bf16": False}
+OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def real_rows(n_candles: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,40 +193,41 @@ class _Compiled(base.SequenceLightningModule):
         return loss
 
 
-# name: what it is, "before"|"after" settings, extra config overrides, code patch, OMP wait policy.
-# `before` runs under libgomp's default (active) wait policy. On a busy machine that alone is the gap
-# (2 spinning threads), so every other change is measured ALONE on top of `lightning (passive)`: the
-# same run with OMP_WAIT_POLICY=PASSIVE. The policy must be set before torch loads, hence one fresh
-# worker process per measurement (the parent sets its environment).
-_PASSIVE = {"omp": "PASSIVE"}
+# name: what it is, "before"|"after" settings, extra config overrides, code patch, OpenMP environment.
+# On a busy machine libgomp's default spin alone is the gap (a spinning thread waits for a descheduled
+# peer), so every other change is measured ALONE on top of `lightning (spin)`. The OpenMP environment is
+# read when torch loads, hence one fresh worker process per measurement (the parent sets it).
+_SPIN = {"omp": {"GOMP_SPINCOUNT": "1000"}}
+_PASSIVE = {"omp": {"OMP_WAIT_POLICY": "PASSIVE"}}
 MODES: dict[str, dict[str, Any]] = {
     "plain (before)": {"what": "the floor, before's settings", "plain": True},
-    "lightning (before)": {"what": "train_network, before's settings"},
-    "plain (passive)": {"what": "the floor, before + OMP_WAIT_POLICY=PASSIVE", "plain": True, **_PASSIVE},
-    "lightning (passive)": {"what": "before + OMP_WAIT_POLICY=PASSIVE (idle threads sleep)", **_PASSIVE},
-    "passive + windows copied": {"what": "windows as a contiguous copy, not the strided view", "copy": True},
-    "passive + per-window loader": {
+    "lightning (before)": {"what": "train_network, before's settings (libgomp's default spin)"},
+    "lightning (passive)": {
+        "what": "before + OMP_WAIT_POLICY=PASSIVE (idle threads sleep at once)",
+        **_PASSIVE,
+    },
+    "plain (spin)": {"what": "the floor, before + GOMP_SPINCOUNT=1000", "plain": True, **_SPIN},
+    "lightning (spin)": {"what": "before + GOMP_SPINCOUNT=1000 (idle threads spin briefly)", **_SPIN},
+    "spin + windows copied": {"what": "windows as a contiguous copy, not the strided view", "copy": True},
+    "spin + per-window loader": {
         "what": "DataLoader over single windows + default collate (before index-list batches)",
         "patch": "per_window",
     },
-    "passive + pin_memory": {"what": "pinned host memory on the CPU", "patch": "pin"},
-    "passive + 1 thread": {"what": "torch intra-op threads 1 instead of 2", "over": {"num_threads": 1}},
-    "passive + bf16": {"what": "bf16 autocast on the CPU (native AVX512-BF16)", "over": {"cpu_bf16": True}},
-    "passive + compile": {
-        "what": "torch.compile(net) for training, compile time included",
-        "patch": "compile",
-    },
-    "passive + no step logging": {"what": "no self.log of the training loss", "patch": "nolog"},
-    "passive + 1-batch validation": {
+    "spin + pin_memory": {"what": "pinned host memory on the CPU", "patch": "pin"},
+    "spin + 1 thread": {"what": "torch intra-op threads 1 instead of 2", "over": {"num_threads": 1}},
+    "spin + bf16": {"what": "bf16 autocast on the CPU (native AVX512-BF16)", "over": {"cpu_bf16": True}},
+    "spin + compile": {"what": "torch.compile(net) for training, compile time included", "patch": "compile"},
+    "spin + no step logging": {"what": "no self.log of the training loss", "patch": "nolog"},
+    "spin + 1-batch validation": {
         "what": "validation cut to one batch (= what validating costs)",
         "val1": True,
     },
-    "plain (after)": {"what": "the floor, the presets now", "cfg": "after", "plain": True, **_PASSIVE},
-    "lightning (after)": {"what": "train_network, the presets now", "cfg": "after", **_PASSIVE},
+    "plain (after)": {"what": "the floor, the presets now", "cfg": "after", "plain": True, **_SPIN},
+    "lightning (after)": {"what": "train_network, the presets now", "cfg": "after", **_SPIN},
 }
 for _name, _spec in MODES.items():
-    if _name.startswith("passive + "):
-        _spec.update(_PASSIVE)
+    if _name.startswith("spin + "):
+        _spec.update(_SPIN)
 PATCHES: dict[str, Callable[[], Any]] = {
     "per_window": lambda: _patched(base, "_loader", _per_window_loader),
     "pin": lambda: _patched(base, "_loader", _pinned_loader),
@@ -248,7 +252,7 @@ def _before_preset(family: str, preset: str | None) -> str | None:
 
 
 def worker(family: str, preset: str | None, mode: str, data: Path, n: int, epochs: int) -> dict[str, Any]:
-    """One measured fit in this (fresh) process: the parent set OMP_WAIT_POLICY for it."""
+    """One measured fit in this (fresh) process: the parent set its OpenMP environment."""
     spec = MODES[mode]
     z = np.load(data)
     W = np.lib.stride_tricks.sliding_window_view(z["rows"], 60, axis=0).transpose(0, 2, 1)  # a view
@@ -282,7 +286,7 @@ def worker(family: str, preset: str | None, mode: str, data: Path, n: int, epoch
         "wall_s": wall,
         "cpu_s": cpu,
         "load1": load,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "openmp_env": {k: os.environ[k] for k in OMP_VARS if k in os.environ},
         "settings": settings,
         "n_val": len(Wv),
     }
@@ -290,9 +294,11 @@ def worker(family: str, preset: str | None, mode: str, data: Path, n: int, epoch
 
 def _spawn(family: str, preset: str | None, mode: str, data: Path, n: int, epochs: int) -> dict[str, Any]:
     env = dict(os.environ)
-    # before: libgomp's default (active); after: what importing pipelines.models.sequence sets (passive).
-    # Set here because this script imports torch before the package.
-    env["OMP_WAIT_POLICY"] = MODES[mode].get("omp", "ACTIVE")
+    # before: libgomp's default; spin/after: what importing pipelines.models.sequence sets. Set here
+    # because this script imports torch before the package.
+    for k in OMP_VARS:
+        env.pop(k, None)
+    env.update(MODES[mode].get("omp", {}))
     cmd = [sys.executable, __file__, "--worker", f"{family}:{preset or ''}:{mode}", "--data", str(data)]
     cmd += ["--windows", str(n), "--epochs", str(epochs)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -302,7 +308,14 @@ def _spawn(family: str, preset: str | None, mode: str, data: Path, n: int, epoch
 
 
 def bench_family(
-    family: str, preset: str | None, data: Path, n: int, epochs: int, repeats: int, modes: list[str]
+    family: str,
+    preset: str | None,
+    data: Path,
+    n: int,
+    epochs: int,
+    repeats: int,
+    modes: list[str],
+    busy: int = 0,
 ) -> list[dict[str, Any]]:
     """Interleaved rounds of every mode for one family; one summary row per mode."""
     trained = epochs * n
@@ -334,17 +347,18 @@ def bench_family(
                 "train_windows": n,
                 "val_windows": best["n_val"],
                 "epochs": epochs,
-                "omp_wait_policy": best["omp_wait_policy"],
+                "openmp_env": best["openmp_env"],
+                "busy_processes": busy,
                 "settings": best["settings"],
             }
         )
     by = {r["mode"]: r for r in rows}
-    for key in ("before", "passive", "after"):  # Lightning relative to its floor, same settings
+    for key in ("before", "spin", "after"):  # Lightning relative to its floor, same settings
         p, lt = by.get(f"plain ({key})"), by.get(f"lightning ({key})")
         if p and lt:
             lt["vs_plain_wall"] = lt["windows_per_s"] / p["windows_per_s"]
             lt["vs_plain_cpu"] = lt["windows_per_cpu_s"] / p["windows_per_cpu_s"]
-    for ref_mode, key in (("lightning (before)", "vs_before"), ("lightning (passive)", "vs_passive")):
+    for ref_mode, key in (("lightning (before)", "vs_before"), ("lightning (spin)", "vs_spin")):
         ref = by.get(ref_mode)
         for r in rows if ref else []:
             r[f"{key}_wall"] = r["windows_per_s"] / ref["windows_per_s"]
@@ -361,6 +375,9 @@ def main() -> None:
     ap.add_argument("--seed000-windows", type=int, default=256, help="0 = skip transformer seed000")
     ap.add_argument("--modes", default="", help="comma-separated subset of the modes (default: all)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile runs (slow to compile)")
+    ap.add_argument(
+        "--busy", type=int, default=0, help="busy-loop processes beside the fits (a shared machine)"
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_throughput.json"))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -371,44 +388,67 @@ def main() -> None:
         return
     modes = [m for m in (args.modes.split(",") if args.modes else MODES) if m]
     modes = [m for m in modes if not (args.no_compile and "compile" in m)]
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "windows.npz"
-        rows_x, labels = real_rows(args.windows + args.windows // 10 + 1500)  # + warm-up and T - 1
-        np.savez(data, rows=rows_x, labels=labels)
-        for family in args.families.split(","):
-            rows += bench_family(family, None, data, args.windows, args.epochs, args.repeats, modes)
-        if args.seed000_windows:
-            seed_modes = [
-                "plain (before)",
-                "lightning (before)",
-                "lightning + OMP passive",
-                "lightning + bf16",
-            ]
-            rows += bench_family(
-                "transformer", "seed000", data, args.seed000_windows, 1, args.repeats, seed_modes
-            )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "command": "benchmarks/bench_train_throughput.py " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__,
-        "cpu_bf16_native": base.cpu_bf16_supported(),
-        "cpus": os.cpu_count(),
-        "before": "the previous default preset (`<name>_prev` where it changed), 2 threads, float32, "
-        "libgomp's default active wait policy",
-        "note": "windows/s: best round (wall); windows per CPU-second: median; load1 = 1-minute load average "
-        "when the fit started",
-    }
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    kept = json.loads(out.read_text())["rows"] if out.exists() else []
+    rows: list[dict[str, Any]] = []
+
+    def key(r: dict[str, Any]) -> tuple:
+        return (r["family"], r["preset"], r["mode"], r.get("busy_processes", 0))
+
+    def save() -> None:  # after every family: a long run keeps what it measured
+        new = {key(r) for r in rows}
+        meta = {
+            "command": "benchmarks/bench_train_throughput.py " + " ".join(sys.argv[1:]),
+            "torch": torch.__version__,
+            "cpu_bf16_native": base.cpu_bf16_supported(),
+            "cpus": os.cpu_count(),
+            "before": "the previous default preset (`<name>_prev` where it changed), 2 threads, float32, "
+            "libgomp's default wait (spin 300,000 rounds)",
+            "note": "windows/s: best round (wall); windows per CPU-second: median; load1 = 1-minute load "
+            "average when the fit started; busy_processes: busy-loop processes running beside the fits",
+        }
+        merged = [r for r in kept if key(r) not in new] + rows
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"meta": meta, "rows": merged}, indent=2))
+
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)
+    ]  # a shared machine, reproducibly: N processes that want a core each
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "windows.npz"
+            rows_x, labels = real_rows(args.windows + args.windows // 10 + 1500)  # + warm-up and T - 1
+            np.savez(data, rows=rows_x, labels=labels)
+            for family in args.families.split(","):
+                rows += bench_family(
+                    family, None, data, args.windows, args.epochs, args.repeats, modes, args.busy
+                )
+                save()
+            if args.seed000_windows:
+                seed_modes = ["plain (before)", "lightning (before)", "lightning (spin)", "spin + bf16"]
+                rows += bench_family(
+                    "transformer",
+                    "seed000",
+                    data,
+                    args.seed000_windows,
+                    1,
+                    args.repeats,
+                    seed_modes,
+                    args.busy,
+                )
+                save()
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
     print(table(rows))
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: windows/s (wall, best round), per CPU-second, and the ratios (wall)."""
     out = [
-        "| family:preset | mode | windows/s | windows/CPU-s | vs before | vs passive | Lightning/plain | load |",
-        "|---|---|---|---|---|---|---|---|",
+        "| family:preset | busy | mode | windows/s | windows/CPU-s | vs before | vs spin | Lightning/plain | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(r: dict[str, Any], k: str) -> str:
@@ -416,8 +456,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
     for r in rows:
         out.append(
-            f"| {r['family']}:{r['preset']} | {r['mode']} | {r['windows_per_s']:.0f} | "
-            f"{r['windows_per_cpu_s']:.0f} | {cell(r, 'vs_before_wall')} | {cell(r, 'vs_passive_wall')} | "
+            f"| {r['family']}:{r['preset']} | {r.get('busy_processes', 0)} | {r['mode']} | {r['windows_per_s']:.0f} | "
+            f"{r['windows_per_cpu_s']:.0f} | {cell(r, 'vs_before_wall')} | {cell(r, 'vs_spin_wall')} | "
             f"{cell(r, 'vs_plain_wall')} | {r['load1_at_best']:.1f} |"
         )
     return "\n".join(out)

@@ -1,5 +1,5 @@
-"""Training at practical speed (issue 17): OpenMP threads that sleep, bf16 autocast on the CPU, early
-stopping that stops, and `export.variant` gated on walk-forward accuracy.
+"""Training at practical speed (issue 17): OpenMP threads that spin only briefly, bf16 autocast on the
+CPU, early stopping that stops, and `export.variant` gated on walk-forward accuracy.
 
 Tiny presets, 1 epoch, synthetic windows (T = 16) or 3,300 real FILUSDT candles (one fold): the tests
 check decisions and numbers, never timings (those are in benchmarks/bench_train_throughput.py and
@@ -46,13 +46,18 @@ def _model(arch: str = "lstm_attention", **overrides):
 
 
 # -- OpenMP wait policy ---------------------------------------------------------------------------
-def test_the_sequence_package_makes_idle_openmp_threads_sleep_unless_told_otherwise(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+def test_the_sequence_package_makes_idle_openmp_threads_spin_briefly_unless_told_otherwise(monkeypatch):
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(var, raising=False)
     importlib.reload(sequence_pkg)
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # an explicit setting wins
+    assert os.environ["GOMP_SPINCOUNT"] == "1000"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")  # an explicit setting wins ...
     importlib.reload(sequence_pkg)
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert os.environ["GOMP_SPINCOUNT"] == "5"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # ... and so does an explicit wait policy
+    importlib.reload(sequence_pkg)
+    assert "GOMP_SPINCOUNT" not in os.environ
 
 
 # -- bf16 autocast on the CPU ---------------------------------------------------------------------

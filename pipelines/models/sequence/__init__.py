@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import os
 
-# Idle OpenMP threads sleep instead of spin-waiting (libgomp's default). On a machine whose cores are
-# busy with other work, a spinning thread waits for a descheduled peer: 2-thread training ran 5-16x
-# slower than 1 thread and burnt ~20x the CPU; with PASSIVE, 2 threads beat 1 again
-# (benchmarks/bench_train_throughput.py, "OMP passive"). libgomp reads this once when it loads, so it is
-# set here, before torch is first imported; an explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle OpenMP threads spin only briefly before they sleep. libgomp's default spin (300,000 rounds) is fast
+# on an idle machine but, when the cores are busy with other work, a spinning thread waits for a
+# descheduled peer: 2-thread training ran 5-20x slower there than with 1 thread. OMP_WAIT_POLICY=PASSIVE
+# (no spin) avoids that but halves LSTM training on an idle machine; 1,000 rounds keep 85-95 % of the
+# idle-machine speed and 2-3x the busy-machine speed of the default (benchmarks/bench_train_throughput.py).
+# libgomp reads this once, when torch first loads it, so it is set here, before torch is imported; an
+# OMP_WAIT_POLICY or GOMP_SPINCOUNT already in the environment wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
