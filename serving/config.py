@@ -39,6 +39,11 @@ class RuntimeConfig(_Frozen):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     optimized_model_cache: bool = False  # write the optimised graph next to the bundle (load time only)
     warmup_runs: int = Field(20, ge=1)  # session runs before a model is swapped in
+    # TensorRT (only where the onnxruntime build has it): FP16 kernels allowed, and the built engines and
+    # kernel timings cached on disk, so a restart or a second model with the same graph skips the build
+    # (minutes for a large graph). A build happens while the model loads and warms up, before the swap.
+    tensorrt_fp16: bool = True
+    tensorrt_cache_dir: str = "~/.cache/kairos/tensorrt"
     cpu_mem_arena: bool = False  # single-row inputs: the arena only holds memory (~1 MB per session)
     # Serve only the horizons at which the model beat the task's best naive rule in walk-forward
     # (manifest extra.below_baselines, written at training): a horizon that loses to a one-line rule

@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -103,6 +104,27 @@ def choose_providers(wanted: tuple[str, ...], available: list[str] | None = None
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
+
+
+def provider_options(cfg: RuntimeConfig, providers: list[str]) -> list[Any]:
+    """The chosen providers with their options, as onnxruntime takes them: TensorRT with FP16 and an engine
+    + timing cache in `cfg.tensorrt_cache_dir` (created here), CUDA and CPU as plain names."""
+    out: list[Any] = []
+    for p in providers:
+        if p == "TensorrtExecutionProvider":
+            cache = Path(cfg.tensorrt_cache_dir).expanduser()
+            cache.mkdir(parents=True, exist_ok=True)
+            opts = {
+                "trt_fp16_enable": cfg.tensorrt_fp16,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(cache),
+            }
+            out.append((p, opts))
+        else:
+            out.append(p)
+    return out
 
 
 def session_options(cfg: RuntimeConfig, cache_path: Path | None = None) -> ort.SessionOptions:
@@ -413,7 +435,9 @@ def load_model(
     providers = choose_providers(cfg.providers)
     cache = Path(bundle_dir).parent / f".{Path(bundle_dir).name}.optimized.onnx"
     try:
-        session = make_session(onnx_bytes, providers=providers, options=session_options(cfg, cache))
+        session = make_session(
+            onnx_bytes, providers=provider_options(cfg, providers), options=session_options(cfg, cache)
+        )
     except Exception as e:  # onnxruntime raises its own exception zoo for corrupt graphs
         raise ModelLoadError(
             f"onnxruntime cannot load {bundle_dir}/model.onnx: {str(e).splitlines()[0][:300]}"

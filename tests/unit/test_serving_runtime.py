@@ -298,3 +298,25 @@ def test_serving_process_never_imports_heavy_libraries(tmp_path):
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]", f"heavy modules imported: {r.stdout}"
+
+
+def test_tensorrt_gets_fp16_and_an_engine_cache_other_providers_plain(tmp_path):
+    from serving.runtime import provider_options
+
+    cfg = RuntimeConfig(tensorrt_cache_dir=str(tmp_path / "trt"))
+    got = provider_options(
+        cfg, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    name, opts = got[0]
+    assert name == "TensorrtExecutionProvider" and got[1:] == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert opts["trt_fp16_enable"] is True and opts["trt_engine_cache_enable"] is True
+    assert opts["trt_engine_cache_path"] == opts["trt_timing_cache_path"] == str(tmp_path / "trt")
+    assert (tmp_path / "trt").is_dir()
+    off = provider_options(RuntimeConfig(tensorrt_fp16=False, tensorrt_cache_dir=str(tmp_path)), [name])
+    assert off[0][1]["trt_fp16_enable"] is False
+    # a CPU-only build: TensorRT and CUDA are dropped first, so no TensorRT options reach onnxruntime
+    cpu_only = choose_providers(cfg.providers, available=["CPUExecutionProvider"])
+    assert provider_options(cfg, cpu_only) == ["CPUExecutionProvider"]
