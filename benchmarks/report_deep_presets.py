@@ -27,10 +27,13 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -52,9 +55,8 @@ def _scores(report: dict[str, Any], horizons: list[int]) -> dict[str, dict[str, 
     }
 
 
-def one_run(family: str, preset: str, max_folds: int | None) -> dict[str, Any]:
-    """Train one family/preset walk-forward in this process and measure it."""
-    import numpy as np
+def one_run(family: str, preset: str, max_folds: int | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Train one family/preset walk-forward in this process and measure it: (summary, row losses)."""
 
     from pipelines.config import load_training_config
     from pipelines.models.sequence import base
@@ -149,8 +151,25 @@ def one_run(family: str, preset: str, max_folds: int | None) -> dict[str, Any]:
         "below_baselines": {str(h): why for h, why in res.below_baselines.items()},
         "score": _scores(res.report, res.horizons),
         "score_newest2": _scores(nested_report(newest2), res.horizons),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-    }
+        "openmp_env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ},
+    }, _row_losses(task, p, res.horizons)
+
+
+def _row_losses(task: Any, p: Any, horizons: list[int]) -> dict[str, np.ndarray]:
+    """Direction loss (1 - hit) per pooled test row and horizon, for the model and each baseline: int8,
+    -1 where undefined (a flat realised return). Saved beside the JSON so that two presets can be compared
+    row by row (a paired test), not only by their accuracies."""
+    from pipelines.review.gates import row_losses
+
+    out = {}
+    actual = np.asarray(p.actuals)
+    model = np.asarray(p.predictions)
+    for who, pred in [("model", None), *p.baselines.items()]:
+        for j, h in enumerate(horizons):
+            col = model[:, j] if pred is None else task.baseline_column(pred, j, "accuracy")
+            loss = row_losses(task, col, actual[:, j])
+            out[f"{who}/h{h}"] = np.where(np.isfinite(loss), loss, -1).astype(np.int8)
+    return out
 
 
 def _key(r: dict[str, Any]) -> tuple[str, str, int]:
@@ -184,6 +203,39 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _rows_file(out: Path) -> Path:
+    return out.with_name(out.stem + "_rows.npz")
+
+
+def compare(
+    rows_file: Path, family: str, new: str = "small", old: str = "small_prev"
+) -> list[dict[str, Any]]:
+    """The new preset against the old on the same pooled rows, per horizon: accuracy difference in pp
+    (> 0: the new one is better) with a 90 % interval, one-sided DM/HAC p-value that the new is better and
+    that it is worse (pipelines.review.gates.paired_test on the direction loss)."""
+    from pipelines.review.gates import paired_test
+
+    z = np.load(rows_file)
+    out = []
+    for key in sorted(k for k in z.files if k.startswith(f"{family}:{new}|model/")):
+        h = key.rsplit("/h", 1)[1]
+        a, b = z[key].astype(float), z[f"{family}:{old}|model/h{h}"].astype(float)
+        a[a < 0], b[b < 0] = np.nan, np.nan
+        better = paired_test(b, a, horizon=int(h), alpha=0.05, loss="direction")
+        worse = paired_test(a, b, horizon=int(h), alpha=0.05, loss="direction")
+        out.append(
+            {
+                "horizon": int(h),
+                "n": better.n,
+                "diff_pp": 100 * better.diff,
+                "ci90_pp": [100 * better.ci_low, 100 * better.ci_high],
+                "p_new_better": better.p_value,
+                "p_new_worse": worse.p_value,
+            }
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="", help="family:preset,... run one after the other")
@@ -191,25 +243,80 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--table", action="store_true", help="only print the table of the results file")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--losses", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         family, preset = args.one.split(":")
-        print(json.dumps(one_run(family, preset, args.max_folds or None)))
+        summary, losses = one_run(family, preset, args.max_folds or None)
+        np.savez_compressed(args.losses, **losses)
+        print(json.dumps(summary))
         return
     out = Path(args.out)
     rows: list[dict[str, Any]] = json.loads(out.read_text())["runs"] if out.exists() else []
+    rows_file = _rows_file(out)
     for item in [r for r in args.runs.split(",") if r]:
-        cmd = [sys.executable, __file__, "--one", item, "--max-folds", str(args.max_folds)]
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode:
-            raise SystemExit(f"{item} failed after {time.perf_counter() - t:.0f} s:\n{proc.stderr[-3000:]}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        with tempfile.TemporaryDirectory() as tmp:
+            losses = Path(tmp) / "losses.npz"
+            cmd = [sys.executable, __file__, "--one", item, "--max-folds", str(args.max_folds)]
+            t = time.perf_counter()
+            proc = subprocess.run(
+                [*cmd, "--losses", str(losses)], capture_output=True, text=True, check=False
+            )
+            if proc.returncode:
+                raise SystemExit(
+                    f"{item} failed after {time.perf_counter() - t:.0f} s:\n{proc.stderr[-3000:]}"
+                )
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            if not r["estimate"]:  # row losses of whole walk-forward runs only (samples cover other rows)
+                kept = dict(np.load(rows_file)) if rows_file.exists() else {}
+                kept = {k: v for k, v in kept.items() if not k.startswith(f"{item}|")}
+                for k, v in np.load(losses).items():  # the baselines' rows are the same in every run
+                    kept[f"{item}|{k}" if k.startswith("model/") else f"baselines|{k}"] = v
+                np.savez_compressed(rows_file, **kept)
         rows = [x for x in rows if _key(x) != _key(r)] + [r]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"command": "benchmarks/report_deep_presets.py", "runs": rows}, indent=2))
+        save(out, rows)
         print(table([r]).splitlines()[-1], flush=True)
+    if rows:
+        save(out, rows)  # also after `--table`: the paired comparisons follow this script's code
     print(table(rows))
+    print(compare_table(comparisons_of(rows_file, rows)))
+
+
+def save(out: Path, rows: list[dict[str, Any]]) -> None:
+    doc = {
+        "command": "benchmarks/report_deep_presets.py",
+        "runs": rows,
+        "vs_small_prev": comparisons_of(_rows_file(out), rows),  # paired, on the same pooled test rows
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+
+
+def comparisons_of(rows_file: Path, rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """`{"family:preset": compare(...)}` for every whole run beside its family's small_prev."""
+    if not rows_file.exists():
+        return {}
+    with np.load(rows_file) as z:
+        have = {k.split("|")[0] for k in z.files}
+    return {
+        f"{r['family']}:{r['preset']}": compare(rows_file, r["family"], r["preset"])
+        for r in rows
+        if r["preset"] != "small_prev"
+        and {f"{r['family']}:{r['preset']}", f"{r['family']}:small_prev"} <= have
+    }
+
+
+def compare_table(comparisons: dict[str, list[dict[str, Any]]]) -> str:
+    out = ["| family:preset | horizon | minus small_prev (pp) | 90 % CI | p (better) | p (worse) |"]
+    out.append("|---|---|---|---|---|---|")
+    for name, rows in comparisons.items():
+        for c in rows:
+            lo, hi = c["ci90_pp"]
+            out.append(
+                f"| {name} | h{c['horizon']} | {c['diff_pp']:+.2f} | [{lo:+.2f}, {hi:+.2f}] | "
+                f"{c['p_new_better']:.2g} | {c['p_new_worse']:.2g} |"
+            )
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
