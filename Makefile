@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-deep clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,16 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+# The deep models (issue 17), about 75 minutes on 2 quiet cores: training throughput vs a plain PyTorch
+# loop, 30-day walk-forward per default and previous preset, inference per bundle variant, one table.
+bench-deep: setup
+	$(BIN)/python benchmarks/bench_train_throughput.py
+	$(BIN)/python benchmarks/report_deep_presets.py --runs $(DEEP_RUNS)
+	$(BIN)/python benchmarks/bench_deep_inference.py
+	$(BIN)/python benchmarks/report_deep_models.py
+
+DEEP_RUNS := lstm_attention:small,lstm_attention:small_prev,transformer:small,transformer:small_prev,mamba:small,mamba:small_prev,tft:small,tft:small_prev
 
 clean:
 	rm -rf $(VENV) .kairos .pytest_cache
