@@ -17,6 +17,10 @@ benchmarks/results/deep_presets.json (merged by family/preset/folds, so families
   on the newest 2 folds only (the rows a `--max-folds 2` sample scores, to set the two side by side).
 With `--max-folds N` the run trains N folds + the final model; its full-run minutes are estimated as
 wall x (6 + 1) / (N + 1) and flagged `estimate`.
+Whole runs also save the direction loss of every pooled test row (model per preset, baselines once) in
+deep_presets_rows.npz, and the JSON's `vs_small_prev` holds, for every preset beside its family's
+small_prev, the paired one-sided DM/HAC test per horizon on those same rows (pipelines.review.gates).
+`--table` recomputes the comparisons and prints both tables without training.
 """
 
 from __future__ import annotations
