@@ -17,8 +17,9 @@ import os
 # Idle OpenMP threads spin only briefly before they sleep. libgomp's default spin (300,000 rounds) is fast
 # on an idle machine but, when the cores are busy with other work, a spinning thread waits for a
 # descheduled peer: 2-thread training ran 5-20x slower there than with 1 thread. OMP_WAIT_POLICY=PASSIVE
-# (no spin) avoids that but halves LSTM training on an idle machine; 1,000 rounds keep 85-95 % of the
-# idle-machine speed and 2-3x the busy-machine speed of the default (benchmarks/bench_train_throughput.py).
+# (no spin) avoids that but halves LSTM training on an idle machine; 1,000 rounds run at 0.88-1.12x of the
+# default on an idle machine and 2.3-28x of it with 6 busy processes beside the fit
+# (benchmarks/bench_train_throughput.py, results/train_throughput.json).
 # libgomp reads this once, when torch first loads it, so it is set here, before torch is imported; an
 # OMP_WAIT_POLICY or GOMP_SPINCOUNT already in the environment wins.
 if "OMP_WAIT_POLICY" not in os.environ:
